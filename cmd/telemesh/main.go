@@ -1,0 +1,38 @@
+// Command telemesh serves one stage of the telemesh ingestion pipeline, runs
+// the whole mesh locally, and operates it.
+//
+// Only this package handles signals and exit codes; everything below takes a
+// context.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/telemesh/telemesh/internal/config"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd := newRootCmd(env{stdout: os.Stdout, stderr: os.Stderr, lookupEnv: os.LookupEnv})
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "telemesh: %v\n", err)
+		if errors.Is(err, config.ErrInvalid) || errors.Is(err, errUsage) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}

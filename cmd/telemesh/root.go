@@ -1,0 +1,61 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+)
+
+// errUsage marks a command line that cobra could not parse; it exits 2 like a
+// bad setting.
+var errUsage = errors.New("usage")
+
+// env is what a command may touch of the process: its output streams and
+// its environment.
+type env struct {
+	stdout, stderr io.Writer
+	lookupEnv      func(string) (string, bool)
+}
+
+func newRootCmd(e env) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "telemesh",
+		Short: "telemesh ingests device telemetry from NATS into Postgres through a chain of gRPC stages",
+		Long: `telemesh ingests device telemetry from NATS JetStream into Postgres through a
+chain of gRPC stage services: gateway -> validator -> deriver -> persister ->
+publisher. Every stage records what it did to every message in
+ingestion_stage_logs.
+
+Every flag can also be set through the environment: --database-url is
+TELEMESH_DATABASE_URL, --shutdown-grace is TELEMESH_SHUTDOWN_GRACE, and so on.
+A flag on the command line wins over the environment.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	})
+	root.AddCommand(
+		newServeCmd(e),
+		newUpCmd(e),
+		newMigrateCmd(e),
+		newVersionCmd(e),
+	)
+	return root
+}
+
+func newVersionCmd(e env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the telemesh version",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			_, err := fmt.Fprintf(e.stdout, "telemesh %s\n", version)
+			return err
+		},
+	}
+}

@@ -1,0 +1,469 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
+	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
+	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
+	"github.com/telemesh/telemesh/internal/catalog"
+	"github.com/telemesh/telemesh/internal/config"
+	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/stagelog"
+)
+
+// Config tunes the gateway.
+type Config struct {
+	// Stream is the JetStream stream that captures device subjects.
+	Stream string
+	// Subjects are the subjects the stream captures.
+	Subjects []string
+	// Duplicates is the stream's Nats-Msg-Id window.
+	Duplicates time.Duration
+	// MaxAge bounds how long the stream keeps messages, acknowledged or not.
+	MaxAge time.Duration
+	// Replicas is the stream's replica count (3 in production).
+	Replicas int
+	// Consumer is the durable pull consumer every gateway replica shares.
+	Consumer string
+	// AckWait is how long a delivered message may stay unacknowledged
+	// before JetStream redelivers it.
+	AckWait time.Duration
+	// MaxDeliver bounds deliveries; the last one that fails is dead-lettered.
+	MaxDeliver int
+	// Backoff is the redelivery delay after each failed delivery.
+	Backoff []time.Duration
+	// MaxAckPending bounds messages delivered and not yet acknowledged.
+	MaxAckPending int
+	// BatchSize and BatchAge close a batch, whichever comes first.
+	BatchSize int
+	BatchAge  time.Duration
+	// Concurrency is the number of batches in flight.
+	Concurrency int
+	// CallTimeout bounds one batch's trip down the chain.
+	CallTimeout time.Duration
+	// OwnPrefixes are telemesh's output subjects, never consumed.
+	OwnPrefixes []string
+}
+
+// DefaultConfig returns the settings used when none are given.
+func DefaultConfig() Config {
+	return Config{
+		Stream:        "TELEMETRY",
+		Subjects:      []string{"devices.>"},
+		Duplicates:    2 * time.Minute,
+		MaxAge:        7 * 24 * time.Hour,
+		Replicas:      1,
+		Consumer:      "telemesh-gateway",
+		AckWait:       60 * time.Second,
+		MaxDeliver:    10,
+		Backoff:       []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
+		MaxAckPending: 20000,
+		BatchSize:     500,
+		BatchAge:      5 * time.Millisecond,
+		Concurrency:   4,
+		CallTimeout:   45 * time.Second,
+		OwnPrefixes:   []string{"iot.v1.analytics", "iot.v1.invalid"},
+	}
+}
+
+// Gateway is the ingress stage.
+type Gateway struct {
+	gatewayv1.UnimplementedGatewayServiceServer
+	cfg       Config
+	js        jetstream.JetStream
+	validator validatorv1.ValidatorServiceClient
+	catalog   *catalog.Cache
+	pool      *pgxpool.Pool
+	logs      *stagelog.Writer
+	logger    *slog.Logger
+	filter    *SubjectFilter
+	metrics   *Metrics
+
+	epoch string
+	cons  jetstream.Consumer
+}
+
+// New returns the gateway. Call [Gateway.Setup] before [Gateway.Run].
+func New(cfg Config, js jetstream.JetStream, validator validatorv1.ValidatorServiceClient, cat *catalog.Cache, pool *pgxpool.Pool, logs *stagelog.Writer, metrics *Metrics, logger *slog.Logger) *Gateway {
+	return &Gateway{
+		cfg: cfg, js: js, validator: validator, catalog: cat, pool: pool, logs: logs, logger: logger,
+		filter: NewSubjectFilter(cfg.OwnPrefixes...), metrics: metrics,
+	}
+}
+
+// Register registers the stage's service on s.
+func (g *Gateway) Register(s grpc.ServiceRegistrar) {
+	gatewayv1.RegisterGatewayServiceServer(s, g)
+}
+
+// Setup creates or updates the stream and the durable consumer. It is
+// idempotent: every replica runs it at start.
+func (g *Gateway) Setup(ctx context.Context) error {
+	stream, err := g.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        g.cfg.Stream,
+		Description: "device telemetry captured for telemesh",
+		Subjects:    g.cfg.Subjects,
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      g.cfg.MaxAge,
+		Duplicates:  g.cfg.Duplicates,
+		Replicas:    g.cfg.Replicas,
+		Discard:     jetstream.DiscardOld,
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", g.cfg.Stream, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream %s info: %w", g.cfg.Stream, err)
+	}
+	g.epoch = fmt.Sprintf("%s@%d", info.Config.Name, info.Created.UnixNano())
+	cons, err := g.js.CreateOrUpdateConsumer(ctx, g.cfg.Stream, jetstream.ConsumerConfig{
+		Durable:       g.cfg.Consumer,
+		Description:   "telemesh gateway; shared by every replica",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       g.cfg.AckWait,
+		MaxDeliver:    g.cfg.MaxDeliver,
+		BackOff:       backoffFor(g.cfg.Backoff, g.cfg.MaxDeliver),
+		MaxAckPending: g.cfg.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", g.cfg.Consumer, err)
+	}
+	g.cons = cons
+	return nil
+}
+
+// backoffFor fits the backoff list to MaxDeliver: JetStream refuses a list
+// longer than MaxDeliver.
+func backoffFor(b []time.Duration, maxDeliver int) []time.Duration {
+	if maxDeliver > 0 && len(b) >= maxDeliver {
+		return b[:maxDeliver-1]
+	}
+	return b
+}
+
+// delivered is one JetStream message with its envelope.
+type delivered struct {
+	msg jetstream.Msg
+	env *telemetryv1.Envelope
+}
+
+// Run consumes until ctx ends. While the global pipeline switch is off it
+// stops pulling: the stream keeps the backlog, and resuming drains it. On
+// return every batch it started has been finished and acknowledged, or left
+// unacknowledged for redelivery.
+func (g *Gateway) Run(ctx context.Context) error {
+	if g.cons == nil {
+		return errors.New("gateway: Setup was not called")
+	}
+	batches := make(chan []jetstream.Msg, g.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for range g.cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range batches {
+				// A batch in flight is finished even when ctx ends: its
+				// messages were pulled and must be acknowledged or NAKed.
+				g.handle(context.WithoutCancel(ctx), b)
+			}
+		}()
+	}
+	defer func() {
+		close(batches)
+		wg.Wait()
+	}()
+
+	for ctx.Err() == nil {
+		if !g.catalog.Switches().Global.PipelineEnabled {
+			g.metrics.paused.Set(1)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		g.metrics.paused.Set(0)
+		if err := g.consume(ctx, batches); err != nil && ctx.Err() == nil {
+			g.logger.Warn("consumer interrupted; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return nil
+}
+
+// consume pulls batches until ctx ends, the pipeline is paused, or the
+// subscription fails.
+func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) error {
+	iter, err := g.cons.Messages(jetstream.PullMaxMessages(2 * g.cfg.BatchSize))
+	if err != nil {
+		return fmt.Errorf("pull: %w", err)
+	}
+	stopping := false
+	defer func() {
+		if !stopping {
+			iter.Stop()
+		}
+	}()
+	for {
+		if ctx.Err() != nil {
+			// Messages buffered but not taken stay unacknowledged and are
+			// redelivered to another replica after AckWait.
+			return nil
+		}
+		if !stopping && !g.catalog.Switches().Global.PipelineEnabled {
+			// Take what is already buffered, then stop pulling.
+			iter.Drain()
+			stopping = true
+		}
+		batch, err := g.collect(iter)
+		if len(batch) > 0 {
+			select {
+			case batches <- batch:
+			case <-ctx.Done():
+				// Not started: leave them for redelivery.
+				for _, m := range batch {
+					_ = m.Nak()
+				}
+				return nil
+			}
+		}
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil
+		}
+		if err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return err
+		}
+	}
+}
+
+// collect takes up to BatchSize messages: it waits up to 200ms for the first
+// (so the loop notices switches and shutdown), then at most BatchAge more.
+func (g *Gateway) collect(iter jetstream.MessagesContext) ([]jetstream.Msg, error) {
+	first, err := iter.Next(jetstream.NextMaxWait(200 * time.Millisecond))
+	if err != nil {
+		return nil, err
+	}
+	batch := make([]jetstream.Msg, 1, g.cfg.BatchSize)
+	batch[0] = first
+	deadline := time.Now().Add(g.cfg.BatchAge)
+	for len(batch) < g.cfg.BatchSize {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			break
+		}
+		m, err := iter.Next(jetstream.NextMaxWait(wait))
+		if err != nil {
+			if errors.Is(err, nats.ErrTimeout) {
+				break
+			}
+			return batch, err
+		}
+		batch = append(batch, m)
+	}
+	return batch, nil
+}
+
+// handle sends one batch down the chain and acknowledges each message whose
+// outcome is terminal.
+func (g *Gateway) handle(ctx context.Context, msgs []jetstream.Msg) {
+	start := time.Now()
+	snap, switches := g.catalog.Snapshot(), g.catalog.Switches()
+	batch := make([]delivered, 0, len(msgs))
+	for _, m := range msgs {
+		if g.filter.Ignored(m.Subject()) {
+			// Not telemetry: a wide stream scope caught an internal subject.
+			g.metrics.ignored.Inc()
+			_ = m.Term()
+			continue
+		}
+		in := Incoming{Subject: m.Subject(), Payload: m.Data(), ReceivedAt: time.Now()}
+		if h := m.Headers(); h != nil {
+			in.HeaderMessageID = h.Get("Nats-Msg-Id")
+		}
+		if md, err := m.Metadata(); err == nil {
+			in.StreamSequence, in.Delivery, in.ReceivedAt = md.Sequence.Stream, uint32(md.NumDelivered), md.Timestamp
+		}
+		batch = append(batch, delivered{msg: m, env: BuildEnvelope(in, snap, switches, g.epoch)})
+	}
+	if len(batch) == 0 {
+		return
+	}
+	g.send(ctx, batch, start)
+	g.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+}
+
+// send calls the validator with the batch. A failure that may pass (a stage
+// or Postgres unreachable, a deadline) NAKs the batch for redelivery with
+// backoff; any other failure splits the batch so one bad message cannot hold
+// back the rest, and a message that fails alone is dead-lettered.
+func (g *Gateway) send(ctx context.Context, batch []delivered, start time.Time) {
+	envs := make([]*telemetryv1.Envelope, len(batch))
+	for i, d := range batch {
+		envs[i] = d.env
+	}
+	if err := g.writeIngressLogs(ctx, envs, start); err != nil {
+		g.retryLater(ctx, batch, err)
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.CallTimeout)
+	resp, err := g.validator.Validate(cctx, &validatorv1.ValidateRequest{Envelopes: envs})
+	cancel()
+	if err == nil && len(resp.GetOutcomes()) != len(batch) {
+		err = status.Errorf(codes.Internal, "validator answered %d outcomes for %d messages", len(resp.GetOutcomes()), len(batch))
+	}
+	if err != nil {
+		if transient(err) {
+			g.retryLater(ctx, batch, err)
+			return
+		}
+		if len(batch) > 1 {
+			mid := len(batch) / 2
+			g.send(ctx, batch[:mid], start)
+			g.send(ctx, batch[mid:], start)
+			return
+		}
+		g.deadLetter(ctx, batch[0], fmt.Sprintf("rejected by the chain: %v", err))
+		return
+	}
+	for i, o := range resp.GetOutcomes() {
+		g.metrics.outcomes.WithLabelValues(envelope.StatusName(o.GetStatus())).Inc()
+		if envelope.Terminal(o.GetStatus()) {
+			_ = batch[i].msg.Ack()
+			continue
+		}
+		g.retryLater(ctx, batch[i:i+1], fmt.Errorf("outcome %s is not terminal: %s", o.GetStatus(), o.GetReason()))
+	}
+}
+
+// transient reports whether a failed call may succeed when retried.
+func transient(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.Unknown:
+		return true
+	}
+	return false
+}
+
+// retryLater NAKs messages with a delay that grows with their deliveries;
+// a message on its last delivery is dead-lettered instead, so it is recorded
+// rather than dropped.
+func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error) {
+	g.logger.Warn("batch not finished; NAKed for redelivery", "messages", len(batch), "err", cause)
+	for _, d := range batch {
+		attempt := int(d.env.GetDeliveryAttempt())
+		if g.cfg.MaxDeliver > 0 && attempt >= g.cfg.MaxDeliver {
+			g.deadLetter(ctx, d, fmt.Sprintf("dead-lettered after %d deliveries: %v", attempt, cause))
+			continue
+		}
+		delay := time.Second
+		if len(g.cfg.Backoff) > 0 {
+			delay = g.cfg.Backoff[min(attempt-1, len(g.cfg.Backoff)-1)]
+		}
+		g.metrics.naks.Inc()
+		_ = d.msg.NakWithDelay(delay)
+	}
+}
+
+// deadLetter records a message that cannot be processed as failed_terminal
+// with its reason and raw payload, then terminates its delivery. If even the
+// record cannot be written the message is NAKed, never dropped.
+func (g *Gateway) deadLetter(ctx context.Context, d delivered, reason string) {
+	e := d.env
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := g.pool.Exec(dctx, `insert into ingestion_messages (id, organization_id, device_id, source_subject,
+			source_message_id, dedupe_key, stream_sequence, delivery_attempts, raw_payload, content_type,
+			status, halted_stage, error_summary, received_at, processed_at)
+		values ($1, $2, $3, $4, nullif($5, ''), $6, $7, $8, $9, $10, 'failed_terminal', 'ingress', $11, $12, now())
+		on conflict (dedupe_key) do nothing`,
+		e.GetMessageId(), nullUUID(e.GetOrganizationId()), nullUUID(e.GetDeviceUuid()), e.GetSourceSubject(),
+		e.GetSourceMessageId(), e.GetDedupeKey(), int64(e.GetStreamSequence()), int32(e.GetDeliveryAttempt()),
+		e.GetPayload(), e.GetContentType(), reason, envelope.Time(e.GetReceivedAt()))
+	if err == nil {
+		err = g.logs.Write(dctx, g.pool, []stagelog.Entry{{
+			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StageIngress,
+			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: map[string]any{"reason": reason},
+			Input: map[string]any{"subject": e.GetSourceSubject(), "payload_bytes": len(e.GetPayload())},
+		}})
+	}
+	if err != nil {
+		g.logger.Error("could not record a dead letter; leaving it for redelivery", "dedupe_key", e.GetDedupeKey(), "err", err)
+		_ = d.msg.NakWithDelay(30 * time.Second)
+		return
+	}
+	g.metrics.deadLettered.Inc()
+	g.logger.Warn("message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", e.GetDedupeKey(), "reason", reason)
+	_ = d.msg.Term()
+}
+
+func nullUUID(s string) any {
+	if u := envelope.ParseUUID(s); u != uuid.Nil {
+		return u
+	}
+	return nil
+}
+
+// writeIngressLogs records the ingress stage of a batch in one round trip.
+func (g *Gateway) writeIngressLogs(ctx context.Context, envs []*telemetryv1.Envelope, start time.Time) error {
+	per := time.Since(start) / time.Duration(max(len(envs), 1))
+	entries := make([]stagelog.Entry, len(envs))
+	for i, e := range envs {
+		entries[i] = stagelog.Entry{
+			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StageIngress,
+			Status: stagelog.StatusCompleted, Duration: per, Attempt: int(e.GetDeliveryAttempt()),
+			ChangeSet: map[string]any{"subject": e.GetSourceSubject(), "device": e.GetDeviceUuid(), "topic": e.GetTopic(), "dedupe_key": e.GetDedupeKey()},
+		}
+		switch e.GetStatus() {
+		case telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL:
+			entries[i].Status = stagelog.StatusHalted
+			entries[i].Errors = map[string]any{"reason": e.GetReason()}
+			entries[i].Input = map[string]any{"subject": e.GetSourceSubject(), "payload": string(e.GetPayload())}
+		case telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED:
+			entries[i].Status = stagelog.StatusParked
+			entries[i].Errors = map[string]any{"reason": e.GetReason()}
+		}
+	}
+	return g.logs.Write(ctx, g.pool, entries)
+}
+
+// Validate checks the settings and names the first bad one by its flag.
+func (c Config) Validate() error {
+	switch {
+	case len(c.Subjects) == 0:
+		return config.Invalid("subjects", "at least one subject is needed")
+	case c.BatchSize < 1 || c.BatchSize > 10000:
+		return config.Invalid("batch-size", "%d is out of range 1..10000", c.BatchSize)
+	case c.BatchAge <= 0:
+		return config.Invalid("batch-age", "must be positive")
+	case c.Concurrency < 1:
+		return config.Invalid("concurrency", "must be at least 1")
+	case c.MaxDeliver < 2:
+		return config.Invalid("max-deliver", "must be at least 2 so a transient failure is retried")
+	case c.AckWait <= c.CallTimeout:
+		return config.Invalid("ack-wait", "%s must exceed --call-timeout %s, or batches in flight are redelivered", c.AckWait, c.CallTimeout)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return config.Invalid("stream-replicas", "%d is out of range 1..5", c.Replicas)
+	}
+	return nil
+}

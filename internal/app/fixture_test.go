@@ -1,0 +1,284 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telemesh/telemesh/internal/logging"
+	"github.com/telemesh/telemesh/internal/testdb"
+	"github.com/telemesh/telemesh/internal/testnats"
+)
+
+// fixture is a database seeded with the old system's example fleet, an
+// in-process NATS server and a running mesh.
+type fixture struct {
+	t    testing.TB
+	db   *testdb.DB
+	ns   *testnats.Server
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	mesh *Mesh
+
+	acme, globex               uuid.UUID
+	meter01, meter02, globex01 uuid.UUID
+}
+
+// testLogger keeps stage logs out of the test output unless asked for.
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("TELEMESH_TEST_LOG") != "" {
+		l, _ := logging.New(os.Stderr, "text", "debug")
+		return l
+	}
+	return logging.Discard()
+}
+
+// on returns the fixture reporting to t, for use inside a subtest.
+func (f *fixture) on(t testing.TB) *fixture {
+	c := *f
+	c.t = t
+	return &c
+}
+
+// newFixture seeds a database and starts NATS and the mesh. tune adjusts
+// every stage's options.
+func newFixture(t testing.TB, tune func(*Options)) *fixture {
+	t.Helper()
+	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t)}
+	f.seed()
+	nc, err := nats.Connect(f.ns.URL())
+	if err != nil {
+		t.Fatalf("connect nats: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	f.nc = nc
+	f.js, _ = jetstream.New(nc)
+	f.start(tune)
+	return f
+}
+
+func (f *fixture) start(tune func(*Options)) {
+	f.t.Helper()
+	m, err := StartMesh(f.t.Context(), MeshOptions{
+		DatabaseURL: f.db.URL,
+		NATSURL:     f.ns.URL(),
+		Tune: func(o *Options) {
+			o.Process.ShutdownGrace = 10 * time.Second
+			o.Gateway.BatchAge = 2 * time.Millisecond
+			o.Publisher.RetryEvery = 200 * time.Millisecond
+			o.Publisher.RetryBase = 200 * time.Millisecond
+			o.Publisher.RetryMax = time.Second
+			if tune != nil {
+				tune(o)
+			}
+		},
+	}, testLogger(f.t))
+	if err != nil {
+		f.t.Fatalf("start mesh: %v", err)
+	}
+	f.mesh = m
+	f.t.Cleanup(func() {
+		if err := m.Stop(); err != nil {
+			f.t.Errorf("stop mesh: %v", err)
+		}
+	})
+	// The gateway creates the stream in the background; wait for it.
+	f.eventually(10*time.Second, "stream TELEMETRY exists", func() bool {
+		_, err := f.js.Stream(f.t.Context(), "TELEMETRY")
+		return err == nil
+	})
+}
+
+// The BEHAVIOUR.md fleet: temp_c with a +2 mutation and temp_f derived from
+// it, humidity optional, feels_like needing humidity.
+func (f *fixture) seed() {
+	f.t.Helper()
+	ctx := f.t.Context()
+	f.acme, f.globex = uuid.New(), uuid.New()
+	f.meter01, f.meter02, f.globex01 = uuid.New(), uuid.New(), uuid.New()
+	exec := func(sql string, args ...any) {
+		f.t.Helper()
+		if _, err := f.db.Pool.Exec(ctx, sql, args...); err != nil {
+			f.t.Fatalf("seed: %v\n%s", err, sql)
+		}
+	}
+	exec(`insert into organizations (id, slug, name) values ($1, 'acme', 'Acme'), ($2, 'globex', 'Globex')`, f.acme, f.globex)
+	for _, org := range []uuid.UUID{f.acme, f.globex} {
+		dt, topic := uuid.New(), uuid.New()
+		exec(`insert into device_types (id, organization_id, name, base_topic) values ($1, $2, 'thermometer', 'devices')`, dt, org)
+		exec(`insert into device_type_topics (id, device_type_id, suffix) values ($1, $2, 'telemetry')`, topic, dt)
+		exec(`insert into parameter_definitions (device_type_topic_id, key, json_path, data_type, required, critical, validation_rules, mutation_expression, sequence) values
+			($1, 'temp_c', '$.temp_c', 'decimal', true, true, '{"min": -50, "max": 150}', '{"+": [{"var": "val"}, 2]}', 1),
+			($1, 'humidity', '$.humidity', 'decimal', false, false, '{"min": 0, "max": 100}', null, 2),
+			($1, 'status', '$.status', 'string', false, false, '{"enum": ["ok", "warn"]}', null, 3)`, topic)
+		exec(`insert into derived_parameter_definitions (device_type_topic_id, key, data_type, expression, dependencies, sequence) values
+			($1, 'temp_f', 'decimal', '{"+": [{"*": [{"var": "temp_c"}, 1.8]}, 32]}', '{temp_c}', 1),
+			($1, 'feels_like', 'decimal', '{"+": [{"var": "temp_f"}, {"*": [{"var": "humidity"}, 0.1]}]}', '{}', 2)`, topic)
+		if org == f.acme {
+			exec(`insert into devices (id, organization_id, device_type_id, external_id, is_active) values
+				($1, $3, $4, 'meter-01', true), ($2, $3, $4, 'meter-02', false)`, f.meter01, f.meter02, org, dt)
+		} else {
+			exec(`insert into devices (id, organization_id, device_type_id, external_id, is_active) values ($1, $2, $3, 'globex-01', true)`, f.globex01, org, dt)
+		}
+	}
+}
+
+// publish publishes a payload; msgID, when set, goes in the Nats-Msg-Id
+// header.
+func (f *fixture) publish(subject, payload, msgID string) {
+	f.t.Helper()
+	m := nats.NewMsg(subject)
+	m.Data = []byte(payload)
+	if msgID != "" {
+		m.Header.Set("Nats-Msg-Id", msgID)
+	}
+	if _, err := f.js.PublishMsg(f.t.Context(), m); err != nil {
+		f.t.Fatalf("publish %s: %v", subject, err)
+	}
+}
+
+func (f *fixture) eventually(within time.Duration, what string, cond func() bool) {
+	f.t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	f.t.Fatalf("not true within %s: %s", within, what)
+}
+
+func (f *fixture) count(sql string, args ...any) int {
+	f.t.Helper()
+	var n int
+	if err := f.db.Pool.QueryRow(f.t.Context(), sql, args...).Scan(&n); err != nil {
+		f.t.Fatalf("count: %v\n%s", err, sql)
+	}
+	return n
+}
+
+// waitMessages waits until n ingestion messages match where.
+func (f *fixture) waitMessages(n int, where string, args ...any) {
+	f.t.Helper()
+	f.eventually(15*time.Second, fmt.Sprintf("%d messages where %s", n, where), func() bool {
+		return f.count("select count(*) from ingestion_messages where "+where, args...) == n
+	})
+}
+
+// waitIdle waits until the consumer has nothing pending or unacknowledged.
+func (f *fixture) waitIdle() {
+	f.t.Helper()
+	f.eventually(20*time.Second, "consumer drained", func() bool {
+		c, err := f.js.Consumer(f.t.Context(), "TELEMETRY", "telemesh-gateway")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(f.t.Context())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+}
+
+// analytics returns the events stored on the analytics stream for subject
+// filter.
+func (f *fixture) analytics(filter string) []map[string]any {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(f.t.Context(), 5*time.Second)
+	defer cancel()
+	cons, err := f.js.OrderedConsumer(ctx, "TELEMESH_ANALYTICS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	if err != nil {
+		f.t.Fatalf("analytics consumer: %v", err)
+	}
+	info, err := f.js.Stream(ctx, "TELEMESH_ANALYTICS")
+	if err != nil {
+		f.t.Fatalf("analytics stream: %v", err)
+	}
+	si, _ := info.Info(ctx, jetstream.WithSubjectFilter(filter))
+	want := 0
+	for _, n := range si.State.Subjects {
+		want += int(n)
+	}
+	var out []map[string]any
+	for len(out) < want {
+		m, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			if errors.Is(err, nats.ErrTimeout) {
+				break
+			}
+			f.t.Fatalf("read analytics: %v", err)
+		}
+		var ev map[string]any
+		if err := json.Unmarshal(m.Data(), &ev); err != nil {
+			f.t.Fatalf("analytics event %q: %v", m.Data(), err)
+		}
+		ev["_subject"] = m.Subject()
+		out = append(out, ev)
+	}
+	return out
+}
+
+// row returns a telemetry row as JSON objects by column.
+type telemetryRow struct {
+	State       string
+	Validation  string
+	Mutated     map[string]any
+	Transformed map[string]any
+	Unresolved  map[string]any
+	Errors      []map[string]any
+	Reason      *string
+}
+
+func (f *fixture) telemetryOf(messageWhere string, args ...any) telemetryRow {
+	f.t.Helper()
+	var r telemetryRow
+	var mutated, transformed, unresolved, errs []byte
+	err := f.db.Pool.QueryRow(f.t.Context(), `select t.processing_state, t.validation_status, t.mutated_values,
+			t.transformed_values, t.unresolved_values, t.validation_errors, t.failure_reason
+		from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+		where `+messageWhere, args...).Scan(&r.State, &r.Validation, &mutated, &transformed, &unresolved, &errs, &r.Reason)
+	if err != nil {
+		f.t.Fatalf("telemetry row where %s: %v", messageWhere, err)
+	}
+	_ = json.Unmarshal(mutated, &r.Mutated)
+	_ = json.Unmarshal(transformed, &r.Transformed)
+	_ = json.Unmarshal(unresolved, &r.Unresolved)
+	_ = json.Unmarshal(errs, &r.Errors)
+	return r
+}
+
+func (f *fixture) setSwitch(org *uuid.UUID, enabled bool) {
+	f.t.Helper()
+	if _, err := f.db.Pool.Exec(f.t.Context(), `insert into pipeline_switches (organization_id, pipeline_enabled) values ($1, $2)
+		on conflict (organization_id) do update set pipeline_enabled = excluded.pipeline_enabled, updated_at = now()`, org, enabled); err != nil {
+		f.t.Fatalf("set switch: %v", err)
+	}
+}
+
+func stageRows(pool *pgxpool.Pool, t testing.TB, dedupeLike string) map[string]int {
+	t.Helper()
+	rows, err := pool.Query(t.Context(), `select stage || ':' || status, count(*) from ingestion_stage_logs where dedupe_key like $1 group by 1`, dedupeLike)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var k string
+		var n int
+		if err := rows.Scan(&k, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[k] = n
+	}
+	return out
+}

@@ -1,0 +1,150 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+)
+
+// MeshOptions configure a whole mesh in one process.
+type MeshOptions struct {
+	DatabaseURL string
+	NATSURL     string
+	// Host is the loopback address every stage listens on; ports are picked
+	// free unless Ports names them.
+	Host string
+	// Ports optionally fixes each stage's gRPC and admin ports.
+	Ports map[string][2]int
+	// Tune, if set, adjusts each stage's options before it starts.
+	Tune func(*Options)
+}
+
+// Mesh is every stage running in one process, each on its own gRPC server.
+type Mesh struct {
+	// GRPC and Admin are each stage's addresses.
+	GRPC  map[string]string
+	Admin map[string]string
+
+	mu      sync.Mutex
+	running map[string]*runningStage
+	logger  *slog.Logger
+	stopped bool
+}
+
+// runningStage is one stage of a mesh and how to stop it.
+type runningStage struct {
+	opts Options
+	stop func() error
+}
+
+// StartMesh starts every stage, downstream first (publisher, persister,
+// deriver, validator, gateway) so each stage's next hop is serving before
+// it starts sending. It returns once all serve.
+func StartMesh(ctx context.Context, mo MeshOptions, logger *slog.Logger) (*Mesh, error) {
+	if mo.Host == "" {
+		mo.Host = "127.0.0.1"
+	}
+	m := &Mesh{GRPC: map[string]string{}, Admin: map[string]string{}, running: map[string]*runningStage{}, logger: logger}
+	host, _ := os.Hostname()
+	for i := len(Stages) - 1; i >= 0; i-- {
+		stage := Stages[i]
+		o := DefaultOptions(stage)
+		ports := mo.Ports[stage]
+		o.Process = Process{
+			Listen:               fmt.Sprintf("%s:%d", mo.Host, ports[0]),
+			AdminListen:          fmt.Sprintf("%s:%d", mo.Host, ports[1]),
+			DatabaseURL:          mo.DatabaseURL,
+			LogFormat:            "json",
+			LogLevel:             "info",
+			ShutdownGrace:        DefaultProcess().ShutdownGrace,
+			Reflection:           true,
+			RequestTimeout:       DefaultProcess().RequestTimeout,
+			MaxRecvMsgBytes:      DefaultProcess().MaxRecvMsgBytes,
+			MaxConcurrentStreams: DefaultProcess().MaxConcurrentStreams,
+			MaxConnectionAge:     DefaultProcess().MaxConnectionAge,
+			Instance:             host + "/" + stage,
+			StageLogMode:         "all",
+			StageLogSampleRate:   1,
+		}
+		o.NATS.URL = mo.NATSURL
+		for _, next := range NextHops[stage] {
+			o.Hops[next] = m.GRPC[next]
+		}
+		if mo.Tune != nil {
+			mo.Tune(&o)
+		}
+		if err := m.start(ctx, stage, o); err != nil {
+			_ = m.Stop()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// start runs one stage and waits until it serves.
+func (m *Mesh) start(ctx context.Context, stage string, o Options) error {
+	serving := make(chan [2]string, 1)
+	o.OnServing = func(g, a string) { serving <- [2]string{g, a} }
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- Serve(sctx, o, m.logger.With("stage", stage)) }()
+	select {
+	case addrs := <-serving:
+		m.GRPC[stage], m.Admin[stage] = addrs[0], addrs[1]
+	case err := <-done:
+		cancel()
+		return fmt.Errorf("start %s: %w", stage, err)
+	case <-ctx.Done():
+		cancel()
+		<-done
+		return ctx.Err()
+	}
+	var once sync.Once
+	var stopErr error
+	m.running[stage] = &runningStage{opts: o, stop: func() error {
+		once.Do(func() {
+			cancel()
+			stopErr = <-done
+		})
+		return stopErr
+	}}
+	return nil
+}
+
+// Restart stops one stage gracefully and starts it again on the same
+// addresses, as a redeployed process would.
+func (m *Mesh) Restart(ctx context.Context, stage string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.running[stage]
+	if r == nil {
+		return fmt.Errorf("no stage %q", stage)
+	}
+	if err := r.stop(); err != nil {
+		return fmt.Errorf("stop %s: %w", stage, err)
+	}
+	o := r.opts
+	o.Process.Listen, o.Process.AdminListen = m.GRPC[stage], m.Admin[stage]
+	return m.start(ctx, stage, o)
+}
+
+// Stop stops every stage in the reverse of the start order, gateway first,
+// so no stage is stopped while one before it still sends to it.
+func (m *Mesh) Stop() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped {
+		return nil
+	}
+	m.stopped = true
+	var errs []error
+	for _, stage := range Stages {
+		if r := m.running[stage]; r != nil {
+			errs = append(errs, r.stop())
+		}
+	}
+	return errors.Join(errs...)
+}

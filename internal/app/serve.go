@@ -1,0 +1,214 @@
+// Package app composes a stage process out of the shared runtime and the
+// stage packages. The telemesh command parses flags into [Options] and calls
+// [Serve]; `telemesh up` and the tests call it for every stage in one
+// process.
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+
+	"github.com/telemesh/telemesh/gateway"
+	"github.com/telemesh/telemesh/internal/admin"
+	"github.com/telemesh/telemesh/internal/catalog"
+	"github.com/telemesh/telemesh/internal/config"
+	"github.com/telemesh/telemesh/internal/grpcx"
+	"github.com/telemesh/telemesh/internal/natsx"
+	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/service"
+	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/services/persister"
+	"github.com/telemesh/telemesh/services/publisher"
+	"github.com/telemesh/telemesh/services/validator"
+)
+
+// The stages, in chain order.
+const (
+	Gateway   = "gateway"
+	Validator = "validator"
+	Deriver   = "deriver"
+	Persister = "persister"
+	Publisher = "publisher"
+)
+
+// Stages lists the stages in chain order.
+var Stages = []string{Gateway, Validator, Deriver, Persister, Publisher}
+
+// NextHops names the stages each stage calls.
+var NextHops = map[string][]string{
+	Gateway:   {Validator},
+	Validator: {Deriver, Persister},
+	Deriver:   {Persister},
+	Persister: {Publisher},
+}
+
+// UsesNATS reports whether a stage connects to NATS.
+func UsesNATS(stage string) bool { return stage == Gateway || stage == Publisher }
+
+// NATS holds a stage's NATS connection settings.
+type NATS struct {
+	URL  string
+	Auth natsx.Auth
+}
+
+// Options configure one stage process.
+type Options struct {
+	Stage   string
+	Process Process
+	NATS    NATS
+	// Hops maps each next stage's name to its target.
+	Hops          map[string]string
+	Gateway       gateway.Config
+	Limits        validator.Limits
+	Persister     persister.Config
+	Publisher     publisher.Config
+	PublisherNATS publisher.NATSConfig
+	// Env is the environment token of the analytics subjects.
+	Env string
+	// OnServing, if set, is called once the stage serves, with its
+	// addresses.
+	OnServing func(grpcAddr, adminAddr string)
+}
+
+// Serve runs one stage until ctx ends, then stops it gracefully.
+func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
+	s := &o.Process
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var closers []func(context.Context) error
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			_ = closers[i](context.Background())
+		}
+	}()
+
+	pool, err := pg.Open(ctx, s.DatabaseURL, pg.Options{ApplicationName: "telemesh-" + o.Stage})
+	if err != nil {
+		return err
+	}
+	closers = append(closers, func(context.Context) error { pool.Close(); return nil })
+
+	logs, err := stagelog.New(stagelog.Mode(s.StageLogMode), s.StageLogSampleRate, s.Instance)
+	if err != nil {
+		return config.Invalid("stage-log-mode", "%v", err)
+	}
+
+	clientMetrics := grpcprom.NewClientMetrics()
+	reg.MustRegister(clientMetrics)
+	conns := map[string]*grpc.ClientConn{}
+	for _, next := range NextHops[o.Stage] {
+		conn, err := grpcx.Dial(o.Hops[next], grpcx.ClientConfig{MaxMsgBytes: s.MaxRecvMsgBytes, Metrics: clientMetrics})
+		if err != nil {
+			return config.Invalid(next+"-addr", "%v", err)
+		}
+		conns[next] = conn
+		closers = append(closers, func(context.Context) error { return conn.Close() })
+	}
+
+	var nc *nats.Conn
+	if UsesNATS(o.Stage) {
+		nc, err = natsx.Connect(o.NATS.URL, "telemesh-"+o.Stage+"-"+s.Instance, o.NATS.Auth, logger)
+		if err != nil {
+			return config.Invalid("nats-url", "%v", err)
+		}
+		closers = append(closers, func(context.Context) error { return nc.Drain() })
+	}
+
+	srv, err := grpcx.NewServer(s.ServerConfig(), logger, reg)
+	if err != nil {
+		return err
+	}
+	cat := catalog.NewCache(pool, logger, 30*time.Second)
+	built, err := build(ctx, o, &deps{logger: logger, pool: pool, conns: conns, nc: nc, catalog: cat, logs: logs, reg: reg})
+	if err != nil {
+		return fmt.Errorf("start %s: %w", o.Stage, err)
+	}
+	built.handler.Register(srv)
+
+	ln, err := net.Listen("tcp", s.Listen)
+	if err != nil {
+		return config.Invalid("listen", "%v", err)
+	}
+	adm, err := admin.New(s.AdminListen, reg, logger)
+	if err != nil {
+		_ = ln.Close()
+		return config.Invalid("admin-listen", "%v", err)
+	}
+	adm.AddCheck("postgres", func(ctx context.Context) error { return pg.Ping(ctx, pool) })
+	if nc != nil {
+		adm.AddCheck("nats", func(context.Context) error {
+			if !nc.IsConnected() {
+				return fmt.Errorf("nats: %s", nc.Status())
+			}
+			return nil
+		})
+	}
+	adm.AddCheck("catalog", func(context.Context) error {
+		if cat.Snapshot() == nil {
+			return fmt.Errorf("catalog not loaded yet")
+		}
+		return nil
+	})
+
+	// The catalog loads in the background so a stage starts, and answers
+	// health checks, while Postgres is still coming up; until it loads,
+	// calls fail with Unavailable and callers retry.
+	workers := append([]service.Worker{{Name: "catalog", Run: func(ctx context.Context) error {
+		for ctx.Err() == nil {
+			err := cat.Load(ctx)
+			if err == nil {
+				break
+			}
+			logger.Warn("catalog not loaded yet; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+		}
+		return cat.Run(ctx)
+	}}}, built.workers...)
+
+	p := &service.Process{
+		Name:          o.Stage,
+		Logger:        logger,
+		GRPC:          srv,
+		Listener:      ln,
+		Admin:         adm,
+		Workers:       workers,
+		ShutdownGrace: s.ShutdownGrace,
+	}
+	if o.OnServing != nil {
+		p.OnServing = func() { o.OnServing(ln.Addr().String(), adm.Addr()) }
+	}
+	return p.Run(ctx)
+}
+
+// deps are what Serve opens for a stage before building it.
+type deps struct {
+	logger  *slog.Logger
+	pool    *pgxpool.Pool
+	conns   map[string]*grpc.ClientConn
+	nc      *nats.Conn
+	catalog *catalog.Cache
+	logs    *stagelog.Writer
+	reg     prometheus.Registerer
+}
+
+// builtStage is a constructed stage: its gRPC handler and the workers that
+// run beside it.
+type builtStage struct {
+	handler interface{ Register(grpc.ServiceRegistrar) }
+	workers []service.Worker
+}

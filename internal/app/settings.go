@@ -1,0 +1,105 @@
+package app
+
+import (
+	"time"
+
+	"github.com/telemesh/telemesh/internal/config"
+	"github.com/telemesh/telemesh/internal/grpcx"
+	"github.com/telemesh/telemesh/internal/logging"
+	"github.com/telemesh/telemesh/internal/pg"
+)
+
+// Process holds the settings every stage process has.
+type Process struct {
+	Listen               string
+	AdminListen          string
+	DatabaseURL          string
+	LogFormat            string
+	LogLevel             string
+	ShutdownGrace        time.Duration
+	Reflection           bool
+	RequestTimeout       time.Duration
+	MaxRecvMsgBytes      int
+	MaxConcurrentStreams uint32
+	MaxConnectionAge     time.Duration
+	Instance             string
+	StageLogMode         string
+	StageLogSampleRate   float64
+}
+
+// StageLogModes are the ingestion_stage_logs modes of the system telemesh
+// replaces.
+var StageLogModes = []string{"all", "sampled", "failures"}
+
+// Validate checks every setting and names the first bad one.
+func (s *Process) Validate() error {
+	if err := config.CheckListenAddr("listen", s.Listen); err != nil {
+		return err
+	}
+	if err := config.CheckListenAddr("admin-listen", s.AdminListen); err != nil {
+		return err
+	}
+	if s.DatabaseURL == "" {
+		return config.Invalid("database-url", "required")
+	}
+	if _, err := pg.ParseURL(s.DatabaseURL); err != nil {
+		return config.Invalid("database-url", "%v", err)
+	}
+	if err := config.CheckOneOf("log-format", s.LogFormat, logging.Formats...); err != nil {
+		return err
+	}
+	if err := config.CheckOneOf("log-level", s.LogLevel, logging.Levels...); err != nil {
+		return err
+	}
+	if s.ShutdownGrace <= 0 {
+		return config.Invalid("shutdown-grace", "must be positive")
+	}
+	if s.RequestTimeout <= 0 {
+		return config.Invalid("request-timeout", "must be positive")
+	}
+	if s.MaxRecvMsgBytes < 4<<10 || s.MaxRecvMsgBytes > 1<<30 {
+		return config.Invalid("max-recv-msg-bytes", "%d is out of range 4096..1073741824", s.MaxRecvMsgBytes)
+	}
+	if s.MaxConcurrentStreams == 0 {
+		return config.Invalid("max-concurrent-streams", "must be positive")
+	}
+	if s.MaxConnectionAge <= 0 {
+		return config.Invalid("max-connection-age", "must be positive")
+	}
+	if err := config.CheckOneOf("stage-log-mode", s.StageLogMode, StageLogModes...); err != nil {
+		return err
+	}
+	if s.StageLogSampleRate < 0 || s.StageLogSampleRate > 1 {
+		return config.Invalid("stage-log-sample-rate", "%v is out of range 0..1", s.StageLogSampleRate)
+	}
+	return nil
+}
+
+// ServerConfig returns the gRPC server limits of the settings.
+func (s *Process) ServerConfig() grpcx.ServerConfig {
+	c := grpcx.DefaultServerConfig()
+	c.Reflection = s.Reflection
+	c.RequestTimeout = s.RequestTimeout
+	c.MaxRecvMsgBytes = s.MaxRecvMsgBytes
+	c.MaxSendMsgBytes = s.MaxRecvMsgBytes
+	c.MaxConcurrentStreams = s.MaxConcurrentStreams
+	c.MaxConnectionAge = s.MaxConnectionAge
+	return c
+}
+
+// DefaultProcess returns the process settings used when none are given.
+func DefaultProcess() Process {
+	def := grpcx.DefaultServerConfig()
+	return Process{
+		LogFormat:            "auto",
+		LogLevel:             "info",
+		ShutdownGrace:        30 * time.Second,
+		Reflection:           true,
+		RequestTimeout:       def.RequestTimeout,
+		MaxRecvMsgBytes:      def.MaxRecvMsgBytes,
+		MaxConcurrentStreams: def.MaxConcurrentStreams,
+		MaxConnectionAge:     def.MaxConnectionAge,
+		StageLogMode:         "all",
+		StageLogSampleRate:   0.1,
+	}
+}

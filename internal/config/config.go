@@ -1,0 +1,201 @@
+// Package config reads settings from command-line flags and TELEMESH_*
+// environment variables, validates them and prints them with secrets masked.
+//
+// A flag set on the command line wins over the environment; the environment
+// wins over the default. Every setting has one flag name, and its variable is
+// TELEMESH_ followed by the flag name in upper case with - turned into _.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// EnvPrefix is the prefix of every environment variable telemesh reads.
+const EnvPrefix = "TELEMESH_"
+
+// secretAnnotation marks a flag whose value must never be printed.
+const secretAnnotation = "telemesh_secret"
+
+// ErrInvalid is the cause of every [Error]: a setting whose value cannot be used.
+var ErrInvalid = errors.New("invalid setting")
+
+// Error names the setting that stopped start-up and says why.
+type Error struct {
+	// Flag is the flag name without dashes.
+	Flag string
+	// Reason says what is wrong, without the secret part of the value.
+	Reason string
+}
+
+// Error returns one line naming both the flag and its environment variable.
+func (e *Error) Error() string {
+	return fmt.Sprintf("invalid setting --%s (%s): %s", e.Flag, EnvName(e.Flag), e.Reason)
+}
+
+// Unwrap lets errors.Is(err, ErrInvalid) hold for every Error.
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+// EnvName returns the environment variable that feeds the flag.
+func EnvName(flag string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// MarkSecret marks flags whose values are masked when printed. URL-valued
+// secrets keep everything but their password; other values are masked whole.
+func MarkSecret(fs *pflag.FlagSet, names ...string) {
+	for _, n := range names {
+		if fs.Lookup(n) == nil {
+			panic("config: MarkSecret of unknown flag " + n)
+		}
+		_ = fs.SetAnnotation(n, secretAnnotation, []string{"true"})
+	}
+}
+
+// ApplyEnv sets every flag that was not given on the command line from its
+// environment variable, if that variable is set. lookup is usually
+// os.LookupEnv; it is a parameter so that tests and embedders need not touch
+// the process environment.
+func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		v, ok := lookup(EnvName(f.Name))
+		if !ok {
+			return
+		}
+		if setErr := fs.Set(f.Name, v); setErr != nil {
+			err = &Error{Flag: f.Name, Reason: fmt.Sprintf("cannot parse %q as %s", display(f, v), f.Value.Type())}
+		}
+	})
+	return err
+}
+
+// Print logs every setting once, secrets masked, sorted by name.
+func Print(logger *slog.Logger, msg string, fs *pflag.FlagSet) {
+	var attrs []any
+	var flags []*pflag.Flag
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" {
+			return
+		}
+		flags = append(flags, f)
+	})
+	sort.Slice(flags, func(i, j int) bool { return flags[i].Name < flags[j].Name })
+	for _, f := range flags {
+		attrs = append(attrs, slog.String(f.Name, display(f, f.Value.String())))
+	}
+	logger.Info(msg, attrs...)
+}
+
+// Masked returns the value of a flag as Print shows it.
+func Masked(fs *pflag.FlagSet, name string) string {
+	f := fs.Lookup(name)
+	if f == nil {
+		return ""
+	}
+	return display(f, f.Value.String())
+}
+
+func display(f *pflag.Flag, v string) string {
+	if _, secret := f.Annotations[secretAnnotation]; !secret || v == "" {
+		return v
+	}
+	return MaskURL(v)
+}
+
+// MaskURL hides the password of a URL (or the whole value when it is not a
+// URL with a scheme), so it can be logged.
+func MaskURL(v string) string {
+	var out []string
+	// A NATS URL may list several servers separated by commas.
+	for _, part := range strings.Split(v, ",") {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil || u.Scheme == "" || u.Host == "" {
+			out = append(out, "*****")
+			continue
+		}
+		if u.User != nil {
+			if _, has := u.User.Password(); has {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			} else {
+				// A bare user part in a NATS URL is a token.
+				u.User = url.User("xxxxx")
+			}
+		}
+		q := u.Query()
+		for k := range q {
+			if lk := strings.ToLower(k); strings.Contains(lk, "password") || strings.Contains(lk, "token") || strings.Contains(lk, "secret") {
+				q.Set(k, "xxxxx")
+			}
+		}
+		u.RawQuery = q.Encode()
+		out = append(out, u.Redacted())
+	}
+	return strings.Join(out, ",")
+}
+
+// CheckListenAddr reports whether v is a host:port a server can listen on:
+// the port is a number from 0 to 65535 (0 picks a free one).
+func CheckListenAddr(flag, v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return &Error{Flag: flag, Reason: fmt.Sprintf("%q is not host:port", v)}
+	}
+	if host != "" && strings.ContainsAny(host, " /") {
+		return &Error{Flag: flag, Reason: fmt.Sprintf("%q has an invalid host", v)}
+	}
+	return checkPort(flag, v, port)
+}
+
+// CheckTarget reports whether v is a gRPC target telemesh can dial:
+// host:port or dns:///host:port, the port from 1 to 65535.
+func CheckTarget(flag, v string) error {
+	addr := v
+	if rest, ok := strings.CutPrefix(v, "dns:///"); ok {
+		addr = rest
+	} else if strings.Contains(v, "://") {
+		return &Error{Flag: flag, Reason: fmt.Sprintf("%q: only host:port and dns:///host:port targets are supported", v)}
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return &Error{Flag: flag, Reason: fmt.Sprintf("%q is not host:port or dns:///host:port", v)}
+	}
+	if port == "0" {
+		return &Error{Flag: flag, Reason: fmt.Sprintf("%q: port must be from 1 to 65535", v)}
+	}
+	return checkPort(flag, v, port)
+}
+
+func checkPort(flag, v, port string) error {
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return &Error{Flag: flag, Reason: fmt.Sprintf("%q: port %s is out of range 0-65535", v, port)}
+	}
+	return nil
+}
+
+// CheckOneOf reports whether v is one of the allowed values.
+func CheckOneOf(flag, v string, allowed ...string) error {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return &Error{Flag: flag, Reason: fmt.Sprintf("%q is not one of %s", v, strings.Join(allowed, ", "))}
+}
+
+// Invalid returns an [Error] for a flag with the given reason.
+func Invalid(flag, format string, args ...any) error {
+	return &Error{Flag: flag, Reason: fmt.Sprintf(format, args...)}
+}

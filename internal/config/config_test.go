@@ -1,0 +1,119 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func newFlags() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	fs.String("listen", "127.0.0.1:7071", "")
+	fs.String("database-url", "", "")
+	fs.Duration("shutdown-grace", 30*time.Second, "")
+	MarkSecret(fs, "database-url")
+	return fs
+}
+
+func TestApplyEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		flag    string
+		want    string
+		wantErr string
+	}{
+		{name: "default", flag: "listen", want: "127.0.0.1:7071"},
+		{name: "env", env: map[string]string{"TELEMESH_LISTEN": ":9000"}, flag: "listen", want: ":9000"},
+		{name: "flag wins", args: []string{"--listen", ":1"}, env: map[string]string{"TELEMESH_LISTEN": ":9000"}, flag: "listen", want: ":1"},
+		{name: "dash to underscore", env: map[string]string{"TELEMESH_SHUTDOWN_GRACE": "5s"}, flag: "shutdown-grace", want: "5s"},
+		{name: "unparsable", env: map[string]string{"TELEMESH_SHUTDOWN_GRACE": "soon"}, wantErr: "invalid setting --shutdown-grace (TELEMESH_SHUTDOWN_GRACE)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := newFlags()
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			err := ApplyEnv(fs, func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok })
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fs.Lookup(tt.flag).Value.String(); got != tt.want {
+				t.Errorf("%s = %q, want %q", tt.flag, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPrintMasksSecrets(t *testing.T) {
+	fs := newFlags()
+	if err := fs.Set("database-url", "postgres://app:hunter2@db:5432/telemesh?password=alsosecret"); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	Print(slog.New(slog.NewTextHandler(&buf, nil)), "config", fs)
+	out := buf.String()
+	if strings.Contains(out, "hunter2") || strings.Contains(out, "alsosecret") {
+		t.Fatalf("secret printed: %s", out)
+	}
+	if !strings.Contains(out, "app:xxxxx@db:5432") {
+		t.Fatalf("masked URL missing: %s", out)
+	}
+}
+
+func TestMaskURL(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"nats://tok@127.0.0.1:4222", "nats://xxxxx@127.0.0.1:4222"},
+		{"nats://u:p@a:4222,nats://u:p@b:4222", "nats://u:xxxxx@a:4222,nats://u:xxxxx@b:4222"},
+		{"plain-token", "*****"},
+		{"postgres://db/x", "postgres://db/x"},
+	}
+	for _, tt := range tests {
+		if got := MaskURL(tt.in); got != tt.want {
+			t.Errorf("MaskURL(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestChecks(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		ok   bool
+	}{
+		{"listen ok", CheckListenAddr("listen", "127.0.0.1:0"), true},
+		{"listen any host", CheckListenAddr("listen", ":7071"), true},
+		{"listen port out of range", CheckListenAddr("listen", "127.0.0.1:70000"), false},
+		{"listen negative", CheckListenAddr("listen", "127.0.0.1:-1"), false},
+		{"listen no port", CheckListenAddr("listen", "localhost"), false},
+		{"target ok", CheckTarget("next", "127.0.0.1:7072"), true},
+		{"target dns", CheckTarget("next", "dns:///deriver.telemesh.svc:7072"), true},
+		{"target port 0", CheckTarget("next", "127.0.0.1:0"), false},
+		{"target other scheme", CheckTarget("next", "unix:///tmp/x"), false},
+		{"one of", CheckOneOf("mode", "all", "all", "failures"), true},
+		{"not one of", CheckOneOf("mode", "some", "all", "failures"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if (tt.err == nil) != tt.ok {
+				t.Fatalf("err = %v, want ok=%v", tt.err, tt.ok)
+			}
+			if tt.err != nil && !errors.Is(tt.err, ErrInvalid) {
+				t.Fatalf("err %v does not wrap ErrInvalid", tt.err)
+			}
+		})
+	}
+}

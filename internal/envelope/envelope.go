@@ -1,0 +1,155 @@
+// Package envelope holds the helpers every stage uses to read and fill the
+// telemetry envelope: the vocabulary of stages, statuses and states as they
+// are stored, and conversions between protobuf and plain Go values.
+package envelope
+
+import (
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
+	"github.com/telemesh/telemesh/internal/value"
+)
+
+// Stage names as stored in ingestion_stage_logs.stage.
+const (
+	StageIngress  = "ingress"
+	StageValidate = "validate"
+	StageMutate   = "mutate"
+	StageDerive   = "derive"
+	StagePersist  = "persist"
+	StagePublish  = "publish"
+)
+
+// StageName returns the stored name of a stage, or "" for none.
+func StageName(s telemetryv1.Stage) string {
+	if s == telemetryv1.Stage_STAGE_UNSPECIFIED {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(s.String(), "STAGE_"))
+}
+
+// StatusName returns the stored name of a message status, or "" for none.
+func StatusName(s telemetryv1.MessageStatus) string {
+	if s == telemetryv1.MessageStatus_MESSAGE_STATUS_UNSPECIFIED {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(s.String(), "MESSAGE_STATUS_"))
+}
+
+// StatusFromString maps a stored message status to its enum.
+func StatusFromString(s string) telemetryv1.MessageStatus {
+	return telemetryv1.MessageStatus(telemetryv1.MessageStatus_value["MESSAGE_STATUS_"+strings.ToUpper(s)])
+}
+
+// StateName returns the stored name of a processing state, or "" for none.
+func StateName(s telemetryv1.ProcessingState) string {
+	if s == telemetryv1.ProcessingState_PROCESSING_STATE_UNSPECIFIED {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(s.String(), "PROCESSING_STATE_"))
+}
+
+// StateFromString maps a stored processing state to its enum.
+func StateFromString(s string) telemetryv1.ProcessingState {
+	return telemetryv1.ProcessingState(telemetryv1.ProcessingState_value["PROCESSING_STATE_"+strings.ToUpper(s)])
+}
+
+// Terminal reports whether a message status ends the message's handling, so
+// the gateway may acknowledge it.
+func Terminal(s telemetryv1.MessageStatus) bool {
+	switch s {
+	case telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED,
+		telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_VALIDATION,
+		telemetryv1.MessageStatus_MESSAGE_STATUS_INACTIVE_SKIPPED,
+		telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL,
+		telemetryv1.MessageStatus_MESSAGE_STATUS_DUPLICATE,
+		telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED:
+		return true
+	}
+	return false
+}
+
+// Halted reports whether a message stopped before the deriver: it goes
+// straight to the persister as evidence.
+func Halted(e *telemetryv1.Envelope) bool {
+	switch e.GetStatus() {
+	case telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_VALIDATION,
+		telemetryv1.MessageStatus_MESSAGE_STATUS_INACTIVE_SKIPPED,
+		telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL,
+		telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED:
+		return true
+	}
+	return false
+}
+
+// ParseUUID parses s, or returns uuid.Nil when it is empty or malformed.
+func ParseUUID(s string) uuid.UUID {
+	u, err := uuid.Parse(s)
+	if err != nil {
+		return uuid.Nil
+	}
+	return u
+}
+
+// Time converts a timestamp; a missing one is the zero time.
+func Time(t *timestamppb.Timestamp) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.AsTime()
+}
+
+// Values converts protobuf values to plain Go.
+func Values(m map[string]*telemetryv1.Value) map[string]any {
+	return value.MapFromProto(m)
+}
+
+// Unresolved is a derived value that could not be computed, as stored in
+// device_telemetry_logs.unresolved_values and the stage logs.
+type Unresolved struct {
+	Reason        string   `json:"reason"`
+	MissingInputs []string `json:"missing_inputs,omitempty"`
+	Cycle         []string `json:"cycle,omitempty"`
+	Detail        string   `json:"detail,omitempty"`
+}
+
+// Derived splits derived values into computed ones and unresolved ones.
+func Derived(m map[string]*telemetryv1.DerivedValue) (map[string]any, map[string]any) {
+	values := map[string]any{}
+	unresolved := map[string]any{}
+	for k, d := range m {
+		if u := d.GetUnresolved(); u != nil {
+			unresolved[k] = Unresolved{
+				Reason:        strings.ToLower(strings.TrimPrefix(u.GetReason().String(), "UNRESOLVED_REASON_")),
+				MissingInputs: u.GetMissingInputs(),
+				Cycle:         u.GetCycle(),
+				Detail:        u.GetDetail(),
+			}
+			continue
+		}
+		values[k] = value.FromProto(d.GetValue())
+	}
+	return values, unresolved
+}
+
+// ValidationError is one validation error as stored in
+// device_telemetry_logs.validation_errors.
+type ValidationError struct {
+	Parameter string `json:"parameter,omitempty"`
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	Critical  bool   `json:"critical"`
+}
+
+// ValidationErrors converts the envelope's validation errors for storage.
+func ValidationErrors(errs []*telemetryv1.ValidationError) []ValidationError {
+	out := make([]ValidationError, len(errs))
+	for i, e := range errs {
+		out[i] = ValidationError{Parameter: e.GetParameter(), Code: e.GetCode(), Message: e.GetMessage(), Critical: e.GetCritical()}
+	}
+	return out
+}

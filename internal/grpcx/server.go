@@ -1,0 +1,221 @@
+// Package grpcx builds the gRPC servers and clients every stage uses, with
+// one interceptor chain, one error-to-code mapping and one set of limits.
+package grpcx
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"buf.build/go/protovalidate"
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	protovalidatemw "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+)
+
+// ServerConfig holds the limits and switches of a stage's gRPC server.
+type ServerConfig struct {
+	// Reflection registers the server reflection service, so grpcurl works
+	// without proto files. Production may turn it off.
+	Reflection bool
+	// RequestTimeout caps every call, whatever deadline the caller sent.
+	RequestTimeout time.Duration
+	// MaxRecvMsgBytes bounds one request; a larger one is ResourceExhausted.
+	MaxRecvMsgBytes int
+	// MaxSendMsgBytes bounds one response.
+	MaxSendMsgBytes int
+	// MaxConcurrentStreams bounds the calls in flight on one connection.
+	MaxConcurrentStreams uint32
+	// MaxConnectionAge closes connections after this long so clients
+	// re-resolve dns:/// names and new replicas receive work.
+	MaxConnectionAge time.Duration
+	// Credentials secure the server; nil means plaintext.
+	Credentials credentials.TransportCredentials
+}
+
+// DefaultServerConfig returns the limits used when a setting is not given.
+func DefaultServerConfig() ServerConfig {
+	return ServerConfig{
+		Reflection:           true,
+		RequestTimeout:       30 * time.Second,
+		MaxRecvMsgBytes:      64 << 20,
+		MaxSendMsgBytes:      64 << 20,
+		MaxConcurrentStreams: 256,
+		MaxConnectionAge:     5 * time.Minute,
+	}
+}
+
+// Server is a gRPC server with the standard health service and, optionally,
+// reflection.
+type Server struct {
+	*grpc.Server
+	// Health is the grpc.health.v1 service; the overall status ("") and one
+	// per registered service are kept in step by [Server.SetServing].
+	Health *health.Server
+	// Metrics are the server's Prometheus metrics, registered on the
+	// registry passed to [NewServer].
+	Metrics *grpcprom.ServerMetrics
+	reflect bool
+}
+
+// NewServer builds a server with the telemesh interceptor chain. Services are
+// registered on the returned server before it is started with Serve; call
+// [Server.Ready] after registering them.
+func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+		grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}),
+	))
+	if err := reg.Register(metrics); err != nil {
+		return nil, fmt.Errorf("register grpc metrics: %w", err)
+	}
+	validator, err := protovalidate.New()
+	if err != nil {
+		return nil, fmt.Errorf("request validator: %w", err)
+	}
+	opts := []grpc.ServerOption{
+		// The chain runs outermost first. Metrics and logging see every call,
+		// including ones that later interceptors reject, with the final code.
+		// The timeout is applied before validation and the handler so both
+		// run under it. Errors are mapped to codes after the handler returns
+		// and before logging and metrics see them. Recovery is innermost so a
+		// panic becomes an Internal error that everything above records.
+		grpc.ChainUnaryInterceptor(
+			metrics.UnaryServerInterceptor(),
+			logging.UnaryServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
+			timeoutInterceptor(cfg.RequestTimeout),
+			protovalidatemw.UnaryServerInterceptor(validator),
+			errorMappingInterceptor(),
+			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(recoverHandler(logger))),
+		),
+		grpc.ChainStreamInterceptor(
+			metrics.StreamServerInterceptor(),
+			logging.StreamServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
+			protovalidatemw.StreamServerInterceptor(validator),
+			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(recoverHandler(logger))),
+		),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
+		grpc.MaxSendMsgSize(cfg.MaxSendMsgBytes),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			// Clients ping at most every 10s (see Dial); anything faster is abuse.
+			MinTime:             5 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      cfg.MaxConnectionAge,
+			MaxConnectionAgeGrace: cfg.RequestTimeout + 5*time.Second,
+			Time:                  30 * time.Second,
+			Timeout:               10 * time.Second,
+		}),
+	}
+	if cfg.Credentials != nil {
+		opts = append(opts, grpc.Creds(cfg.Credentials))
+	}
+	s := &Server{
+		Server:  grpc.NewServer(opts...),
+		Health:  health.NewServer(),
+		Metrics: metrics,
+		reflect: cfg.Reflection,
+	}
+	healthpb.RegisterHealthServer(s.Server, s.Health)
+	if cfg.Reflection {
+		reflection.Register(s.Server)
+	}
+	s.SetServing(false)
+	return s, nil
+}
+
+// Ready initialises per-method metrics once every service is registered.
+func (s *Server) Ready() {
+	s.Metrics.InitializeMetrics(s.Server)
+}
+
+// SetServing marks the whole server and each registered service SERVING or
+// NOT_SERVING in the health service.
+func (s *Server) SetServing(serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.Health.SetServingStatus("", st)
+	for name := range s.GetServiceInfo() {
+		if name == healthpb.Health_ServiceDesc.ServiceName {
+			continue
+		}
+		s.Health.SetServingStatus(name, st)
+	}
+}
+
+// Stop stops the server gracefully: health turns NOT_SERVING, new calls are
+// refused and calls in flight may finish within grace; after that they are
+// cancelled.
+func (s *Server) Stop(grace time.Duration) {
+	s.Health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.Server.Stop()
+		<-done
+	}
+}
+
+// timeoutInterceptor bounds every call by max, keeping a shorter deadline
+// the caller set.
+func timeoutInterceptor(max time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if max <= 0 {
+			return handler(ctx, req)
+		}
+		if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > max {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, max)
+			defer cancel()
+		}
+		return handler(ctx, req)
+	}
+}
+
+func recoverHandler(logger *slog.Logger) recovery.RecoveryHandlerFuncContext {
+	return func(ctx context.Context, p any) error {
+		logger.ErrorContext(ctx, "panic in gRPC handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	}
+}
+
+func slogAdapter(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}
+
+// codeToLevel keeps successful calls at debug so a busy stage does not log a
+// line per batch; failures are warnings or errors.
+func codeToLevel(c codes.Code) logging.Level {
+	switch c {
+	case codes.OK:
+		return logging.LevelDebug
+	case codes.Internal, codes.Unknown, codes.DataLoss:
+		return logging.LevelError
+	default:
+		return logging.LevelWarn
+	}
+}

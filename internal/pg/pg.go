@@ -1,0 +1,72 @@
+// Package pg opens the Postgres connection pool every stage uses.
+package pg
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Options tune a pool. Zero values keep pgx's defaults.
+type Options struct {
+	// ApplicationName shows in pg_stat_activity, so an operator can tell the
+	// stages apart.
+	ApplicationName string
+	// MaxConns bounds the pool.
+	MaxConns int32
+}
+
+// ParseURL checks a Postgres URL or keyword/value string without connecting.
+// Its error never contains the password.
+func ParseURL(url string) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// pgx's message repeats the connection string with the password
+		// masked; keep only the reason.
+		return nil, fmt.Errorf("not a valid Postgres URL or DSN: %w", unwrapAll(err))
+	}
+	return cfg, nil
+}
+
+// Open returns a pool for url. It does not wait for the server: connections
+// are made on first use, so a stage can start before Postgres is ready and
+// report not-ready until it is.
+func Open(ctx context.Context, url string, opts Options) (*pgxpool.Pool, error) {
+	cfg, err := ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	if opts.ApplicationName != "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = opts.ApplicationName
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = opts.MaxConns
+	}
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres pool: %w", err)
+	}
+	return pool, nil
+}
+
+// Ping checks that a connection can be had and used.
+func Ping(ctx context.Context, pool *pgxpool.Pool) error {
+	if err := pool.Ping(ctx); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	return nil
+}
+
+func unwrapAll(err error) error {
+	type unwrapper interface{ Unwrap() error }
+	for {
+		u, ok := err.(unwrapper)
+		if !ok || u.Unwrap() == nil {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}

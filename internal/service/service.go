@@ -1,0 +1,120 @@
+// Package service runs one stage process: its gRPC server, its admin HTTP
+// port and its background workers, and stops them gracefully when the
+// context ends.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/telemesh/telemesh/internal/admin"
+	"github.com/telemesh/telemesh/internal/grpcx"
+)
+
+// Worker is a background loop, such as a NATS consumer or a retry loop. It
+// runs until ctx ends, finishes the work it has started, and returns nil; an
+// error it returns stops the process.
+type Worker struct {
+	Name string
+	Run  func(ctx context.Context) error
+}
+
+// Process is one running stage.
+type Process struct {
+	// Name is the stage name, used in logs.
+	Name   string
+	Logger *slog.Logger
+	// GRPC is the server with the stage's service registered on it.
+	GRPC *grpcx.Server
+	// Listener is where GRPC serves.
+	Listener net.Listener
+	// Admin is the admin HTTP server.
+	Admin *admin.Server
+	// Workers run beside the server.
+	Workers []Worker
+	// ShutdownGrace bounds the graceful stop: workers finishing their
+	// batches, then calls in flight. Past it, calls are cancelled.
+	ShutdownGrace time.Duration
+	// Closers run last, after everything else stopped, in order (flush
+	// stage logs, close pools).
+	Closers []func(ctx context.Context) error
+	// OnServing, if set, is called once the process is serving.
+	OnServing func()
+}
+
+// Run serves until ctx ends or a part fails, then stops in this order:
+// health turns NOT_SERVING so balancers stop sending; workers stop taking new
+// work and finish what they started; the gRPC server drains calls in flight;
+// the admin port closes; closers run. It returns nil after a stop asked for
+// through ctx.
+func (p *Process) Run(ctx context.Context) error {
+	errc := make(chan error, 2+len(p.Workers))
+	go func() {
+		if err := p.GRPC.Serve(p.Listener); err != nil && !errors.Is(err, net.ErrClosed) {
+			errc <- fmt.Errorf("grpc serve: %w", err)
+		}
+	}()
+	go func() {
+		if err := p.Admin.Serve(); err != nil {
+			errc <- err
+		}
+	}()
+
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	var wg sync.WaitGroup
+	for _, w := range p.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.Run(workCtx); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", w.Name, err)
+			}
+		}()
+	}
+
+	p.GRPC.Ready()
+	p.GRPC.SetServing(true)
+	p.Logger.Info("serving", "stage", p.Name, "grpc", p.Listener.Addr().String(), "admin", p.Admin.Addr())
+	if p.OnServing != nil {
+		p.OnServing()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		p.Logger.Info("shutting down", "stage", p.Name, "grace", p.ShutdownGrace.String())
+	case runErr = <-errc:
+		p.Logger.Error("stopping after failure", "stage", p.Name, "err", runErr)
+	}
+
+	deadline := time.Now().Add(p.ShutdownGrace)
+	p.GRPC.SetServing(false)
+	stopWork()
+	workersDone := make(chan struct{})
+	go func() { wg.Wait(); close(workersDone) }()
+	select {
+	case <-workersDone:
+	case <-time.After(time.Until(deadline)):
+		p.Logger.Warn("workers did not finish within the grace period; unfinished work is left unacknowledged and will be redelivered", "stage", p.Name)
+	}
+	p.GRPC.Stop(max(time.Until(deadline), 0))
+
+	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(time.Until(deadline), time.Second))
+	defer cancel()
+	if err := p.Admin.Shutdown(closeCtx); err != nil {
+		p.Logger.Warn("admin shutdown", "err", err)
+	}
+	for _, c := range p.Closers {
+		if err := c(closeCtx); err != nil {
+			p.Logger.Warn("close", "stage", p.Name, "err", err)
+		}
+	}
+	p.Logger.Info("stopped", "stage", p.Name)
+	return runErr
+}

@@ -1,0 +1,126 @@
+package persister
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Message statuses of ingestion_messages, as the system telemesh replaces
+// named them, plus parked.
+const (
+	StatusCompleted        = "completed"
+	StatusFailedValidation = "failed_validation"
+	StatusInactiveSkipped  = "inactive_skipped"
+	StatusFailedTerminal   = "failed_terminal"
+	StatusDuplicate        = "duplicate"
+	StatusParked           = "parked"
+)
+
+// Telemetry row states (device_telemetry_logs.processing_state).
+const (
+	StatePending         = "pending"
+	StateProcessed       = "processed"
+	StateInvalid         = "invalid"
+	StateInactiveSkipped = "inactive_skipped"
+	StatePublishFailed   = "publish_failed"
+)
+
+// Message is one message as the persister stores it.
+type Message struct {
+	// ID is telemesh's id; the telemetry row has the same id.
+	ID              uuid.UUID
+	DedupeKey       string
+	SourceMessageID string
+	SourceSubject   string
+	// OrganizationID and DeviceID are uuid.Nil when the subject named none.
+	OrganizationID  uuid.UUID
+	DeviceID        uuid.UUID
+	StreamSequence  uint64
+	DeliveryAttempt int
+	RawPayload      []byte
+	ContentType     string
+	// Status is the message status to store.
+	Status      string
+	HaltedStage string
+	Reason      string
+	ReceivedAt  time.Time
+	// Telemetry is the row for device_telemetry_logs; nil for messages
+	// that have none (failed_terminal, parked).
+	Telemetry *Telemetry
+}
+
+// Telemetry is a device_telemetry_logs row.
+type Telemetry struct {
+	Topic            string
+	RecordedAt       time.Time
+	State            string
+	Valid            bool
+	ValidationErrors any
+	Mutated          map[string]any
+	// Transformed holds the raw extracted values and the derived ones.
+	Transformed   map[string]any
+	Unresolved    map[string]any
+	FailureReason string
+}
+
+// Disposition says what persisting did with a message.
+type Disposition int
+
+const (
+	// Inserted is a message stored for the first time.
+	Inserted Disposition = iota + 1
+	// Resumed is a parked message stored with its final status.
+	Resumed
+	// Duplicate is a message whose dedupe key was already stored by an
+	// original that reached persist; nothing was written for it.
+	Duplicate
+)
+
+// Result is the disposition of one message, in input order.
+type Result struct {
+	Disposition Disposition
+	// OriginalID is the stored message's id, which differs from the
+	// message's own for a duplicate.
+	OriginalID uuid.UUID
+	// OriginalStatus is the stored status of a duplicate's original.
+	OriginalStatus string
+}
+
+// FirstOfKey returns, for each message, the index of the first message in
+// the batch with the same dedupe key (itself when it is the first). A
+// redelivery can land in the same batch as its original, and one statement
+// cannot write a key twice.
+func FirstOfKey(msgs []Message) []int {
+	first := make(map[string]int, len(msgs))
+	out := make([]int, len(msgs))
+	for i := range msgs {
+		if j, ok := first[msgs[i].DedupeKey]; ok {
+			out[i] = j
+			continue
+		}
+		first[msgs[i].DedupeKey] = i
+		out[i] = i
+	}
+	return out
+}
+
+// jsonText encodes v for a jsonb column; nil maps become {}.
+func jsonText(v any, empty string) (string, error) {
+	switch t := v.(type) {
+	case nil:
+		return empty, nil
+	case map[string]any:
+		if len(t) == 0 {
+			return empty, nil
+		}
+	case json.RawMessage:
+		return string(t), nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}

@@ -1,0 +1,156 @@
+package persister
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/internal/testdb"
+)
+
+func TestFirstOfKey(t *testing.T) {
+	msgs := []Message{{DedupeKey: "a"}, {DedupeKey: "b"}, {DedupeKey: "a"}, {DedupeKey: "c"}, {DedupeKey: "b"}}
+	got := FirstOfKey(msgs)
+	want := []int{0, 1, 0, 3, 1}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("FirstOfKey = %v, want %v", got, want)
+		}
+	}
+}
+
+func TestPersist(t *testing.T) {
+	db := testdb.New(t)
+	store := NewStore(db.Pool, 30*time.Second)
+	logs, _ := stagelog.New(stagelog.ModeAll, 1, "test")
+	ctx := t.Context()
+	device := uuid.New()
+	msg := func(key, status string, telemetry bool) Message {
+		m := Message{
+			ID: uuid.Must(uuid.NewV7()), DedupeKey: key, SourceSubject: "devices.d.telemetry", DeviceID: device,
+			Status: status, ReceivedAt: time.Now(), RawPayload: []byte(`{"temp_c": 1}`),
+		}
+		if telemetry {
+			m.Telemetry = &Telemetry{Topic: "telemetry", RecordedAt: time.Now(), State: StatePending, Valid: true,
+				Mutated: map[string]any{"temp_c": 3.0}, Transformed: map[string]any{"temp_c": 3.0, "temp_f": 37.4}}
+		}
+		return m
+	}
+	noLogs := func([]Result) []stagelog.Entry { return nil }
+	count := func(sql string, args ...any) int {
+		var n int
+		if err := db.Pool.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	tests := []struct {
+		name  string
+		batch []Message
+		dry   bool
+		want  []Disposition
+		check func(t *testing.T, batch []Message, res []Result)
+	}{
+		{
+			name:  "new messages are inserted with their telemetry rows",
+			batch: []Message{msg("k1", StatusCompleted, true), msg("k2", StatusFailedTerminal, false)},
+			want:  []Disposition{Inserted, Inserted},
+			check: func(t *testing.T, batch []Message, _ []Result) {
+				if n := count(`select count(*) from device_telemetry_logs where id = $1 and processing_state = 'pending' and next_publish_at > now()`, batch[0].ID); n != 1 {
+					t.Errorf("telemetry rows for k1 = %d", n)
+				}
+				if n := count(`select count(*) from device_telemetry_logs where ingestion_message_id = $1`, batch[1].ID); n != 0 {
+					t.Errorf("failed_terminal got a telemetry row")
+				}
+			},
+		},
+		{
+			name:  "a key already persisted is a duplicate and changes nothing",
+			batch: []Message{msg("k1", StatusCompleted, true)},
+			want:  []Disposition{Duplicate},
+			check: func(t *testing.T, batch []Message, res []Result) {
+				if res[0].OriginalID == batch[0].ID || res[0].OriginalStatus != StatusCompleted {
+					t.Errorf("duplicate result = %+v", res[0])
+				}
+				if n := count(`select count(*) from device_telemetry_logs`); n != 1 {
+					t.Errorf("%d telemetry rows, want 1", n)
+				}
+			},
+		},
+		{
+			name:  "a key twice in one batch: the second is a duplicate of the first",
+			batch: []Message{msg("k3", StatusCompleted, true), msg("k3", StatusCompleted, true)},
+			want:  []Disposition{Inserted, Duplicate},
+			check: func(t *testing.T, batch []Message, res []Result) {
+				if res[1].OriginalID != batch[0].ID {
+					t.Errorf("in-batch duplicate names %s, want %s", res[1].OriginalID, batch[0].ID)
+				}
+			},
+		},
+		{
+			name:  "a parked message is stored without telemetry",
+			batch: []Message{msg("k4", StatusParked, false)},
+			want:  []Disposition{Inserted},
+		},
+		{
+			name:  "the parked message is resumed, keeping its id",
+			batch: []Message{msg("k4", StatusCompleted, true)},
+			want:  []Disposition{Resumed},
+			check: func(t *testing.T, batch []Message, res []Result) {
+				if n := count(`select count(*) from ingestion_messages where dedupe_key = 'k4' and status = 'completed' and id = $1`, res[0].OriginalID); n != 1 {
+					t.Errorf("parked row not completed")
+				}
+				if n := count(`select count(*) from device_telemetry_logs where id = $1`, res[0].OriginalID); n != 1 {
+					t.Errorf("resumed row has no telemetry row under the parked id")
+				}
+			},
+		},
+		{
+			name:  "dry run writes nothing",
+			batch: []Message{msg("k5", StatusCompleted, true), msg("k1", StatusCompleted, true)},
+			dry:   true,
+			want:  []Disposition{Inserted, Duplicate},
+			check: func(t *testing.T, _ []Message, _ []Result) {
+				if n := count(`select count(*) from ingestion_messages where dedupe_key = 'k5'`); n != 0 {
+					t.Errorf("dry run wrote a message")
+				}
+			},
+		},
+		{
+			name: "a payload jsonb refuses is stored without its jsonb copy",
+			batch: func() []Message {
+				m := msg("k6", StatusCompleted, true)
+				m.RawPayload = []byte(`{"s": "\ud800"}`)
+				return []Message{m}
+			}(),
+			want: []Disposition{Inserted},
+			check: func(t *testing.T, batch []Message, _ []Result) {
+				if n := count(`select count(*) from device_telemetry_logs where id = $1 and raw_payload is null`, batch[0].ID); n != 1 {
+					t.Errorf("row not stored without raw jsonb")
+				}
+				if n := count(`select count(*) from ingestion_messages where id = $1 and raw_payload = $2`, batch[0].ID, batch[0].RawPayload); n != 1 {
+					t.Errorf("raw bytes not kept")
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := store.Persist(ctx, tt.batch, tt.dry, logs, noLogs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, w := range tt.want {
+				if res[i].Disposition != w {
+					t.Errorf("message %d: disposition %v, want %v", i, res[i].Disposition, w)
+				}
+			}
+			if tt.check != nil {
+				tt.check(t, tt.batch, res)
+			}
+		})
+	}
+}

@@ -1,0 +1,268 @@
+// Package publisher is the publish stage: it writes each device's latest
+// values to the NATS KV bucket device-states and publishes analytics and
+// invalid events, then marks the telemetry rows processed or publish_failed.
+// A background loop retries publish_failed rows, and rows left pending by a
+// crash, until they are processed.
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+
+	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
+	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
+	"github.com/telemesh/telemesh/internal/catalog"
+	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/stagelog"
+)
+
+// Config tunes the stage.
+type Config struct {
+	// RetryEvery is how often the retry loop looks for due rows.
+	RetryEvery time.Duration
+	// RetryBatch bounds the rows one retry round claims.
+	RetryBatch int
+	// RetryBase and RetryMax shape the backoff of publish_failed rows.
+	RetryBase, RetryMax time.Duration
+}
+
+// DefaultConfig returns the settings used when none are given.
+func DefaultConfig() Config {
+	return Config{RetryEvery: time.Second, RetryBatch: 500, RetryBase: 2 * time.Second, RetryMax: 5 * time.Minute}
+}
+
+// Server is the gRPC handler of the publish stage.
+type Server struct {
+	publisherv1.UnimplementedPublisherServiceServer
+	cfg     Config
+	pub     *Publisher
+	pool    *pgxpool.Pool
+	catalog *catalog.Cache
+	logs    *stagelog.Writer
+	logger  *slog.Logger
+}
+
+// New returns the publish stage.
+func New(cfg Config, pub *Publisher, pool *pgxpool.Pool, cat *catalog.Cache, logs *stagelog.Writer, logger *slog.Logger) *Server {
+	return &Server{cfg: cfg, pub: pub, pool: pool, catalog: cat, logs: logs, logger: logger}
+}
+
+// Register registers the stage's service on s.
+func (srv *Server) Register(s grpc.ServiceRegistrar) {
+	publisherv1.RegisterPublisherServiceServer(s, srv)
+}
+
+// Publish publishes the persisted rows of a batch and records the result on
+// each row.
+func (srv *Server) Publish(ctx context.Context, req *publisherv1.PublishRequest) (*publisherv1.PublishResponse, error) {
+	start := time.Now()
+	envs := req.GetEnvelopes()
+	items := make([]Item, len(envs))
+	for i, e := range envs {
+		items[i] = itemFromEnvelope(e)
+	}
+	results := srv.pub.Publish(ctx, items, req.GetDryRun())
+	outcomes := make([]*telemetryv1.Outcome, len(envs))
+	for i, e := range envs {
+		o := &telemetryv1.Outcome{
+			MessageId: e.GetMessageId(), DedupeKey: e.GetDedupeKey(), Status: e.GetStatus(),
+			ProcessingState: e.GetProcessingState(), HaltedStage: e.GetHaltedStage(), Reason: e.GetReason(),
+		}
+		if !items[i].Invalid {
+			o.ProcessingState = telemetryv1.ProcessingState_PROCESSING_STATE_PROCESSED
+			if err := results[i].Err; err != nil {
+				o.ProcessingState = telemetryv1.ProcessingState_PROCESSING_STATE_PUBLISH_FAILED
+				o.HaltedStage = telemetryv1.Stage_STAGE_PUBLISH
+				o.Reason = err.Error()
+			}
+		}
+		if req.GetDryRun() {
+			o.Envelope = e
+			if len(results[i].Subjects) > 0 {
+				o.Reason = fmt.Sprintf("would publish to %v", results[i].Subjects)
+			}
+			if results[i].Skipped != "" {
+				o.Reason = "not published: " + results[i].Skipped
+			}
+		}
+		outcomes[i] = o
+	}
+	if req.GetDryRun() {
+		return &publisherv1.PublishResponse{Outcomes: outcomes}, nil
+	}
+	if err := srv.record(ctx, items, results, time.Since(start), nil); err != nil {
+		// The events are out but the rows say pending: the retry loop will
+		// publish them again once their lease ends, and the stream drops the
+		// repeats by message id. Report the batch as failed so the caller
+		// does not claim them processed.
+		return nil, err
+	}
+	return &publisherv1.PublishResponse{Outcomes: outcomes}, nil
+}
+
+// execTx is a transaction the caller owns.
+type execTx interface {
+	Execer
+	stagelog.Querier
+	Commit(ctx context.Context) error
+	Rollback(ctx context.Context) error
+}
+
+// record marks the rows and writes the publish stage logs in one
+// transaction: tx when the caller has one (the retry loop's, holding the
+// claimed rows), else its own.
+func (srv *Server) record(ctx context.Context, items []Item, results []ItemResult, took time.Duration, tx execTx) error {
+	var (
+		processed []uuid.UUID
+		failed    []Failure
+		entries   = make([]stagelog.Entry, 0, len(items))
+		per       = took / time.Duration(max(len(items), 1))
+	)
+	for i := range items {
+		it, r := &items[i], results[i]
+		e := stagelog.Entry{MessageID: it.MessageID, DedupeKey: it.DedupeKey, Stage: envelope.StagePublish,
+			Status: stagelog.StatusCompleted, Duration: per, Attempt: max(it.Attempt, 1)}
+		switch {
+		case r.Err != nil:
+			e.Status = stagelog.StatusFailed
+			e.Errors = map[string]any{"reason": r.Err.Error()}
+			if !it.Invalid {
+				failed = append(failed, Failure{ID: it.MessageID, Reason: r.Err.Error(),
+					RetryAt: time.Now().Add(Backoff(max(it.Attempt, 1), srv.cfg.RetryBase, srv.cfg.RetryMax))})
+			}
+		case !it.Invalid:
+			processed = append(processed, it.MessageID)
+		}
+		if r.Skipped != "" || len(r.Subjects) > 0 {
+			e.ChangeSet = map[string]any{"subjects": r.Subjects, "skipped": r.Skipped}
+		}
+		entries = append(entries, e)
+	}
+	own := tx == nil
+	if own {
+		t, err := srv.pool.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		defer func() { _ = t.Rollback(context.WithoutCancel(ctx)) }()
+		tx = t
+	}
+	if err := Mark(ctx, tx, processed, failed); err != nil {
+		return err
+	}
+	if err := srv.logs.Write(ctx, tx, entries); err != nil {
+		return err
+	}
+	if own {
+		return tx.Commit(ctx)
+	}
+	return nil
+}
+
+// RetryLoop publishes due rows until ctx ends: publish_failed rows whose
+// backoff has passed, and pending rows whose lease has ended (their stage
+// crashed between persist and publish). The persisted rows are the outbox.
+func (srv *Server) RetryLoop(ctx context.Context) error {
+	t := time.NewTicker(srv.cfg.RetryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		for {
+			n, err := srv.RetryOnce(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					srv.logger.Warn("publish retry round failed", "err", err)
+				}
+				break
+			}
+			if n < srv.cfg.RetryBatch {
+				break
+			}
+		}
+	}
+}
+
+// RetryOnce runs one retry round and returns how many rows it claimed.
+func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
+	start := time.Now()
+	tx, err := srv.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	rows, err := claimDue(ctx, tx, srv.cfg.RetryBatch)
+	if err != nil || len(rows) == 0 {
+		return 0, err
+	}
+	snap := srv.catalog.Snapshot()
+	items := make([]Item, len(rows))
+	for i, r := range rows {
+		items[i] = r.item
+		if snap != nil {
+			if o := snap.Organizations[r.item.OrganizationID]; o != nil {
+				items[i].OrganizationSlug = o.Slug
+			}
+		}
+	}
+	results := srv.pub.Publish(ctx, items, false)
+	if err := srv.record(ctx, items, results, time.Since(start), tx); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	failed := 0
+	for _, r := range results {
+		if r.Err != nil {
+			failed++
+		}
+	}
+	srv.logger.Info("publish retry round", "rows", len(rows), "failed", failed)
+	return len(rows), nil
+}
+
+func itemFromEnvelope(e *telemetryv1.Envelope) Item {
+	derived, unresolved := envelope.Derived(e.GetDerived())
+	values := envelope.Values(e.GetMutated())
+	if len(values) == 0 {
+		values = envelope.Values(e.GetExtracted())
+	}
+	for k, v := range derived {
+		values[k] = v
+	}
+	it := Item{
+		MessageID:        envelope.ParseUUID(e.GetMessageId()),
+		DedupeKey:        e.GetDedupeKey(),
+		OrganizationID:   envelope.ParseUUID(e.GetOrganizationId()),
+		OrganizationSlug: e.GetOrganizationSlug(),
+		DeviceUUID:       e.GetDeviceUuid(),
+		DeviceExternalID: e.GetDeviceExternalId(),
+		Topic:            e.GetTopic(),
+		RecordedAt:       envelope.Time(e.GetRecordedAt()),
+		Values:           values,
+		Unresolved:       unresolved,
+		Attempt:          1,
+	}
+	if it.RecordedAt.IsZero() {
+		it.RecordedAt = envelope.Time(e.GetReceivedAt())
+	}
+	if e.GetProcessingState() == telemetryv1.ProcessingState_PROCESSING_STATE_INVALID {
+		it.Invalid = true
+		it.ValidationErrors = envelope.ValidationErrors(e.GetValidationErrors())
+		it.InvalidReason = "invalid"
+		if errs := e.GetValidationErrors(); len(errs) > 0 {
+			it.InvalidReason = errs[0].GetCode()
+		}
+	}
+	return it
+}

@@ -1,0 +1,124 @@
+package publisher
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Backoff returns when a row that failed attempt times is tried again:
+// doubling from base, capped at limit.
+func Backoff(attempts int, base, limit time.Duration) time.Duration {
+	d := base
+	for i := 1; i < attempts && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// Execer is a pool or a transaction.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Store records publish results on the telemetry rows.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// NewStore returns a store over pool.
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// Failure is a row whose publish failed.
+type Failure struct {
+	ID       uuid.UUID
+	Reason   string
+	Attempts int
+	RetryAt  time.Time
+}
+
+// Mark records the outcome of a batch in one statement: processed rows and
+// publish_failed rows with their reason and next attempt. Only rows still
+// waiting for a publish change, so a late or repeated call never turns a
+// processed row back.
+func Mark(ctx context.Context, q Execer, processed []uuid.UUID, failed []Failure) error {
+	ids := make([]uuid.UUID, 0, len(processed)+len(failed))
+	states := make([]string, 0, cap(ids))
+	reasons := make([]*string, 0, cap(ids))
+	retry := make([]*time.Time, 0, cap(ids))
+	for _, id := range processed {
+		ids, states, reasons, retry = append(ids, id), append(states, "processed"), append(reasons, nil), append(retry, nil)
+	}
+	for _, f := range failed {
+		r, at := f.Reason, f.RetryAt
+		ids, states, reasons, retry = append(ids, f.ID), append(states, "publish_failed"), append(reasons, &r), append(retry, &at)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := q.Exec(ctx, `update device_telemetry_logs t set
+			processing_state = u.state,
+			failure_reason = u.reason,
+			next_publish_at = u.retry_at,
+			publish_attempts = t.publish_attempts + 1,
+			processed_at = case when u.state = 'processed' then now() else t.processed_at end,
+			updated_at = now()
+		from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) as u(id, state, reason, retry_at)
+		where t.id = u.id and t.processing_state in ('pending', 'publish_failed')`,
+		ids, states, reasons, retry)
+	if err != nil {
+		return fmt.Errorf("mark %d rows: %w", len(ids), err)
+	}
+	return nil
+}
+
+// claimed is a row the retry loop took.
+type claimed struct {
+	item     Item
+	attempts int
+}
+
+// claimDue locks up to limit rows whose publish is due, skipping rows other
+// replicas hold, so replicas share the work without coordination.
+func claimDue(ctx context.Context, tx pgx.Tx, limit int) ([]claimed, error) {
+	rows, err := tx.Query(ctx, `select t.id, t.recorded_at, t.organization_id, t.device_id, t.topic,
+			t.transformed_values, t.unresolved_values, t.publish_attempts, coalesce(d.external_id, '')
+		from device_telemetry_logs t
+		left join devices d on d.id = t.device_id
+		where t.processing_state in ('pending', 'publish_failed') and t.next_publish_at <= now()
+		order by t.next_publish_at
+		limit $1
+		for update of t skip locked`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim due rows: %w", err)
+	}
+	defer rows.Close()
+	var out []claimed
+	for rows.Next() {
+		var (
+			c                  claimed
+			org                *uuid.UUID
+			values, unresolved []byte
+			device             uuid.UUID
+		)
+		if err := rows.Scan(&c.item.MessageID, &c.item.RecordedAt, &org, &device, &c.item.Topic,
+			&values, &unresolved, &c.attempts, &c.item.DeviceExternalID); err != nil {
+			return nil, fmt.Errorf("claim due rows: %w", err)
+		}
+		if org != nil {
+			c.item.OrganizationID = *org
+		}
+		c.item.DeviceUUID = device.String()
+		_ = json.Unmarshal(values, &c.item.Values)
+		_ = json.Unmarshal(unresolved, &c.item.Unresolved)
+		c.item.Attempt = c.attempts + 1
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
