@@ -74,7 +74,7 @@ func DefaultConfig() Config {
 		MaxAckPending: 20000,
 		BatchSize:     500,
 		BatchAge:      5 * time.Millisecond,
-		Concurrency:   4,
+		Concurrency:   8,
 		CallTimeout:   45 * time.Second,
 		OwnPrefixes:   []string{"iot.v1.analytics", "iot.v1.invalid"},
 	}
@@ -191,7 +191,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}()
 
 	for ctx.Err() == nil {
-		if !g.catalog.Switches().Global.PipelineEnabled {
+		// Until the catalog is loaded no subject can be resolved, and a
+		// message taken now would be wrongly called an unknown topic.
+		if g.catalog.Snapshot() == nil || !g.catalog.Switches().Global.PipelineEnabled {
 			g.metrics.paused.Set(1)
 			select {
 			case <-ctx.Done():
@@ -432,7 +434,6 @@ func (g *Gateway) writeIngressLogs(ctx context.Context, envs []*telemetryv1.Enve
 		entries[i] = stagelog.Entry{
 			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StageIngress,
 			Status: stagelog.StatusCompleted, Duration: per, Attempt: int(e.GetDeliveryAttempt()),
-			ChangeSet: map[string]any{"subject": e.GetSourceSubject(), "device": e.GetDeviceUuid(), "topic": e.GetTopic(), "dedupe_key": e.GetDedupeKey()},
 		}
 		switch e.GetStatus() {
 		case telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL:

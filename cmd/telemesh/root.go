@@ -44,6 +44,7 @@ A flag on the command line wins over the environment.`,
 		newUpCmd(e),
 		newMigrateCmd(e),
 		newVersionCmd(e),
+		newSimulateCmd(e),
 	)
 	return root
 }

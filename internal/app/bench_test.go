@@ -54,7 +54,17 @@ func BenchmarkPipeline(b *testing.B) {
 
 func runPipeline(b *testing.B, n int, mode string) float64 {
 	f := newBenchFixture(b, mode)
+	// Forty devices over two organizations, as a small fleet would be.
 	devices := []string{"meter-01", "globex-01"}
+	for i := range 38 {
+		d := fmt.Sprintf("bench-%02d", i)
+		if _, err := f.db.Pool.Exec(context.Background(), `insert into devices (organization_id, device_type_id, external_id)
+			select organization_id, device_type_id, $1 from devices where external_id = 'meter-01'`, d); err != nil {
+			b.Fatal(err)
+		}
+		devices = append(devices, d)
+	}
+	time.Sleep(1500 * time.Millisecond) // the catalog reloads on the change
 	b.ResetTimer()
 	cpu0, pg0 := processCPU(os.Getpid()), postgresCPU()
 	start := time.Now()
@@ -79,9 +89,13 @@ func runPipeline(b *testing.B, n int, mode string) float64 {
 			break
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("only %d of %d processed before the deadline", done, n)
+			var states string
+			_ = f.db.Pool.QueryRow(context.Background(), `select string_agg(s, ', ') from (
+				select processing_state || '=' || count(*) || coalesce(' (' || max(failure_reason) || ')', '') s from device_telemetry_logs group by processing_state
+				union all select 'message ' || status || '=' || count(*) from ingestion_messages group by status) x`).Scan(&states)
+			b.Fatalf("only %d of %d processed before the deadline: %s", done, n, states)
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(time.Second)
 	}
 	elapsed := time.Since(start)
 	cpu, pg := processCPU(os.Getpid())-cpu0, postgresCPU()-pg0
@@ -128,6 +142,9 @@ func copyCeiling(b *testing.B, n int) float64 {
 	db := testdb.New(b)
 	ctx := context.Background()
 	org, dev := uuid.New(), uuid.New()
+	if _, err := db.Pool.Exec(ctx, `insert into organizations (id, slug, name) values ($1, 'bench', 'Bench')`, org); err != nil {
+		b.Fatal(err)
+	}
 	start := time.Now()
 	const batch = 1000
 	stages := []string{"ingress", "validate", "mutate", "derive", "persist", "publish"}

@@ -152,7 +152,7 @@ func (w *Writer) Write(ctx context.Context, q Querier, entries []Entry) error {
 			in, out = e.Input, e.Output
 		}
 		row := []any{
-			uuid.Must(uuid.NewV7()), e.MessageID, nullable(e.DedupeKey), e.Stage, e.Status,
+			[16]byte(uuid.Must(uuid.NewV7())), [16]byte(e.MessageID), nullable(e.DedupeKey), e.Stage, e.Status,
 			e.Duration.Microseconds(), attempt, w.instance,
 		}
 		for _, v := range []any{in, out, e.ChangeSet, e.Errors} {

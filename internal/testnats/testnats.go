@@ -1,4 +1,5 @@
-// Package testnats runs an in-process NATS server with JetStream for tests.
+// Package testnats runs an in-process NATS server with JetStream for tests,
+// on a free loopback port with its storage in the test's temporary directory.
 package testnats
 
 import (
@@ -9,60 +10,80 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// Server is an in-process NATS server on a free loopback port, storing
-// JetStream data in the test's temporary directory.
+// readyTimeout bounds the wait for a (re)started server to accept clients.
+const readyTimeout = 10 * time.Second
+
+// Server is an in-process NATS server with JetStream enabled. It is shut
+// down when the test that created it ends.
 type Server struct {
-	*server.Server
+	// Server is the running server. Restart replaces it, so read it again
+	// after a restart.
+	Server *server.Server
+
 	opts *server.Options
+	url  string
 }
 
-// New starts a server that shuts down when the test ends.
+// New starts a server on 127.0.0.1 at a random port, storing JetStream data
+// in t.TempDir(), and waits until it accepts connections.
 func New(t testing.TB) *Server {
 	t.Helper()
-	opts := &server.Options{
-		Host:       "127.0.0.1",
-		Port:       server.RANDOM_PORT,
-		JetStream:  true,
-		StoreDir:   t.TempDir(),
-		NoSigs:     true,
-		NoLog:      true,
+	s := &Server{opts: &server.Options{
+		Host:      "127.0.0.1",
+		Port:      server.RANDOM_PORT,
+		JetStream: true,
+		StoreDir:  t.TempDir(),
+		// Signals belong to the test binary, and the server's log would
+		// drown the test output.
+		NoSigs: true,
+		NoLog:  true,
+		// Room for the large payloads some tests send (the default is 1 MiB).
 		MaxPayload: 8 << 20,
-	}
-	s := &Server{opts: opts}
+	}}
 	s.start(t)
+	// A restart keeps the address, so clients reconnect to the same URL.
+	s.opts.Port = s.Server.Addr().(*net.TCPAddr).Port
+	s.url = s.Server.ClientURL()
 	t.Cleanup(s.shutdown)
 	return s
 }
 
-func (s *Server) start(t testing.TB) {
-	t.Helper()
-	srv, err := server.NewServer(s.opts)
-	if err != nil {
-		t.Fatalf("testnats: %v", err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("testnats: server not ready within 10s")
-	}
-	s.Server = srv
-	// Keep the port across restarts.
-	s.opts.Port = srv.Addr().(*net.TCPAddr).Port
-}
+// URL is the client URL, such as nats://127.0.0.1:41234. It does not change
+// across restarts.
+func (s *Server) URL() string { return s.url }
 
-// URL is the client URL.
-func (s *Server) URL() string { return s.ClientURL() }
-
-// Restart stops the server and starts it again on the same port with the
-// same store, as a NATS restart in production would.
+// Restart shuts the server down and starts a new one on the same port with
+// the same JetStream store, as a NATS restart in production would: streams,
+// consumers and stored messages survive, clients see a disconnect and
+// reconnect.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.shutdown()
 	s.start(t)
 }
 
-func (s *Server) shutdown() {
-	if s.Server != nil {
-		s.Server.Shutdown()
-		s.Server.WaitForShutdown()
+func (s *Server) start(t testing.TB) {
+	t.Helper()
+	// NewServer keeps and may adjust the options it is given; hand it a copy
+	// so a restart starts from the same settings.
+	opts := s.opts.Clone()
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("testnats: configure server: %v", err)
 	}
+	go srv.Start()
+	if !srv.ReadyForConnections(readyTimeout) {
+		srv.Shutdown()
+		t.Fatalf("testnats: server on %s:%d not ready within %s", s.opts.Host, s.opts.Port, readyTimeout)
+	}
+	s.Server = srv
+}
+
+func (s *Server) shutdown() {
+	if s.Server == nil {
+		return
+	}
+	s.Server.Shutdown()
+	s.Server.WaitForShutdown()
+	s.Server = nil
 }

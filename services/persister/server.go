@@ -154,7 +154,10 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 	}
 	reason := "publisher unreachable: " + err.Error()
 	srv.logger.WarnContext(ctx, "publish after persist failed; rows are publish_failed and will be retried", "rows", len(envs), "err", err)
-	var pending []uuid.UUID
+	var (
+		pending  []uuid.UUID
+		from, to time.Time
+	)
 	for j, e := range envs {
 		i := idx[j]
 		if e.GetProcessingState() != telemetryv1.ProcessingState_PROCESSING_STATE_PENDING {
@@ -165,6 +168,16 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 		outcomes[i].Reason = reason
 		if id, perr := uuid.Parse(e.GetMessageId()); perr == nil {
 			pending = append(pending, id)
+			at := envelope.Time(e.GetRecordedAt())
+			if at.IsZero() {
+				at = envelope.Time(e.GetReceivedAt())
+			}
+			if from.IsZero() || at.Before(from) {
+				from = at
+			}
+			if at.After(to) {
+				to = at
+			}
 		}
 	}
 	if dryRun || len(pending) == 0 {
@@ -174,7 +187,7 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 	// marked so an operator sees why they are not processed.
 	mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer mcancel()
-	if err := srv.store.MarkPublishFailed(mctx, pending, reason, time.Now().Add(srv.cfg.RetryDelay)); err != nil {
+	if err := srv.store.MarkPublishFailed(mctx, pending, from, to, reason, time.Now().Add(srv.cfg.RetryDelay)); err != nil {
 		// The rows stay pending; the retry loop takes them once their lease
 		// ends, so nothing is lost.
 		srv.logger.ErrorContext(ctx, "could not mark rows publish_failed; they stay pending for the retry loop", "err", err)

@@ -281,7 +281,7 @@ func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, re
 			next = lease
 		}
 		rows = append(rows, []any{
-			r.OriginalID, t.RecordedAt, m.ReceivedAt, pgUUID(m.OrganizationID), m.DeviceID, t.Topic, r.OriginalID,
+			[16]byte(r.OriginalID), t.RecordedAt, m.ReceivedAt, pgUUID(m.OrganizationID), [16]byte(m.DeviceID), t.Topic, [16]byte(r.OriginalID),
 			raw, pgJSON(mutated), pgJSON(transformed), pgJSON(unresolved), vstatus,
 			pgJSON(verrs), t.State, pgText(t.FailureReason), next,
 		})
@@ -296,12 +296,12 @@ func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, re
 }
 
 // MarkPublishFailed records that the publisher could not be reached for the
-// given rows; the publisher's retry loop takes them from next_publish_at on.
-func (s *Store) MarkPublishFailed(ctx context.Context, ids []uuid.UUID, reason string, retryAt time.Time) error {
+// given rows, recorded between from and to; the publisher's retry loop takes them from next_publish_at on.
+func (s *Store) MarkPublishFailed(ctx context.Context, ids []uuid.UUID, from, to time.Time, reason string, retryAt time.Time) error {
 	_, err := s.pool.Exec(ctx, `update device_telemetry_logs
 		set processing_state = 'publish_failed', failure_reason = $2, next_publish_at = $3,
 		    publish_attempts = publish_attempts + 1, updated_at = now()
-		where id = any($1) and processing_state = 'pending'`, ids, reason, retryAt)
+		where id = any($1) and recorded_at between $4 and $5 and processing_state = 'pending'`, ids, reason, retryAt, from, to)
 	if err != nil {
 		return fmt.Errorf("mark publish_failed: %w", err)
 	}

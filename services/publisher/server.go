@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 
@@ -119,7 +118,7 @@ type execTx interface {
 // claimed rows), else its own.
 func (srv *Server) record(ctx context.Context, items []Item, results []ItemResult, took time.Duration, tx execTx) error {
 	var (
-		processed []uuid.UUID
+		processed []Row
 		failed    []Failure
 		entries   = make([]stagelog.Entry, 0, len(items))
 		per       = took / time.Duration(max(len(items), 1))
@@ -133,13 +132,13 @@ func (srv *Server) record(ctx context.Context, items []Item, results []ItemResul
 			e.Status = stagelog.StatusFailed
 			e.Errors = map[string]any{"reason": r.Err.Error()}
 			if !it.Invalid {
-				failed = append(failed, Failure{ID: it.MessageID, Reason: r.Err.Error(),
+				failed = append(failed, Failure{Row: Row{it.MessageID, it.RecordedAt}, Reason: r.Err.Error(),
 					RetryAt: time.Now().Add(Backoff(max(it.Attempt, 1), srv.cfg.RetryBase, srv.cfg.RetryMax))})
 			}
 		case !it.Invalid:
-			processed = append(processed, it.MessageID)
+			processed = append(processed, Row{it.MessageID, it.RecordedAt})
 		}
-		if r.Skipped != "" || len(r.Subjects) > 0 {
+		if r.Skipped != "" {
 			e.ChangeSet = map[string]any{"subjects": r.Subjects, "skipped": r.Skipped}
 		}
 		entries = append(entries, e)

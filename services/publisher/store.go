@@ -35,9 +35,15 @@ type Store struct {
 // NewStore returns a store over pool.
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
+// Row names a telemetry row: its id and its partition key.
+type Row struct {
+	ID         uuid.UUID
+	RecordedAt time.Time
+}
+
 // Failure is a row whose publish failed.
 type Failure struct {
-	ID       uuid.UUID
+	Row
 	Reason   string
 	Attempts int
 	RetryAt  time.Time
@@ -47,20 +53,34 @@ type Failure struct {
 // publish_failed rows with their reason and next attempt. Only rows still
 // waiting for a publish change, so a late or repeated call never turns a
 // processed row back.
-func Mark(ctx context.Context, q Execer, processed []uuid.UUID, failed []Failure) error {
-	ids := make([]uuid.UUID, 0, len(processed)+len(failed))
-	states := make([]string, 0, cap(ids))
-	reasons := make([]*string, 0, cap(ids))
-	retry := make([]*time.Time, 0, cap(ids))
-	for _, id := range processed {
-		ids, states, reasons, retry = append(ids, id), append(states, "processed"), append(reasons, nil), append(retry, nil)
+func Mark(ctx context.Context, q Execer, processed []Row, failed []Failure) error {
+	n := len(processed) + len(failed)
+	if n == 0 {
+		return nil
+	}
+	ids := make([][16]byte, 0, n)
+	recorded := make([]time.Time, 0, n)
+	states := make([]string, 0, n)
+	reasons := make([]*string, 0, n)
+	retry := make([]*time.Time, 0, n)
+	var lo, hi time.Time
+	add := func(r Row) {
+		ids, recorded = append(ids, r.ID), append(recorded, r.RecordedAt)
+		if lo.IsZero() || r.RecordedAt.Before(lo) {
+			lo = r.RecordedAt
+		}
+		if r.RecordedAt.After(hi) {
+			hi = r.RecordedAt
+		}
+	}
+	for _, r := range processed {
+		add(r)
+		states, reasons, retry = append(states, "processed"), append(reasons, nil), append(retry, nil)
 	}
 	for _, f := range failed {
+		add(f.Row)
 		r, at := f.Reason, f.RetryAt
-		ids, states, reasons, retry = append(ids, f.ID), append(states, "publish_failed"), append(reasons, &r), append(retry, &at)
-	}
-	if len(ids) == 0 {
-		return nil
+		states, reasons, retry = append(states, "publish_failed"), append(reasons, &r), append(retry, &at)
 	}
 	_, err := q.Exec(ctx, `update device_telemetry_logs t set
 			processing_state = u.state,
@@ -69,9 +89,13 @@ func Mark(ctx context.Context, q Execer, processed []uuid.UUID, failed []Failure
 			publish_attempts = t.publish_attempts + 1,
 			processed_at = case when u.state = 'processed' then now() else t.processed_at end,
 			updated_at = now()
-		from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) as u(id, state, reason, retry_at)
-		where t.id = u.id and t.processing_state in ('pending', 'publish_failed')`,
-		ids, states, reasons, retry)
+		from unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::timestamptz[]) as u(id, recorded_at, state, reason, retry_at)
+		where t.id = u.id and t.recorded_at = u.recorded_at
+		  -- Constant bounds let the planner touch only the partitions of
+		  -- the batch's days instead of every partition.
+		  and t.recorded_at between $6 and $7
+		  and t.processing_state in ('pending', 'publish_failed')`,
+		ids, recorded, states, reasons, retry, lo, hi)
 	if err != nil {
 		return fmt.Errorf("mark %d rows: %w", len(ids), err)
 	}

@@ -91,8 +91,8 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 		if e.GetRecordedAt() == nil {
 			e.RecordedAt = e.GetReceivedAt()
 		}
-		entry.ChangeSet = map[string]any{"extracted": valuesJSON(e.GetExtracted())}
 		if envelope.Halted(e) {
+			entry.ChangeSet = map[string]any{"extracted": valuesJSON(e.GetExtracted())}
 			entry.Status = stagelog.StatusHalted
 			entry.Errors = map[string]any{"reason": e.GetReason(), "validation_errors": envelope.ValidationErrors(e.GetValidationErrors())}
 			entry.Input = map[string]any{"subject": e.GetSourceSubject(), "payload": string(e.GetPayload())}
