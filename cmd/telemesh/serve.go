@@ -64,7 +64,7 @@ func newStageCmd(e env, stage string) *cobra.Command {
 	}
 	hopAddrs := map[string]*string{}
 	for _, next := range app.NextHops[stage] {
-		usage := next + " target, host:port or dns:///host:port"
+		usage := next + " target: host:port, dns:///host:port, or a comma-separated list of replicas"
 		hopAddrs[next] = fs.String(next+"-addr", "127.0.0.1:"+stagePorts[next][0], usage)
 	}
 	check := addStageFlags(fs, &o)

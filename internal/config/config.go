@@ -159,8 +159,20 @@ func CheckListenAddr(flag, v string) error {
 }
 
 // CheckTarget reports whether v is a gRPC target telemesh can dial:
-// host:port or dns:///host:port, the port from 1 to 65535.
+// host:port, dns:///host:port, or a comma-separated list of host:port
+// replicas; ports from 1 to 65535.
 func CheckTarget(flag, v string) error {
+	if parts := strings.Split(v, ","); len(parts) > 1 {
+		for _, p := range parts {
+			if strings.HasPrefix(p, "dns:") {
+				return &Error{Flag: flag, Reason: fmt.Sprintf("%q: a list holds host:port addresses only", v)}
+			}
+			if err := CheckTarget(flag, strings.TrimSpace(p)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	addr := v
 	if rest, ok := strings.CutPrefix(v, "dns:///"); ok {
 		addr = rest

@@ -102,6 +102,8 @@ func TestChecks(t *testing.T) {
 		{"target ok", CheckTarget("next", "127.0.0.1:7072"), true},
 		{"target dns", CheckTarget("next", "dns:///deriver.telemesh.svc:7072"), true},
 		{"target port 0", CheckTarget("next", "127.0.0.1:0"), false},
+		{"target list", CheckTarget("next", "127.0.0.1:7071,127.0.0.1:7081"), true},
+		{"target list with a bad port", CheckTarget("next", "127.0.0.1:7071,127.0.0.1:99999"), false},
 		{"target other scheme", CheckTarget("next", "unix:///tmp/x"), false},
 		{"one of", CheckOneOf("mode", "all", "all", "failures"), true},
 		{"not one of", CheckOneOf("mode", "some", "all", "failures"), false},

@@ -2,6 +2,7 @@ package grpcx
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -9,6 +10,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 )
 
 // serviceConfig spreads calls over every address a dns:/// name resolves to
@@ -40,7 +43,9 @@ type ClientConfig struct {
 	Metrics *grpcprom.ClientMetrics
 }
 
-// Dial returns a connection to target (host:port or dns:///host:port). The
+// Dial returns a connection to target: host:port, dns:///host:port (every
+// address the name resolves to), or a comma-separated list of host:port
+// replicas. The
 // connection is lazy: it connects on first use and reconnects by itself.
 // Deadlines propagate: a call made with the incoming call's context carries
 // its remaining deadline to the next stage.
@@ -63,6 +68,18 @@ func Dial(target string, cfg ClientConfig) (*grpc.ClientConn, error) {
 		opts = append(opts,
 			grpc.WithChainUnaryInterceptor(cfg.Metrics.UnaryClientInterceptor()),
 			grpc.WithChainStreamInterceptor(cfg.Metrics.StreamClientInterceptor()))
+	}
+	if addrs := strings.Split(target, ","); len(addrs) > 1 {
+		// A fixed list of replicas (no DNS name to resolve): a manual
+		// resolver hands every address to round_robin.
+		r := manual.NewBuilderWithScheme("static")
+		state := resolver.State{}
+		for _, a := range addrs {
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: strings.TrimSpace(a)})
+		}
+		r.InitialState(state)
+		opts = append(opts, grpc.WithResolvers(r))
+		target = "static:///" + strings.Join(addrs, ",")
 	}
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
