@@ -680,3 +680,28 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+func TestCompileTopicLeavesOutBrokenDefinitions(t *testing.T) {
+	params := []catalog.Parameter{
+		{Key: "temp_c", DataType: "decimal", Mutation: json.RawMessage(`{"+": [{"var": "val"}, 2]}`)},
+		{Key: "humidity", DataType: "decimal", Mutation: json.RawMessage(`{"+": [`)},
+	}
+	derived := []catalog.Derived{
+		{Key: "temp_f", DataType: "decimal", Expression: json.RawMessage(`{"+": [{"*": [{"var": "temp_c"}, 1.8]}, 32]}`)},
+		{Key: "broken", DataType: "decimal", Expression: json.RawMessage(`{"*": [`)},
+	}
+	c, err := compileTopic(params, derived)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := c.apply(map[string]any{"temp_c": 10.0, "humidity": 40.0})
+	if res.Derived["temp_f"] != 53.6 {
+		t.Errorf("temp_f = %v, want 53.6", res.Derived["temp_f"])
+	}
+	if u, ok := res.Unresolved["broken"]; !ok || u.Reason != ReasonEvaluationError {
+		t.Errorf("broken = %+v, want evaluation_error", res.Unresolved["broken"])
+	}
+	if res.MutationErrors["humidity"] == "" || res.Mutated["humidity"] != 40.0 {
+		t.Errorf("humidity: mutated %v, errors %v; want kept with a mutation error", res.Mutated["humidity"], res.MutationErrors)
+	}
+}

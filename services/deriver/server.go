@@ -5,6 +5,7 @@ package deriver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -35,7 +36,69 @@ type Server struct {
 
 	mu       sync.Mutex
 	compiled *catalog.Snapshot
-	programs map[uuid.UUID]*Program
+	programs map[uuid.UUID]*compiled
+}
+
+// compiled is a topic's program and the definitions it had to leave out
+// because they are not valid JSON, with the reason.
+type compiled struct {
+	program         *Program
+	brokenDerived   map[string]string
+	brokenMutations map[string]string
+}
+
+// apply runs the program and reports the left-out definitions, so one
+// broken definition costs its own value, never the topic's messages.
+func (c *compiled) apply(extracted map[string]any) Result {
+	res := c.program.Apply(extracted)
+	for k, why := range c.brokenDerived {
+		if res.Unresolved == nil {
+			res.Unresolved = map[string]Unresolved{}
+		}
+		res.Unresolved[k] = Unresolved{Reason: ReasonEvaluationError, Detail: why}
+	}
+	for k, why := range c.brokenMutations {
+		if _, ok := extracted[k]; !ok {
+			continue
+		}
+		if res.MutationErrors == nil {
+			res.MutationErrors = map[string]string{}
+		}
+		res.MutationErrors[k] = why
+	}
+	return res
+}
+
+// compile compiles a topic's definitions, leaving out the ones whose
+// expressions are not JSON.
+func compileTopic(params []catalog.Parameter, derived []catalog.Derived) (*compiled, error) {
+	c := &compiled{}
+	p, err := Compile(params, derived)
+	if err == nil {
+		c.program = p
+		return c, nil
+	}
+	c.brokenDerived, c.brokenMutations = map[string]string{}, map[string]string{}
+	var okParams []catalog.Parameter
+	for _, prm := range params {
+		if len(prm.Mutation) > 0 && !json.Valid(prm.Mutation) {
+			c.brokenMutations[prm.Key] = "mutation expression is not valid JSON"
+			prm.Mutation = nil
+		}
+		okParams = append(okParams, prm)
+	}
+	var okDerived []catalog.Derived
+	for _, d := range derived {
+		if !json.Valid(d.Expression) {
+			c.brokenDerived[d.Key] = "expression is not valid JSON"
+			continue
+		}
+		okDerived = append(okDerived, d)
+	}
+	if c.program, err = Compile(okParams, okDerived); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // New returns the deriver.
@@ -50,7 +113,7 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 
 // program returns the compiled definitions of a topic, compiling them once
 // per catalog snapshot.
-func (srv *Server) program(topicID uuid.UUID) (*Program, error) {
+func (srv *Server) program(topicID uuid.UUID) (*compiled, error) {
 	snap := srv.catalog.Snapshot()
 	if snap == nil {
 		return nil, errCatalogNotLoaded
@@ -58,17 +121,20 @@ func (srv *Server) program(topicID uuid.UUID) (*Program, error) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	if srv.compiled != snap {
-		srv.compiled, srv.programs = snap, map[uuid.UUID]*Program{}
+		srv.compiled, srv.programs = snap, map[uuid.UUID]*compiled{}
 	}
 	if p, ok := srv.programs[topicID]; ok {
 		return p, nil
 	}
-	t := snap.Topics[topicID]
-	if t == nil {
-		p, err := Compile(nil, nil)
-		return p, err
+	var (
+		p   *compiled
+		err error
+	)
+	if t := snap.Topics[topicID]; t != nil {
+		p, err = compileTopic(t.Parameters, t.Derived)
+	} else {
+		p, err = compileTopic(nil, nil)
 	}
-	p, err := Compile(t.Parameters, t.Derived)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +154,7 @@ func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*d
 			return nil, fmt.Errorf("topic %s: %w", e.GetTopicId(), err)
 		}
 		extracted := value.MapFromProto(e.GetExtracted())
-		res := p.Apply(extracted)
+		res := p.apply(extracted)
 		e.Mutated = value.MapToProto(res.Mutated)
 		e.Derived = make(map[string]*telemetryv1.DerivedValue, len(res.Derived)+len(res.Unresolved))
 		for k, v := range res.Derived {
