@@ -45,6 +45,8 @@ A flag on the command line wins over the environment.`,
 		newMigrateCmd(e),
 		newVersionCmd(e),
 		newSimulateCmd(e),
+		newSchemaCmd(e),
+		newDevicesCmd(e),
 	)
 	return root
 }
