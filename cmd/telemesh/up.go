@@ -1,13 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/telemesh/telemesh/internal/app"
@@ -17,6 +21,7 @@ import (
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/migrate"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/simulate"
 )
 
 // defaultDataDir is where `telemesh up` keeps its NATS store and, when it
@@ -35,7 +40,8 @@ func newUpCmd(e env) *cobra.Command {
 	var (
 		dataDir, databaseURL, natsURL, host, logLevel string
 		grpcBase, adminBase                           int
-		noDemo                                        bool
+		noDemo, simulateToo                           bool
+		simRate                                       float64
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -56,6 +62,8 @@ own loopback gRPC port, downstream first. Ctrl-C stops everything cleanly.`,
 	fs.IntVar(&grpcBase, "grpc-port", 7070, "gRPC port of the gateway; the validator, deriver, persister and publisher take the next four")
 	fs.IntVar(&adminBase, "admin-port", 9070, "admin HTTP port of the gateway; the other stages take the next four")
 	fs.BoolVar(&noDemo, "no-demo", false, "do not seed the demo fleet")
+	fs.BoolVar(&simulateToo, "simulate", false, "also run the device simulator against the demo fleet, with a small fault mix")
+	fs.Float64Var(&simRate, "simulate-rate", 20, "messages per second of --simulate")
 	fs.StringVar(&logLevel, "log-level", "warn", "log level of the stages: debug, info, warn or error")
 	config.MarkSecret(fs, "database-url", "nats-url")
 
@@ -139,7 +147,14 @@ own loopback gRPC port, downstream first. Ctrl-C stops everything cleanly.`,
 		if err != nil {
 			return err
 		}
-		printUp(e, mesh)
+		printUp(e, mesh, natsURL, db.URL)
+		if simulateToo {
+			if noDemo {
+				return config.Invalid("simulate", "needs the demo fleet; drop --no-demo")
+			}
+			go runSimulator(ctx, natsURL, simRate, logger)
+			say("Simulator %.0f msg/s over %d demo devices, with invalid, inactive, duplicate and missing-input messages mixed in", simRate, len(demo.Devices))
+		}
 		<-ctx.Done()
 		say("\nstopping: gateway first, publisher last; unfinished messages stay in the stream")
 		return mesh.Stop()
@@ -147,7 +162,36 @@ own loopback gRPC port, downstream first. Ctrl-C stops everything cleanly.`,
 	return cmd
 }
 
-func printUp(e env, m *app.Mesh) {
+// runSimulator publishes demo telemetry until ctx ends.
+func runSimulator(ctx context.Context, natsURL string, rate float64, logger *slog.Logger) {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		logger.Error("simulator", "err", err)
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		logger.Error("simulator", "err", err)
+		return
+	}
+	// The gateway creates the stream; wait for it.
+	for ctx.Err() == nil {
+		if _, err := js.Stream(ctx, app.DefaultOptions(app.Gateway).Gateway.Stream); err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	cfg := simulate.Config{
+		Devices: simulate.DemoDevices(len(demo.Devices)), Rate: rate, MessageIDs: true, Seed: time.Now().UnixNano(),
+		Faults: simulate.Faults{Invalid: 5, Inactive: 5, DuplicateIDs: 3, UnknownTopic: 1, MalformedJSON: 1, MissingInputs: 10},
+	}
+	if _, err := simulate.Run(ctx, js, cfg, nil); err != nil && ctx.Err() == nil {
+		logger.Error("simulator stopped", "err", err)
+	}
+}
+
+func printUp(e env, m *app.Mesh, natsURL, databaseURL string) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nSTAGE\tGRPC\tADMIN (metrics, healthz, readyz, pprof)")
 	for _, s := range app.Stages {
@@ -161,8 +205,13 @@ Try:
   grpcurl -plaintext %[2]s grpc.health.v1.Health/Check
   grpcurl -plaintext -d '{"subject":"devices.thermo-01.telemetry","payload":"%[3]s","dry_run":true}' %[1]s telemesh.gateway.v1.GatewayService/Ingest
 
+Next, in another terminal:
+  telemesh simulate --nats-url %[4]s --count 500 --invalid-pct 10 --missing-inputs-pct 10
+  telemesh devices list --database-url '%[5]s'
+  psql '%[5]s' -c 'select status, count(*) from ingestion_messages group by 1'
+
 telemesh is running; Ctrl-C stops it.
-`, gw, val, b64(`{"temp_c": 21.5, "humidity": 40}`))
+`, gw, val, b64(`{"temp_c": 21.5, "humidity": 40}`), natsURL, databaseURL)
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
