@@ -127,10 +127,10 @@ func TestPayloadsFollowTheDemoRules(t *testing.T) {
 	}
 	for _, tc := range tests {
 		for _, kind := range kinds {
+			if tc.want == MissingInputs && optionalInput(kind) == "" {
+				continue // air quality has no optional derivation input
+			}
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
-				if tc.want == MissingInputs && optionalInput(kind) == "" {
-					t.Skip("air quality has no optional derivation input")
-				}
 				cfg := Config{Devices: oneDevice(kind, tc.active), Faults: tc.faults, MessageIDs: true, Seed: 3, RunID: "run"}
 				if err := cfg.Validate(); err != nil {
 					t.Fatal(err)
