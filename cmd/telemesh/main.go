@@ -29,6 +29,10 @@ func run() int {
 	cmd := newRootCmd(env{stdout: os.Stdout, stderr: os.Stderr, lookupEnv: os.LookupEnv})
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "telemesh: %v\n", err)
+		var coded *exitCodeError
+		if errors.As(err, &coded) {
+			return coded.code
+		}
 		if errors.Is(err, config.ErrInvalid) || errors.Is(err, errUsage) {
 			return 2
 		}
@@ -36,3 +40,14 @@ func run() int {
 	}
 	return 0
 }
+
+// exitCodeError is returned by a command whose outcome has its own exit code
+// (doctor's verdicts), beyond run's 0 success, 1 failure and 2 bad usage.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+
+func (e *exitCodeError) Unwrap() error { return e.err }

@@ -47,6 +47,12 @@ A flag on the command line wins over the environment.`,
 		newSimulateCmd(e),
 		newSchemaCmd(e),
 		newDevicesCmd(e),
+		newTraceCmd(e),
+		newReplayCmd(e),
+		newFlagsCmd(e),
+		newRetentionCmd(e),
+		newStatusCmd(e),
+		newDoctorCmd(e),
 	)
 	return root
 }

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/telemesh/telemesh/internal/config"
+	"github.com/telemesh/telemesh/internal/ops"
+)
+
+// newReplayCmd returns the replay command and its publish-failed, parked and
+// dead-lettered subcommands.
+func newReplayCmd(e env) *cobra.Command {
+	var databaseURL, since, until string
+	var filter ops.Filter
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "replay publish-failed|parked|dead-lettered",
+		Short: "Send on what did not get through: failed publishes, parked messages, dead letters",
+		Long: `replay acts on the messages that did not get through. It first prints how many
+match, then acts on them unless --dry-run is given.
+
+  publish-failed  makes publish_failed telemetry rows due now; the publisher's
+                  retry loop publishes them on its next pass.
+  parked          reports parked messages per organization and whether its
+                  switch is on (they resume by themselves when it is); with
+                  --force, messages claimed for resumption more than 2 minutes
+                  ago and not finished are parked again.
+  dead-lettered   republishes each dead letter's kept payload to its original
+                  subject with Nats-Msg-Id replay-<message id>, and notes the
+                  replay in its error_summary.`,
+	}
+	pf := cmd.PersistentFlags()
+	addDatabaseURLFlag(pf, &databaseURL)
+	pf.StringVar(&filter.Organization, "organization", "", "only this organization's messages (slug)")
+	pf.StringVar(&filter.Device, "device", "", "only this device's messages (external id)")
+	pf.StringVar(&since, "since", "", "only messages received at or after this time (RFC 3339)")
+	pf.StringVar(&until, "until", "", "only messages received before this time (RFC 3339)")
+	pf.BoolVar(&dryRun, "dry-run", false, "print what would be done and change nothing")
+
+	prepare := func(cmd *cobra.Command) error {
+		if err := config.ApplyEnv(cmd.Flags(), e.lookupEnv); err != nil {
+			return err
+		}
+		for _, t := range []struct {
+			flag, value string
+			into        *time.Time
+		}{{"since", since, &filter.Since}, {"until", until, &filter.Until}} {
+			if t.value == "" {
+				continue
+			}
+			v, err := time.Parse(time.RFC3339, t.value)
+			if err != nil {
+				return config.Invalid(t.flag, "%q is not an RFC 3339 time like 2026-01-02T15:04:05Z", t.value)
+			}
+			*t.into = v
+		}
+		return nil
+	}
+
+	publishFailed := &cobra.Command{
+		Use:   "publish-failed",
+		Short: "Make publish_failed telemetry rows due now so the publisher retries them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := prepare(cmd); err != nil {
+				return err
+			}
+			pool, err := openOpsPool(cmd, e, &databaseURL, "telemesh-replay")
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			n, err := ops.CountPublishFailed(cmd.Context(), pool, filter)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%d publish_failed telemetry row(s) match\n", n)
+			if dryRun || n == 0 {
+				return nil
+			}
+			done, err := ops.ReplayPublishFailed(cmd.Context(), pool, filter)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(e.stdout, "made %d row(s) due now; the publisher's retry loop publishes them\n", done)
+			return err
+		},
+	}
+
+	var force bool
+	parked := &cobra.Command{
+		Use:   "parked",
+		Short: "Report parked messages per organization; --force parks again those stuck queued",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := prepare(cmd); err != nil {
+				return err
+			}
+			pool, err := openOpsPool(cmd, e, &databaseURL, "telemesh-replay")
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			groups, err := ops.Parked(cmd.Context(), pool, filter)
+			if err != nil {
+				return err
+			}
+			var parkedN, stale int64
+			for _, g := range groups {
+				parkedN += g.Parked
+				stale += g.StaleQueued
+			}
+			fmt.Fprintf(e.stdout, "%d parked message(s), %d queued for resumption more than %s ago\n", parkedN, stale, ops.StaleQueued)
+			for _, g := range groups {
+				state := "switch off: they stay parked until it is switched on"
+				if g.SwitchOn {
+					state = "switch on: the gateway resumes them"
+				}
+				fmt.Fprintf(e.stdout, "  %s: %d parked, %d stale queued (%s)\n", g.Organization, g.Parked, g.StaleQueued, state)
+			}
+			if !force || dryRun || stale == 0 {
+				return nil
+			}
+			n, err := ops.Repark(cmd.Context(), pool, filter)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(e.stdout, "parked %d stale queued message(s) again\n", n)
+			return err
+		},
+	}
+	parked.Flags().BoolVar(&force, "force", false, "park again messages queued for resumption more than 2 minutes ago")
+
+	var natsURL string
+	deadLettered := &cobra.Command{
+		Use:   "dead-lettered",
+		Short: "Republish dead letters' kept payloads to their original subjects",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := prepare(cmd); err != nil {
+				return err
+			}
+			pool, err := openOpsPool(cmd, e, &databaseURL, "telemesh-replay")
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			dls, err := ops.DeadLetters(cmd.Context(), pool, filter)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%d dead letter(s) match\n", len(dls))
+			if dryRun || len(dls) == 0 {
+				return nil
+			}
+			nc, err := nats.Connect(natsURL, nats.Name("telemesh-replay"))
+			if err != nil {
+				return config.Invalid("nats-url", "%v", err)
+			}
+			defer nc.Close()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				return fmt.Errorf("jetstream: %w", err)
+			}
+			for i, d := range dls {
+				if err := ops.ReplayDeadLetter(cmd.Context(), pool, js, d); err != nil {
+					return fmt.Errorf("after %d of %d: %w", i, len(dls), err)
+				}
+				fmt.Fprintf(e.stdout, "replayed %s to %s\n", d.ID, d.Subject)
+			}
+			_, err = fmt.Fprintf(e.stdout, "replayed %d dead letter(s)\n", len(dls))
+			return err
+		},
+	}
+	deadLettered.Flags().StringVar(&natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS URL to republish to")
+	config.MarkSecret(deadLettered.Flags(), "nats-url")
+
+	cmd.AddCommand(publishFailed, parked, deadLettered)
+	return cmd
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/telemesh/telemesh/internal/config"
+	"github.com/telemesh/telemesh/internal/health"
+	"github.com/telemesh/telemesh/internal/pg"
+)
+
+// errUnhealthy is returned by status when the report lists problems, so
+// the command exits 1.
+var errUnhealthy = errors.New("unhealthy")
+
+// meshFlags are the connection flags status and doctor share.
+type meshFlags struct {
+	cfg     health.Config
+	targets map[string]*string
+}
+
+// addMeshFlags registers the connection flags on fs.
+func addMeshFlags(fs *pflag.FlagSet) *meshFlags {
+	m := &meshFlags{cfg: health.DefaultConfig(), targets: map[string]*string{}}
+	fs.StringVar(&m.cfg.DatabaseURL, "database-url", "", "Postgres URL the stages write to (required)")
+	fs.StringVar(&m.cfg.NATSURL, "nats-url", m.cfg.NATSURL, "NATS URL the gateway reads from")
+	for _, stage := range health.Stages {
+		m.targets[stage] = fs.String(stage+"-addr", m.cfg.Targets[stage],
+			"gRPC target of the "+stage+" stage: host:port, dns:///host:port or a comma-separated list")
+	}
+	fs.StringVar(&m.cfg.Stream, "stream", m.cfg.Stream, "JetStream stream the gateway consumes")
+	fs.StringVar(&m.cfg.Consumer, "consumer", m.cfg.Consumer, "the gateway's durable consumer")
+	fs.StringVar(&m.cfg.Bucket, "kv-bucket", m.cfg.Bucket, "the publisher's KV bucket of device states")
+	fs.StringVar(&m.cfg.AnalyticsStream, "analytics-stream", m.cfg.AnalyticsStream, "the publisher's analytics stream")
+	fs.IntVar(&m.cfg.Minutes, "minutes", m.cfg.Minutes, "how many minutes of stage logs and publish failures to summarise")
+	fs.DurationVar(&m.cfg.Timeout, "timeout", m.cfg.Timeout, "time allowed for each single check")
+	config.MarkSecret(fs, "database-url", "nats-url")
+	return m
+}
+
+// prepare applies the environment and validates the flags.
+func (m *meshFlags) prepare(fs *pflag.FlagSet, e env) (health.Config, error) {
+	if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
+		return health.Config{}, err
+	}
+	cfg := m.cfg
+	if cfg.DatabaseURL == "" {
+		return cfg, config.Invalid("database-url", "required")
+	}
+	if _, err := pg.ParseURL(cfg.DatabaseURL); err != nil {
+		return cfg, config.Invalid("database-url", "%v", err)
+	}
+	if cfg.NATSURL == "" {
+		return cfg, config.Invalid("nats-url", "required")
+	}
+	if cfg.Minutes < 1 {
+		return cfg, config.Invalid("minutes", "%d: must be at least 1", cfg.Minutes)
+	}
+	if cfg.Timeout <= 0 {
+		return cfg, config.Invalid("timeout", "%s: must be positive", cfg.Timeout)
+	}
+	cfg.Targets = map[string]string{}
+	for _, stage := range health.Stages {
+		v := *m.targets[stage]
+		if err := config.CheckTarget(stage+"-addr", v); err != nil {
+			return cfg, err
+		}
+		cfg.Targets[stage] = v
+	}
+	return cfg, nil
+}
+
+func newStatusCmd(e env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the health of every stage, the stream and consumer, the switches and recent throughput",
+		Long: `status asks every stage for its gRPC health, reads the JetStream stream and
+the gateway's consumer, the pipeline switches, what each stage did over the
+last --minutes (from ingestion_stage_logs, by status and reason) and the
+publish_failed and parked counts. It exits 1 when anything is unhealthy.`,
+		Args: cobra.NoArgs,
+	}
+	fs := cmd.Flags()
+	mf := addMeshFlags(fs)
+	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := mf.prepare(fs, e)
+		if err != nil {
+			return err
+		}
+		rep, err := health.Gather(cmd.Context(), cfg)
+		if err != nil {
+			return fmt.Errorf("status: %w", err)
+		}
+		if asJSON {
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(struct {
+				*health.Report
+				Healthy bool `json:"healthy"`
+			}{rep, rep.Healthy()}); err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+		} else if err := printReport(e.stdout, rep); err != nil {
+			return fmt.Errorf("status: %w", err)
+		}
+		if !rep.Healthy() {
+			return fmt.Errorf("%w: %d problem(s)", errUnhealthy, len(rep.Problems))
+		}
+		return nil
+	}
+	return cmd
+}
+
+// printReport writes the report as tables.
+func printReport(w io.Writer, r *health.Report) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STAGE\tTARGET\tSTATUS\tADDRESSES")
+	for _, s := range r.Stages {
+		var addrs []string
+		for _, a := range s.Addresses {
+			addrs = append(addrs, a.Address+"="+a.Status)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Stage, s.Target, s.Status, strings.Join(addrs, " "))
+	}
+	fmt.Fprintln(tw)
+	if s := r.Stream; s != nil {
+		last := "-"
+		if !s.LastTime.IsZero() {
+			last = s.LastTime.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintln(tw, "STREAM\tSUBJECTS\tMESSAGES\tLAST SEQ\tLAST MESSAGE")
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n\n", s.Name, strings.Join(s.Subjects, ","), s.Messages, s.LastSeq, last)
+	}
+	if c := r.Consumer; c != nil {
+		fmt.Fprintln(tw, "CONSUMER\tSTREAM\tPENDING\tACK PENDING\tREDELIVERED\tWAITING PULLS")
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\n\n", c.Name, c.Stream, c.Pending, c.AckPending, c.Redelivered, c.WaitingPulls)
+	}
+	fmt.Fprintf(tw, "KV BUCKET PRESENT\t%t\nANALYTICS STREAM PRESENT\t%t\n\n", r.BucketPresent, r.AnalyticsPresent)
+	if len(r.Switches) > 0 {
+		fmt.Fprintln(tw, "SWITCH\tPIPELINE\tANALYTICS\tINVALID EVENTS")
+		for _, s := range r.Switches {
+			fmt.Fprintf(tw, "%s\t%t\t%t\t%t\n", s.Organization, s.PipelineEnabled, s.PublishAnalytics, s.PublishInvalidEvents)
+		}
+		fmt.Fprintln(tw)
+	}
+	fmt.Fprintf(tw, "LAST %d MIN\tSTATUS\tCOUNT\tREASON\n", r.Minutes)
+	for _, c := range r.Throughput {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Stage, c.Status, c.Count, c.Reason)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "PUBLISH FAILED\t%d (%d in the last %d min)\nPARKED\t%d\n", r.PublishFailed, r.PublishFailedRecent, r.Minutes, r.Parked)
+	for _, rc := range r.PublishFailedReasons {
+		fmt.Fprintf(tw, "  %d\t%s\n", rc.Count, rc.Reason)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if r.Healthy() {
+		_, err := fmt.Fprintln(w, "\nhealthy")
+		return err
+	}
+	fmt.Fprintln(w, "\nunhealthy:")
+	for _, p := range r.Problems {
+		fmt.Fprintln(w, "  "+p)
+	}
+	return nil
+}

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/internal/logging"
+	"github.com/telemesh/telemesh/internal/testdb"
+	"github.com/telemesh/telemesh/internal/testnats"
+)
+
+// statusMesh starts a whole mesh in this process and returns the
+// environment that points status and doctor at it.
+func statusMesh(t *testing.T) []string {
+	t.Helper()
+	db := testdb.New(t)
+	ns := testnats.New(t)
+	m, err := app.StartMesh(t.Context(), app.MeshOptions{DatabaseURL: db.URL, NATSURL: ns.URL()}, logging.Discard())
+	if err != nil {
+		t.Fatalf("start mesh: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Stop(); err != nil {
+			t.Errorf("stop mesh: %v", err)
+		}
+	})
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("gateway consumer not created within 10s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	env := []string{"TELEMESH_DATABASE_URL=" + db.URL, "TELEMESH_NATS_URL=" + ns.URL()}
+	for _, stage := range app.Stages {
+		env = append(env, "TELEMESH_"+strings.ToUpper(stage)+"_ADDR="+m.GRPC[stage])
+	}
+	return env
+}
+
+func TestStatusJSONListsServingStages(t *testing.T) {
+	env := statusMesh(t)
+	cmd := exec.CommandContext(t.Context(), telemeshBin, "status", "--json")
+	cmd.Env = append(os.Environ(), env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("status --json: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
+	}
+	var rep struct {
+		Healthy bool `json:"healthy"`
+		Stages  []struct {
+			Stage  string `json:"stage"`
+			Status string `json:"status"`
+		} `json:"stages"`
+		Stream *struct {
+			Name string `json:"name"`
+		} `json:"stream"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	if len(rep.Stages) != 5 {
+		t.Fatalf("%d stages, want 5:\n%s", len(rep.Stages), out)
+	}
+	for i, s := range rep.Stages {
+		if s.Stage != app.Stages[i] || s.Status != "SERVING" {
+			t.Errorf("stage %d = %s %s, want %s SERVING", i, s.Stage, s.Status, app.Stages[i])
+		}
+	}
+	if !rep.Healthy || rep.Stream == nil || rep.Stream.Name != "TELEMETRY" {
+		t.Errorf("healthy %v, stream %+v:\n%s", rep.Healthy, rep.Stream, out)
+	}
+}
+
+func TestDoctorExitCodeWithoutTelemetry(t *testing.T) {
+	env := statusMesh(t)
+	cmd := exec.CommandContext(t.Context(), telemeshBin, "doctor", "--window", "200ms")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("err = %v, want exit code 3; output:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "verdict: no telemetry on the captured subjects") || !strings.Contains(string(out), "fix: ") {
+		t.Errorf("output lacks the verdict or the fix:\n%s", out)
+	}
+}
+
+func TestStatusBadSettingExits2(t *testing.T) {
+	cmd := exec.CommandContext(t.Context(), telemeshBin, "status", "--validator-addr", "http://x:1")
+	cmd.Env = append(os.Environ(), "TELEMESH_DATABASE_URL=postgres://postgres@127.0.0.1:1/x")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "--validator-addr") {
+		t.Fatalf("err = %v, want exit code 2 naming --validator-addr; output:\n%s", err, out)
+	}
+}

@@ -1,0 +1,233 @@
+package health
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Branches of the decision tree and their exit codes.
+const (
+	BranchNoTelemetry = "no telemetry on the captured subjects"
+	BranchPublishing  = "publishing failing"
+	BranchHealthy     = "healthy"
+	// BranchStagePrefix begins the branch of an unreachable stage:
+	// "stage validator unreachable".
+	BranchStagePrefix = "stage "
+
+	ExitNoTelemetry = 3
+	ExitNotStored   = 4
+	ExitPublishing  = 5
+)
+
+// DoctorOptions tune the walk of the decision tree.
+type DoctorOptions struct {
+	// Window is how long the stream and consumer are watched for progress.
+	Window time.Duration
+	// ExpectSubject, if set, is the subject devices publish on; the stream
+	// must capture it.
+	ExpectSubject string
+}
+
+// Verdict is the branch of the decision tree a mesh is on, why, and what to
+// do about it.
+type Verdict struct {
+	Branch   string   `json:"branch"`
+	Evidence []string `json:"evidence"`
+	Fix      string   `json:"fix,omitempty"`
+	ExitCode int      `json:"exit_code"`
+	Report   *Report  `json:"report,omitempty"`
+}
+
+// Doctor walks the operational decision tree: is telemetry arriving on the
+// captured subjects, are the stages that turn it into rows reachable and
+// consuming, and are the rows being published. It returns the first branch
+// that fails, or "healthy".
+func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, error) {
+	cfg = cfg.withDefaults()
+	if opts.Window <= 0 {
+		opts.Window = 3 * time.Second
+	}
+	v := &Verdict{}
+
+	// The first sample of the stream and consumer, before the window.
+	var (
+		before, after         *StreamInfo
+		consBefore, consAfter *ConsumerInfo
+		subjBefore, subjAfter uint64
+		natsErr               error
+	)
+	nc, js, err := connectNATS(cfg)
+	if err != nil {
+		natsErr = err
+	} else {
+		defer nc.Close()
+		before, natsErr = streamInfo(ctx, cfg, js)
+		consBefore, _ = consumerInfo(ctx, cfg, js)
+		if natsErr == nil && opts.ExpectSubject != "" {
+			subjBefore, _ = subjectMessages(ctx, cfg, js, opts.ExpectSubject)
+		}
+		if natsErr == nil {
+			select {
+			case <-time.After(opts.Window):
+			case <-ctx.Done():
+				return nil, fmt.Errorf("doctor: %w", ctx.Err())
+			}
+			after, natsErr = streamInfo(ctx, cfg, js)
+			consAfter, _ = consumerInfo(ctx, cfg, js)
+			if natsErr == nil && opts.ExpectSubject != "" {
+				subjAfter, _ = subjectMessages(ctx, cfg, js, opts.ExpectSubject)
+			}
+		}
+	}
+	rep, err := Gather(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("doctor: %w", err)
+	}
+	v.Report = rep
+
+	// 1. Is telemetry arriving on the subjects the stream captures?
+	if natsErr != nil {
+		v.Branch, v.ExitCode = BranchNoTelemetry, ExitNoTelemetry
+		v.Evidence = append(v.Evidence, natsErr.Error())
+		v.Fix = fmt.Sprintf("check --nats-url and that the gateway has created stream %s (it does at start)", cfg.Stream)
+		return v, nil
+	}
+	grew := after.LastSeq - before.LastSeq
+	v.Evidence = append(v.Evidence, fmt.Sprintf("stream %s captures %s; %d messages, +%d in %s",
+		cfg.Stream, strings.Join(after.Subjects, ", "), after.Messages, grew, opts.Window))
+	if opts.ExpectSubject != "" {
+		if !coveredByAny(after.Subjects, opts.ExpectSubject) {
+			v.Branch, v.ExitCode = BranchNoTelemetry, ExitNoTelemetry
+			v.Evidence = append(v.Evidence, fmt.Sprintf("subject %s is not captured by stream %s (%s)",
+				opts.ExpectSubject, cfg.Stream, strings.Join(after.Subjects, ", ")))
+			v.Fix = fmt.Sprintf("publish on a subject the stream captures, or add %s to the gateway's --subjects", opts.ExpectSubject)
+			return v, nil
+		}
+		v.Evidence = append(v.Evidence, fmt.Sprintf("%d messages on %s, +%d in %s",
+			subjAfter, opts.ExpectSubject, subjAfter-subjBefore, opts.Window))
+		if subjAfter == 0 {
+			grew = 0
+			after.LastTime = time.Time{}
+		}
+	}
+	recent := !after.LastTime.IsZero() && time.Since(after.LastTime) < time.Duration(cfg.Minutes)*time.Minute
+	if !after.LastTime.IsZero() {
+		v.Evidence = append(v.Evidence, fmt.Sprintf("last message at %s", after.LastTime.UTC().Format(time.RFC3339)))
+	}
+	if grew == 0 && !recent {
+		v.Branch, v.ExitCode = BranchNoTelemetry, ExitNoTelemetry
+		v.Evidence = append(v.Evidence, fmt.Sprintf("nothing arrived in %s nor in the last %d minutes", opts.Window, cfg.Minutes))
+		v.Fix = "check that devices or `telemesh simulate` publish to this NATS server, on a subject the stream captures (--expect-subject checks one)"
+		return v, nil
+	}
+
+	// 2. Are rows increasing: consumer bound, next hops reachable, pending
+	// moving?
+	for _, s := range rep.Stages {
+		if s.Status != Serving {
+			v.Branch, v.ExitCode = BranchStagePrefix+s.Stage+" unreachable", ExitNotStored
+			for _, a := range s.Addresses {
+				line := fmt.Sprintf("stage %s at %s: %s", s.Stage, a.Address, a.Status)
+				if a.Error != "" {
+					line += " (" + a.Error + ")"
+				}
+				v.Evidence = append(v.Evidence, line)
+			}
+			v.Fix = fmt.Sprintf("start or fix the %s stage (telemesh serve %s), or point --%s-addr at where it runs", s.Stage, s.Stage, s.Stage)
+			return v, nil
+		}
+	}
+	v.Evidence = append(v.Evidence, "every stage answers SERVING")
+	if consAfter == nil || consAfter.Stream != cfg.Stream {
+		v.Branch, v.ExitCode = "consumer "+cfg.Consumer+" missing", ExitNotStored
+		if e := rep.Errors["consumer"]; e != "" {
+			v.Evidence = append(v.Evidence, e)
+		}
+		v.Fix = fmt.Sprintf("restart the gateway: it creates durable consumer %s on stream %s", cfg.Consumer, cfg.Stream)
+		return v, nil
+	}
+	v.Evidence = append(v.Evidence, fmt.Sprintf("consumer %s: pending %d, ack pending %d, redelivered %d, waiting pulls %d",
+		consAfter.Name, consAfter.Pending, consAfter.AckPending, consAfter.Redelivered, consAfter.WaitingPulls))
+	if e := rep.Errors["database"]; e != "" {
+		v.Branch, v.ExitCode = "database unreachable", ExitNotStored
+		v.Evidence = append(v.Evidence, e)
+		v.Fix = "check --database-url and that Postgres is up; the stages cannot write rows without it"
+		return v, nil
+	}
+	for _, s := range rep.Switches {
+		if s.Organization == "(global)" && !s.PipelineEnabled {
+			v.Branch, v.ExitCode = "pipeline switched off", ExitNotStored
+			v.Evidence = append(v.Evidence, "the global row of pipeline_switches has pipeline_enabled = false")
+			v.Fix = "switch the pipeline back on: update pipeline_switches set pipeline_enabled = true where organization_id is null"
+			return v, nil
+		}
+	}
+	if consBefore != nil && consAfter.Pending > 0 && consAfter.DeliveredSeq == consBefore.DeliveredSeq {
+		v.Branch, v.ExitCode = "consumer stuck", ExitNotStored
+		v.Evidence = append(v.Evidence, fmt.Sprintf("%d messages pending and nothing delivered in %s", consAfter.Pending, opts.Window))
+		v.Fix = "check the gateway's logs; it is not pulling from the consumer"
+		return v, nil
+	}
+
+	// 3. Are rows processed (published)?
+	var pubProblems []string
+	if rep.PublishFailedRecent > 0 {
+		pubProblems = append(pubProblems, fmt.Sprintf("%d publish_failed rows in the last %d minutes (%d in all)",
+			rep.PublishFailedRecent, cfg.Minutes, rep.PublishFailed))
+		for _, r := range rep.PublishFailedReasons {
+			pubProblems = append(pubProblems, fmt.Sprintf("  %d × %s", r.Count, r.Reason))
+		}
+	}
+	if !rep.BucketPresent {
+		pubProblems = append(pubProblems, fmt.Sprintf("KV bucket %s is missing", cfg.Bucket))
+	}
+	if !rep.AnalyticsPresent {
+		pubProblems = append(pubProblems, fmt.Sprintf("analytics stream %s is missing", cfg.AnalyticsStream))
+	}
+	if len(pubProblems) > 0 {
+		v.Branch, v.ExitCode = BranchPublishing, ExitPublishing
+		v.Evidence = append(v.Evidence, pubProblems...)
+		v.Fix = fmt.Sprintf("restore the NATS side the publisher writes to (KV bucket %s, stream %s); "+
+			"the retry loop publishes the publish_failed rows once it is back", cfg.Bucket, cfg.AnalyticsStream)
+		return v, nil
+	}
+	v.Branch, v.ExitCode = BranchHealthy, 0
+	v.Evidence = append(v.Evidence, fmt.Sprintf("no publish_failed rows in the last %d minutes; KV bucket %s and stream %s present",
+		cfg.Minutes, cfg.Bucket, cfg.AnalyticsStream))
+	return v, nil
+}
+
+// coveredByAny reports whether any of the stream's subject patterns
+// captures subject (which may itself contain wildcards).
+func coveredByAny(patterns []string, subject string) bool {
+	for _, p := range patterns {
+		if covers(p, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+// covers reports whether NATS subject pattern p matches every subject s
+// matches.
+func covers(p, s string) bool {
+	pt, st := strings.Split(p, "."), strings.Split(s, ".")
+	for i, tok := range pt {
+		if tok == ">" {
+			return i < len(st)
+		}
+		if i >= len(st) {
+			return false
+		}
+		switch {
+		case st[i] == ">":
+			return false
+		case tok == "*":
+		case tok != st[i]:
+			return false
+		}
+	}
+	return len(pt) == len(st)
+}

@@ -1,0 +1,548 @@
+// Package health gathers what an operator needs to tell whether a telemesh
+// mesh works: each stage's gRPC health, the JetStream stream and consumer,
+// the pipeline switches, what every stage did over the last minutes, and
+// the publish outbox. [Doctor] walks the operational decision tree over it.
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/telemesh/telemesh/internal/pg"
+)
+
+// Stages lists the stages in chain order, as their targets are keyed.
+var Stages = []string{"gateway", "validator", "deriver", "persister", "publisher"}
+
+// Serving is the health status of a stage that answers SERVING.
+const Serving = "SERVING"
+
+// Config says where the mesh is and what to look at.
+type Config struct {
+	// DatabaseURL is the Postgres the stages write to.
+	DatabaseURL string
+	// NATSURL is the NATS server the gateway reads from.
+	NATSURL string
+	// Targets maps each stage name to its gRPC target: host:port,
+	// dns:///host:port, or a comma-separated list of host:port.
+	Targets map[string]string
+	// Stream and Consumer are the gateway's JetStream stream and durable
+	// consumer.
+	Stream, Consumer string
+	// Bucket and AnalyticsStream are the publisher's KV bucket and stream.
+	Bucket, AnalyticsStream string
+	// Minutes is how far back the stage logs and the outbox are summarised.
+	Minutes int
+	// Timeout bounds every single check (one health call, one query).
+	Timeout time.Duration
+}
+
+// DefaultConfig returns the names and ports a local mesh uses.
+func DefaultConfig() Config {
+	return Config{
+		NATSURL: "nats://127.0.0.1:4222",
+		Targets: map[string]string{
+			"gateway":   "127.0.0.1:7070",
+			"validator": "127.0.0.1:7071",
+			"deriver":   "127.0.0.1:7072",
+			"persister": "127.0.0.1:7073",
+			"publisher": "127.0.0.1:7074",
+		},
+		Stream:          "TELEMETRY",
+		Consumer:        "telemesh-gateway",
+		Bucket:          "device-states",
+		AnalyticsStream: "TELEMESH_ANALYTICS",
+		Minutes:         5,
+		Timeout:         3 * time.Second,
+	}
+}
+
+// withDefaults fills the zero fields of c from DefaultConfig.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Stream == "" {
+		c.Stream = d.Stream
+	}
+	if c.Consumer == "" {
+		c.Consumer = d.Consumer
+	}
+	if c.Bucket == "" {
+		c.Bucket = d.Bucket
+	}
+	if c.AnalyticsStream == "" {
+		c.AnalyticsStream = d.AnalyticsStream
+	}
+	if c.Minutes <= 0 {
+		c.Minutes = d.Minutes
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = d.Timeout
+	}
+	return c
+}
+
+// Report is the state of a mesh at one moment.
+type Report struct {
+	At       time.Time     `json:"at"`
+	Minutes  int           `json:"minutes"`
+	Stages   []StageHealth `json:"stages"`
+	Stream   *StreamInfo   `json:"stream,omitempty"`
+	Consumer *ConsumerInfo `json:"consumer,omitempty"`
+	// BucketPresent and AnalyticsPresent say whether the publisher's KV
+	// bucket and analytics stream exist.
+	BucketPresent    bool `json:"bucket_present"`
+	AnalyticsPresent bool `json:"analytics_stream_present"`
+	// Switches are the rows of pipeline_switches, the global one first.
+	Switches []Switch `json:"switches"`
+	// Throughput is what each stage did over the last Minutes.
+	Throughput []StageCount `json:"throughput"`
+	// PublishFailed counts every publish_failed telemetry row;
+	// PublishFailedRecent those changed in the last Minutes, with their
+	// most frequent reasons.
+	PublishFailed        int               `json:"publish_failed"`
+	PublishFailedRecent  int               `json:"publish_failed_recent"`
+	PublishFailedReasons []ReasonCount     `json:"publish_failed_reasons,omitempty"`
+	Parked               int               `json:"parked"`
+	Errors               map[string]string `json:"errors,omitempty"`
+	// Problems lists, one line each, what makes the mesh unhealthy.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// StageHealth is one stage's gRPC health over every address of its target.
+type StageHealth struct {
+	Stage     string          `json:"stage"`
+	Target    string          `json:"target"`
+	Status    string          `json:"status"`
+	Addresses []AddressHealth `json:"addresses"`
+}
+
+// AddressHealth is the answer of one address to grpc.health.v1 Check.
+type AddressHealth struct {
+	Address string `json:"address"`
+	Status  string `json:"status"`
+	Error   string `json:"error,omitempty"`
+}
+
+// StreamInfo is what the report shows of a JetStream stream.
+type StreamInfo struct {
+	Name     string    `json:"name"`
+	Subjects []string  `json:"subjects"`
+	Messages uint64    `json:"messages"`
+	LastSeq  uint64    `json:"last_seq"`
+	LastTime time.Time `json:"last_time"`
+}
+
+// ConsumerInfo is what the report shows of the gateway's durable consumer.
+type ConsumerInfo struct {
+	Name           string   `json:"name"`
+	Stream         string   `json:"stream"`
+	FilterSubjects []string `json:"filter_subjects,omitempty"`
+	Pending        uint64   `json:"pending"`
+	AckPending     int      `json:"ack_pending"`
+	Redelivered    int      `json:"redelivered"`
+	WaitingPulls   int      `json:"waiting_pulls"`
+	DeliveredSeq   uint64   `json:"delivered_stream_seq"`
+}
+
+// Switch is one row of pipeline_switches.
+type Switch struct {
+	Organization         string `json:"organization"`
+	PipelineEnabled      bool   `json:"pipeline_enabled"`
+	PublishAnalytics     bool   `json:"publish_analytics"`
+	PublishInvalidEvents bool   `json:"publish_invalid_events"`
+}
+
+// StageCount is how many stage-log rows one stage wrote with one status
+// and reason.
+type StageCount struct {
+	Stage  string `json:"stage"`
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+	Count  int    `json:"count"`
+}
+
+// ReasonCount is one failure reason and how often it occurred.
+type ReasonCount struct {
+	Reason string `json:"reason"`
+	Count  int    `json:"count"`
+}
+
+// Healthy reports whether nothing in the report is wrong.
+func (r *Report) Healthy() bool { return len(r.Problems) == 0 }
+
+// Stage returns the health of the named stage, or nil.
+func (r *Report) Stage(name string) *StageHealth {
+	for i := range r.Stages {
+		if r.Stages[i].Stage == name {
+			return &r.Stages[i]
+		}
+	}
+	return nil
+}
+
+// reasonWidth truncates failure reasons so similar ones group together.
+const reasonWidth = 120
+
+// Gather connects to the mesh described by cfg and builds a report. A part
+// that cannot be reached is recorded in the report's Errors and Problems;
+// only an unusable configuration is returned as an error.
+func Gather(ctx context.Context, cfg Config) (*Report, error) {
+	cfg = cfg.withDefaults()
+	r := &Report{At: time.Now().UTC(), Minutes: cfg.Minutes, Errors: map[string]string{}}
+	r.Stages = CheckStages(ctx, cfg.Targets, cfg.Timeout)
+
+	if cfg.NATSURL != "" {
+		nc, js, err := connectNATS(cfg)
+		if err != nil {
+			r.Errors["nats"] = err.Error()
+		} else {
+			defer nc.Close()
+			gatherNATS(ctx, cfg, js, r)
+		}
+	} else {
+		r.Errors["nats"] = "no NATS URL given"
+	}
+
+	if cfg.DatabaseURL != "" {
+		pool, err := pg.Open(ctx, cfg.DatabaseURL, pg.Options{ApplicationName: "telemesh-status", MaxConns: 2})
+		if err != nil {
+			return nil, fmt.Errorf("database: %w", err)
+		}
+		defer pool.Close()
+		if err := gatherDB(ctx, cfg, pool, r); err != nil {
+			r.Errors["database"] = err.Error()
+		}
+	} else {
+		r.Errors["database"] = "no database URL given"
+	}
+	r.Problems = problems(r, cfg)
+	return r, nil
+}
+
+// connectNATS opens a NATS connection and its JetStream context.
+func connectNATS(cfg Config) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(cfg.NATSURL, nats.Name("telemesh-status"), nats.Timeout(cfg.Timeout),
+		nats.MaxReconnects(0))
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect nats: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// gatherNATS fills the stream, consumer, bucket and analytics stream.
+func gatherNATS(ctx context.Context, cfg Config, js jetstream.JetStream, r *Report) {
+	if si, err := streamInfo(ctx, cfg, js); err != nil {
+		r.Errors["stream"] = err.Error()
+	} else {
+		r.Stream = si
+	}
+	if ci, err := consumerInfo(ctx, cfg, js); err != nil {
+		r.Errors["consumer"] = err.Error()
+	} else {
+		r.Consumer = ci
+	}
+	cctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	if _, err := js.KeyValue(cctx, cfg.Bucket); err != nil {
+		r.Errors["bucket"] = fmt.Sprintf("kv bucket %s: %v", cfg.Bucket, err)
+	} else {
+		r.BucketPresent = true
+	}
+	if _, err := js.Stream(cctx, cfg.AnalyticsStream); err != nil {
+		r.Errors["analytics_stream"] = fmt.Sprintf("stream %s: %v", cfg.AnalyticsStream, err)
+	} else {
+		r.AnalyticsPresent = true
+	}
+}
+
+func streamInfo(ctx context.Context, cfg Config, js jetstream.JetStream) (*StreamInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	s, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", cfg.Stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s info: %w", cfg.Stream, err)
+	}
+	return &StreamInfo{
+		Name: info.Config.Name, Subjects: info.Config.Subjects, Messages: info.State.Msgs,
+		LastSeq: info.State.LastSeq, LastTime: info.State.LastTime,
+	}, nil
+}
+
+// subjectMessages counts the stream's messages on subjects matching filter.
+func subjectMessages(ctx context.Context, cfg Config, js jetstream.JetStream, filter string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	s, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", cfg.Stream, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return 0, fmt.Errorf("stream %s info for %s: %w", cfg.Stream, filter, err)
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n, nil
+}
+
+func consumerInfo(ctx context.Context, cfg Config, js jetstream.JetStream) (*ConsumerInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	c, err := js.Consumer(ctx, cfg.Stream, cfg.Consumer)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Consumer, cfg.Stream, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s info: %w", cfg.Consumer, err)
+	}
+	filters := info.Config.FilterSubjects
+	if info.Config.FilterSubject != "" {
+		filters = append([]string{info.Config.FilterSubject}, filters...)
+	}
+	return &ConsumerInfo{
+		Name: info.Name, Stream: info.Stream, FilterSubjects: filters,
+		Pending: info.NumPending, AckPending: info.NumAckPending, Redelivered: info.NumRedelivered,
+		WaitingPulls: info.NumWaiting, DeliveredSeq: info.Delivered.Stream,
+	}, nil
+}
+
+// gatherDB fills the switches, the stage-log summary and the outbox counts.
+func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) error {
+	ctx, cancel := context.WithTimeout(ctx, 4*cfg.Timeout)
+	defer cancel()
+	rows, err := pool.Query(ctx, `select coalesce(s.organization_id::text, ''), coalesce(o.slug, ''), s.pipeline_enabled,
+			s.publish_analytics, s.publish_invalid_events
+		from pipeline_switches s left join organizations o on o.id = s.organization_id
+		order by s.organization_id nulls first`)
+	if err != nil {
+		return fmt.Errorf("pipeline switches: %w", err)
+	}
+	for rows.Next() {
+		var id, slug string
+		var s Switch
+		if err := rows.Scan(&id, &slug, &s.PipelineEnabled, &s.PublishAnalytics, &s.PublishInvalidEvents); err != nil {
+			rows.Close()
+			return fmt.Errorf("pipeline switches: %w", err)
+		}
+		switch {
+		case id == "":
+			s.Organization = "(global)"
+		case slug != "":
+			s.Organization = slug
+		default:
+			s.Organization = id
+		}
+		r.Switches = append(r.Switches, s)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("pipeline switches: %w", err)
+	}
+
+	rows, err = pool.Query(ctx, `select stage, status, coalesce(left(errors->>'reason', $2), ''), count(*)
+		from ingestion_stage_logs where created_at > now() - make_interval(mins => $1)
+		group by 1, 2, 3 order by 1, 2, 4 desc`, cfg.Minutes, reasonWidth)
+	if err != nil {
+		return fmt.Errorf("stage logs: %w", err)
+	}
+	for rows.Next() {
+		var c StageCount
+		if err := rows.Scan(&c.Stage, &c.Status, &c.Reason, &c.Count); err != nil {
+			rows.Close()
+			return fmt.Errorf("stage logs: %w", err)
+		}
+		r.Throughput = append(r.Throughput, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("stage logs: %w", err)
+	}
+	order := map[string]int{"ingress": 0, "validate": 1, "mutate": 2, "derive": 3, "persist": 4, "publish": 5}
+	sort.SliceStable(r.Throughput, func(i, j int) bool {
+		return order[r.Throughput[i].Stage] < order[r.Throughput[j].Stage]
+	})
+
+	err = pool.QueryRow(ctx, `select count(*), count(*) filter (where updated_at > now() - make_interval(mins => $1))
+		from device_telemetry_logs where processing_state = 'publish_failed'`, cfg.Minutes).
+		Scan(&r.PublishFailed, &r.PublishFailedRecent)
+	if err != nil {
+		return fmt.Errorf("publish_failed rows: %w", err)
+	}
+	if r.PublishFailedRecent > 0 {
+		rows, err = pool.Query(ctx, `select coalesce(left(failure_reason, $2), ''), count(*) from device_telemetry_logs
+			where processing_state = 'publish_failed' and updated_at > now() - make_interval(mins => $1)
+			group by 1 order by 2 desc limit 5`, cfg.Minutes, reasonWidth)
+		if err != nil {
+			return fmt.Errorf("publish_failed reasons: %w", err)
+		}
+		for rows.Next() {
+			var c ReasonCount
+			if err := rows.Scan(&c.Reason, &c.Count); err != nil {
+				rows.Close()
+				return fmt.Errorf("publish_failed reasons: %w", err)
+			}
+			r.PublishFailedReasons = append(r.PublishFailedReasons, c)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("publish_failed reasons: %w", err)
+		}
+	}
+	if err := pool.QueryRow(ctx, `select count(*) from ingestion_messages where status = 'parked'`).Scan(&r.Parked); err != nil {
+		return fmt.Errorf("parked messages: %w", err)
+	}
+	return nil
+}
+
+// problems lists what is wrong in r.
+func problems(r *Report, cfg Config) []string {
+	var out []string
+	for _, s := range r.Stages {
+		if s.Status != Serving {
+			out = append(out, fmt.Sprintf("stage %s (%s) is %s", s.Stage, s.Target, s.Status))
+		}
+	}
+	keys := make([]string, 0, len(r.Errors))
+	for k := range r.Errors {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		out = append(out, fmt.Sprintf("%s: %s", k, r.Errors[k]))
+	}
+	if r.Consumer != nil && r.Consumer.Stream != cfg.Stream {
+		out = append(out, fmt.Sprintf("consumer %s is bound to stream %s, not %s", r.Consumer.Name, r.Consumer.Stream, cfg.Stream))
+	}
+	for _, s := range r.Switches {
+		if s.Organization == "(global)" && !s.PipelineEnabled {
+			out = append(out, "the global pipeline switch is off: consumption is paused")
+		}
+	}
+	if r.PublishFailedRecent > 0 {
+		out = append(out, fmt.Sprintf("%d publish_failed rows in the last %d minutes", r.PublishFailedRecent, r.Minutes))
+	}
+	return out
+}
+
+// CheckStages asks every stage's target for its gRPC health. Stages with
+// no target are reported as UNKNOWN.
+func CheckStages(ctx context.Context, targets map[string]string, timeout time.Duration) []StageHealth {
+	out := make([]StageHealth, len(Stages))
+	done := make(chan struct{}, len(Stages))
+	for i, stage := range Stages {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			out[i] = CheckTarget(ctx, stage, targets[stage], timeout)
+		}()
+	}
+	for range Stages {
+		<-done
+	}
+	return out
+}
+
+// CheckTarget asks every address of a gRPC target for its health: a
+// dns:///host:port target is resolved and each address checked, a
+// comma-separated list checks each entry. The stage is SERVING only when
+// every address is.
+func CheckTarget(ctx context.Context, stage, target string, timeout time.Duration) StageHealth {
+	h := StageHealth{Stage: stage, Target: target}
+	if strings.TrimSpace(target) == "" {
+		h.Status = "UNKNOWN"
+		h.Addresses = []AddressHealth{{Status: "UNKNOWN", Error: "no target configured"}}
+		return h
+	}
+	addrs, err := resolve(ctx, target, timeout)
+	if err != nil {
+		h.Status = "UNREACHABLE"
+		h.Addresses = []AddressHealth{{Address: target, Status: "UNREACHABLE", Error: err.Error()}}
+		return h
+	}
+	h.Status = Serving
+	for _, a := range addrs {
+		ah := checkAddress(ctx, a, timeout)
+		if ah.Status != Serving && h.Status == Serving {
+			h.Status = ah.Status
+		}
+		h.Addresses = append(h.Addresses, ah)
+	}
+	return h
+}
+
+// resolve turns a target into the host:port addresses to check.
+func resolve(ctx context.Context, target string, timeout time.Duration) ([]string, error) {
+	var out []string
+	for _, part := range strings.Split(target, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, ok := strings.CutPrefix(part, "dns:///")
+		if !ok {
+			out = append(out, part)
+			continue
+		}
+		host, port, err := net.SplitHostPort(name)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", part, err)
+		}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		ips, err := net.DefaultResolver.LookupHost(rctx, host)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", host, err)
+		}
+		sort.Strings(ips)
+		for _, ip := range ips {
+			out = append(out, net.JoinHostPort(ip, port))
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no addresses")
+	}
+	return out, nil
+}
+
+// checkAddress calls grpc.health.v1 Check on one address.
+func checkAddress(ctx context.Context, addr string, timeout time.Duration) AddressHealth {
+	ah := AddressHealth{Address: addr}
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		ah.Status, ah.Error = "UNREACHABLE", err.Error()
+		return ah
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		ah.Status, ah.Error = "UNREACHABLE", err.Error()
+		return ah
+	}
+	ah.Status = resp.GetStatus().String()
+	return ah
+}

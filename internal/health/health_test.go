@@ -1,0 +1,285 @@
+package health
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/internal/logging"
+	"github.com/telemesh/telemesh/internal/testdb"
+	"github.com/telemesh/telemesh/internal/testnats"
+)
+
+// mesh is a seeded database, an in-process NATS server and a running mesh.
+type mesh struct {
+	db   *testdb.DB
+	ns   *testnats.Server
+	js   jetstream.JetStream
+	mesh *app.Mesh
+}
+
+func startMesh(t *testing.T) *mesh {
+	t.Helper()
+	m := &mesh{db: testdb.New(t), ns: testnats.New(t)}
+	seed(t, m.db)
+	nc, err := nats.Connect(m.ns.URL())
+	if err != nil {
+		t.Fatalf("connect nats: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	m.js, _ = jetstream.New(nc)
+	logger := logging.Discard()
+	if os.Getenv("TELEMESH_TEST_LOG") != "" {
+		logger, _ = logging.New(os.Stderr, "text", "debug")
+	}
+	mm, err := app.StartMesh(t.Context(), app.MeshOptions{
+		DatabaseURL: m.db.URL,
+		NATSURL:     m.ns.URL(),
+		Tune: func(o *app.Options) {
+			o.Process.ShutdownGrace = 10 * time.Second
+			o.Gateway.BatchAge = 2 * time.Millisecond
+			o.Publisher.RetryEvery = 200 * time.Millisecond
+			o.Publisher.RetryBase = 200 * time.Millisecond
+			o.Publisher.RetryMax = time.Second
+		},
+	}, logger)
+	if err != nil {
+		t.Fatalf("start mesh: %v", err)
+	}
+	m.mesh = mm
+	t.Cleanup(func() {
+		if err := mm.Stop(); err != nil {
+			t.Errorf("stop mesh: %v", err)
+		}
+	})
+	eventually(t, 10*time.Second, "stream TELEMETRY and consumer exist", func() bool {
+		_, err := m.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway")
+		return err == nil
+	})
+	return m
+}
+
+// seed inserts one organization with an active thermometer, meter-01.
+func seed(t *testing.T, db *testdb.DB) {
+	t.Helper()
+	ctx := t.Context()
+	org, dt, topic, dev := uuid.New(), uuid.New(), uuid.New(), uuid.New()
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{`insert into organizations (id, slug, name) values ($1, 'acme', 'Acme')`, []any{org}},
+		{`insert into device_types (id, organization_id, name, base_topic) values ($1, $2, 'thermometer', 'devices')`, []any{dt, org}},
+		{`insert into device_type_topics (id, device_type_id, suffix) values ($1, $2, 'telemetry')`, []any{topic, dt}},
+		{`insert into parameter_definitions (device_type_topic_id, key, json_path, data_type, required, critical, validation_rules, mutation_expression, sequence) values
+			($1, 'temp_c', '$.temp_c', 'decimal', true, true, '{"min": -50, "max": 150}', null, 1)`, []any{topic}},
+		{`insert into devices (id, organization_id, device_type_id, external_id, is_active) values ($1, $2, $3, 'meter-01', true)`, []any{dev, org, dt}},
+	} {
+		if _, err := db.Pool.Exec(ctx, q.sql, q.args...); err != nil {
+			t.Fatalf("seed: %v\n%s", err, q.sql)
+		}
+	}
+}
+
+func (m *mesh) publish(t *testing.T, n int, prefix string) {
+	t.Helper()
+	for i := range n {
+		msg := nats.NewMsg("devices.meter-01.telemetry")
+		msg.Data = []byte(`{"temp_c": 10}`)
+		msg.Header.Set("Nats-Msg-Id", fmt.Sprintf("%s-%d", prefix, i))
+		if _, err := m.js.PublishMsg(t.Context(), msg); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+}
+
+func (m *mesh) count(t *testing.T, sql string) int {
+	t.Helper()
+	var n int
+	if err := m.db.Pool.QueryRow(t.Context(), sql).Scan(&n); err != nil {
+		t.Fatalf("count: %v\n%s", err, sql)
+	}
+	return n
+}
+
+func (m *mesh) config() Config {
+	cfg := DefaultConfig()
+	cfg.DatabaseURL = m.db.URL
+	cfg.NATSURL = m.ns.URL()
+	cfg.Targets = map[string]string{}
+	for stage, addr := range m.mesh.GRPC {
+		cfg.Targets[stage] = addr
+	}
+	return cfg
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("not true within %s: %s", within, what)
+}
+
+func doctor(t *testing.T, cfg Config, opts DoctorOptions) *Verdict {
+	t.Helper()
+	if opts.Window == 0 {
+		opts.Window = 200 * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	v, err := Doctor(ctx, cfg, opts)
+	if err != nil {
+		t.Fatalf("doctor: %v", err)
+	}
+	t.Logf("branch %q exit %d\n%s\nfix: %s", v.Branch, v.ExitCode, strings.Join(v.Evidence, "\n"), v.Fix)
+	return v
+}
+
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// The decision tree's branches on one mesh, from nothing published to a
+// deleted KV bucket.
+func TestDoctorBranches(t *testing.T) {
+	m := startMesh(t)
+
+	t.Run("nothing published", func(t *testing.T) {
+		v := doctor(t, m.config(), DoctorOptions{})
+		if v.Branch != BranchNoTelemetry || v.ExitCode != ExitNoTelemetry {
+			t.Fatalf("branch %q exit %d, want %q exit %d", v.Branch, v.ExitCode, BranchNoTelemetry, ExitNoTelemetry)
+		}
+	})
+
+	t.Run("healthy after valid messages", func(t *testing.T) {
+		m.publish(t, 3, "ok")
+		eventually(t, 15*time.Second, "3 rows processed", func() bool {
+			return m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'processed'`) == 3
+		})
+		v := doctor(t, m.config(), DoctorOptions{ExpectSubject: "devices.meter-01.telemetry"})
+		if v.Branch != BranchHealthy || v.ExitCode != 0 {
+			t.Fatalf("branch %q exit %d, want healthy", v.Branch, v.ExitCode)
+		}
+		rep, err := Gather(t.Context(), m.config())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.Healthy() {
+			t.Errorf("report unhealthy: %v", rep.Problems)
+		}
+		for _, s := range rep.Stages {
+			if s.Status != Serving {
+				t.Errorf("stage %s is %s", s.Stage, s.Status)
+			}
+		}
+		var completed int
+		for _, c := range rep.Throughput {
+			if c.Stage == "persist" && c.Status == "completed" {
+				completed += c.Count
+			}
+		}
+		if completed != 3 {
+			t.Errorf("persist completed %d in the throughput, want 3: %+v", completed, rep.Throughput)
+		}
+	})
+
+	t.Run("subject not captured", func(t *testing.T) {
+		v := doctor(t, m.config(), DoctorOptions{ExpectSubject: "sensors.meter-01.telemetry"})
+		if v.Branch != BranchNoTelemetry || v.ExitCode != ExitNoTelemetry {
+			t.Fatalf("branch %q exit %d, want %q", v.Branch, v.ExitCode, BranchNoTelemetry)
+		}
+	})
+
+	t.Run("validator down", func(t *testing.T) {
+		cfg := m.config()
+		cfg.Targets["validator"] = closedPort(t)
+		v := doctor(t, cfg, DoctorOptions{})
+		if v.Branch != "stage validator unreachable" || v.ExitCode != ExitNotStored {
+			t.Fatalf("branch %q exit %d, want stage validator unreachable exit %d", v.Branch, v.ExitCode, ExitNotStored)
+		}
+		rep, err := Gather(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Healthy() {
+			t.Errorf("report healthy with the validator down")
+		}
+	})
+
+	t.Run("KV bucket deleted", func(t *testing.T) {
+		if err := m.js.DeleteKeyValue(t.Context(), "device-states"); err != nil {
+			t.Fatal(err)
+		}
+		m.publish(t, 3, "kvdown")
+		eventually(t, 15*time.Second, "3 rows publish_failed", func() bool {
+			return m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'publish_failed'`) == 3
+		})
+		v := doctor(t, m.config(), DoctorOptions{})
+		if v.Branch != BranchPublishing || v.ExitCode != ExitPublishing {
+			t.Fatalf("branch %q exit %d, want %q exit %d", v.Branch, v.ExitCode, BranchPublishing, ExitPublishing)
+		}
+		if !strings.Contains(strings.Join(v.Evidence, "\n"), "publish_failed") {
+			t.Errorf("evidence does not name publish_failed rows: %v", v.Evidence)
+		}
+		if v.Report == nil || len(v.Report.PublishFailedReasons) == 0 {
+			t.Errorf("no publish_failed reasons in the report")
+		}
+	})
+}
+
+func TestCovers(t *testing.T) {
+	tests := []struct {
+		p, s string
+		want bool
+	}{
+		{"devices.>", "devices.a.telemetry", true},
+		{"devices.>", "devices", false},
+		{"devices.*.telemetry", "devices.a.telemetry", true},
+		{"devices.*.telemetry", "devices.a.status", false},
+		{"devices.*", "devices.a.b", false},
+		{"devices.>", "devices.*.telemetry", true},
+		{"devices.*.telemetry", "devices.>", false},
+	}
+	for _, tt := range tests {
+		if got := covers(tt.p, tt.s); got != tt.want {
+			t.Errorf("covers(%q, %q) = %v, want %v", tt.p, tt.s, got, tt.want)
+		}
+	}
+}
+
+func TestCheckTargetDNSAndLists(t *testing.T) {
+	closed := closedPort(t)
+	h := CheckTarget(t.Context(), "validator", closed+","+closed, time.Second)
+	if h.Status == Serving || len(h.Addresses) != 2 {
+		t.Errorf("list target: %+v", h)
+	}
+	h = CheckTarget(t.Context(), "validator", "dns:///localhost:"+strings.Split(closed, ":")[1], time.Second)
+	if h.Status == Serving || len(h.Addresses) == 0 {
+		t.Errorf("dns target: %+v", h)
+	}
+	h = CheckTarget(t.Context(), "validator", "", time.Second)
+	if h.Status != "UNKNOWN" {
+		t.Errorf("empty target: %+v", h)
+	}
+}
