@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -61,34 +62,41 @@ match, then acts on them unless --dry-run is given.
 		}
 		return nil
 	}
+	// withPool parses the shared flags and runs act with a pool that is
+	// closed when act returns.
+	withPool := func(cmd *cobra.Command, act func(*pgxpool.Pool) error) error {
+		if err := prepare(cmd); err != nil {
+			return err
+		}
+		pool, err := openOpsPool(cmd, e, &databaseURL, "telemesh-replay")
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		return act(pool)
+	}
 
 	publishFailed := &cobra.Command{
 		Use:   "publish-failed",
 		Short: "Make publish_failed telemetry rows due now so the publisher retries them",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := prepare(cmd); err != nil {
+			return withPool(cmd, func(pool *pgxpool.Pool) error {
+				n, err := ops.CountPublishFailed(cmd.Context(), pool, filter)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "%d publish_failed telemetry row(s) match\n", n)
+				if dryRun || n == 0 {
+					return nil
+				}
+				done, err := ops.ReplayPublishFailed(cmd.Context(), pool, filter)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(e.stdout, "made %d row(s) due now; the publisher's retry loop publishes them\n", done)
 				return err
-			}
-			pool, err := openOpsPool(cmd, e, &databaseURL, "telemesh-replay")
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			n, err := ops.CountPublishFailed(cmd.Context(), pool, filter)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "%d publish_failed telemetry row(s) match\n", n)
-			if dryRun || n == 0 {
-				return nil
-			}
-			done, err := ops.ReplayPublishFailed(cmd.Context(), pool, filter)
-			if err != nil {
-				return err
-			}
-			_, err = fmt.Fprintf(e.stdout, "made %d row(s) due now; the publisher's retry loop publishes them\n", done)
-			return err
+			})
 		},
 	}
 
@@ -98,40 +106,34 @@ match, then acts on them unless --dry-run is given.
 		Short: "Report parked messages per organization; --force parks again those stuck queued",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := prepare(cmd); err != nil {
-				return err
-			}
-			pool, err := openOpsPool(cmd, e, &databaseURL, "telemesh-replay")
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			groups, err := ops.Parked(cmd.Context(), pool, filter)
-			if err != nil {
-				return err
-			}
-			var parkedN, stale int64
-			for _, g := range groups {
-				parkedN += g.Parked
-				stale += g.StaleQueued
-			}
-			fmt.Fprintf(e.stdout, "%d parked message(s), %d queued for resumption more than %s ago\n", parkedN, stale, ops.StaleQueued)
-			for _, g := range groups {
-				state := "switch off: they stay parked until it is switched on"
-				if g.SwitchOn {
-					state = "switch on: the gateway resumes them"
+			return withPool(cmd, func(pool *pgxpool.Pool) error {
+				groups, err := ops.Parked(cmd.Context(), pool, filter)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(e.stdout, "  %s: %d parked, %d stale queued (%s)\n", g.Organization, g.Parked, g.StaleQueued, state)
-			}
-			if !force || dryRun || stale == 0 {
-				return nil
-			}
-			n, err := ops.Repark(cmd.Context(), pool, filter)
-			if err != nil {
+				var parkedN, stale int64
+				for _, g := range groups {
+					parkedN += g.Parked
+					stale += g.StaleQueued
+				}
+				fmt.Fprintf(e.stdout, "%d parked message(s), %d queued for resumption more than %s ago\n", parkedN, stale, ops.StaleQueued)
+				for _, g := range groups {
+					state := "switch off: they stay parked until it is switched on"
+					if g.SwitchOn {
+						state = "switch on: the gateway resumes them"
+					}
+					fmt.Fprintf(e.stdout, "  %s: %d parked, %d stale queued (%s)\n", g.Organization, g.Parked, g.StaleQueued, state)
+				}
+				if !force || dryRun || stale == 0 {
+					return nil
+				}
+				n, err := ops.Repark(cmd.Context(), pool, filter)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(e.stdout, "parked %d stale queued message(s) again\n", n)
 				return err
-			}
-			_, err = fmt.Fprintf(e.stdout, "parked %d stale queued message(s) again\n", n)
-			return err
+			})
 		},
 	}
 	parked.Flags().BoolVar(&force, "force", false, "park again messages queued for resumption more than 2 minutes ago")
@@ -142,39 +144,33 @@ match, then acts on them unless --dry-run is given.
 		Short: "Republish dead letters' kept payloads to their original subjects",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := prepare(cmd); err != nil {
-				return err
-			}
-			pool, err := openOpsPool(cmd, e, &databaseURL, "telemesh-replay")
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			dls, err := ops.DeadLetters(cmd.Context(), pool, filter)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "%d dead letter(s) match\n", len(dls))
-			if dryRun || len(dls) == 0 {
-				return nil
-			}
-			nc, err := nats.Connect(natsURL, nats.Name("telemesh-replay"))
-			if err != nil {
-				return config.Invalid("nats-url", "%v", err)
-			}
-			defer nc.Close()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				return fmt.Errorf("jetstream: %w", err)
-			}
-			for i, d := range dls {
-				if err := ops.ReplayDeadLetter(cmd.Context(), pool, js, d); err != nil {
-					return fmt.Errorf("after %d of %d: %w", i, len(dls), err)
+			return withPool(cmd, func(pool *pgxpool.Pool) error {
+				dls, err := ops.DeadLetters(cmd.Context(), pool, filter)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(e.stdout, "replayed %s to %s\n", d.ID, d.Subject)
-			}
-			_, err = fmt.Fprintf(e.stdout, "replayed %d dead letter(s)\n", len(dls))
-			return err
+				fmt.Fprintf(e.stdout, "%d dead letter(s) match\n", len(dls))
+				if dryRun || len(dls) == 0 {
+					return nil
+				}
+				nc, err := nats.Connect(natsURL, nats.Name("telemesh-replay"))
+				if err != nil {
+					return config.Invalid("nats-url", "%v", err)
+				}
+				defer nc.Close()
+				js, err := jetstream.New(nc)
+				if err != nil {
+					return fmt.Errorf("jetstream: %w", err)
+				}
+				for i, d := range dls {
+					if err := ops.ReplayDeadLetter(cmd.Context(), pool, js, d); err != nil {
+						return fmt.Errorf("after %d of %d: %w", i, len(dls), err)
+					}
+					fmt.Fprintf(e.stdout, "replayed %s to %s\n", d.ID, d.Subject)
+				}
+				_, err = fmt.Fprintf(e.stdout, "replayed %d dead letter(s)\n", len(dls))
+				return err
+			})
 		},
 	}
 	deadLettered.Flags().StringVar(&natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS URL to republish to")

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/testdb"
@@ -219,15 +218,7 @@ func TestReplayCommands(t *testing.T) {
 
 	t.Run("dead-lettered", func(t *testing.T) {
 		ns := testnats.New(t)
-		nc, err := nats.Connect(ns.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, js := ns.Connect(t)
 		stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TELEMETRY", Subjects: []string{"devices.>"}})
 		if err != nil {
 			t.Fatal(err)

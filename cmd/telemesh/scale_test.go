@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/telemesh/telemesh/internal/demo"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
@@ -81,12 +78,7 @@ func TestValidatorsScaleOut(t *testing.T) {
 	serveProc(t, env, "gateway", "--validator-addr", strings.Join(addrs, ","), "--subjects", "devices.>,energy.>",
 		"--batch-size", "50", "--batch-age", "2ms", "--max-deliver", "20", "--ack-wait", "10s", "--call-timeout", "5s")
 
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := ns.Connect(t)
 	ctx := t.Context()
 	waitStream := time.Now().Add(20 * time.Second)
 	for {

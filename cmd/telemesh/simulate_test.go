@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/config"
@@ -23,15 +22,7 @@ import (
 func natsWithStream(t *testing.T) (string, jetstream.Stream) {
 	t.Helper()
 	ns := testnats.New(t)
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := ns.Connect(t)
 	st, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "TELEMETRY", Subjects: demo.Subjects})
 	if err != nil {
 		t.Fatal(err)

@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/testdb"
@@ -33,12 +30,7 @@ func statusMesh(t *testing.T) []string {
 			t.Errorf("stop mesh: %v", err)
 		}
 	})
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := ns.Connect(t)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway"); err == nil {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/testdb"
@@ -119,15 +118,7 @@ func TestReplayDeadLetters(t *testing.T) {
 	defer cancel()
 	acme := f.org("acme")
 	ns := testnats.New(t)
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := ns.Connect(t)
 	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TELEMETRY", Subjects: []string{"devices.>"}})
 	if err != nil {
 		t.Fatal(err)

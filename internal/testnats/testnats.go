@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // readyTimeout bounds the wait for a (re)started server to accept clients.
@@ -51,6 +53,22 @@ func New(t testing.TB) *Server {
 // URL is the client URL, such as nats://127.0.0.1:41234. It does not change
 // across restarts.
 func (s *Server) URL() string { return s.url }
+
+// Connect returns a JetStream client on a connection to the server that is
+// closed when the test ends.
+func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(s.url)
+	if err != nil {
+		t.Fatalf("connect to NATS at %s: %v", s.url, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return nc, js
+}
 
 // Restart shuts the server down and starts a new one on the same port with
 // the same JetStream store, as a NATS restart in production would: streams,
