@@ -9,31 +9,56 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/internal/demo"
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
 )
 
-// statusMesh starts a whole mesh in this process and returns the
-// environment that points status and doctor at it.
-func statusMesh(t *testing.T) []string {
+// liveMesh is a whole mesh running in this test process, with the demo
+// fleet seeded, that the built binary's operator commands are pointed at.
+type liveMesh struct {
+	db   *testdb.DB
+	nats *testnats.Server
+	js   jetstream.JetStream
+	mesh *app.Mesh
+	// env points the binary at the mesh: database, NATS and every stage.
+	env []string
+}
+
+// startLiveMesh seeds the demo fleet into a fresh database and starts every
+// stage on loopback; tune, if not nil, adjusts each stage's options. It
+// returns once the gateway's consumer exists.
+func startLiveMesh(t *testing.T, tune func(*app.Options)) *liveMesh {
 	t.Helper()
-	db := testdb.New(t)
-	ns := testnats.New(t)
-	m, err := app.StartMesh(t.Context(), app.MeshOptions{DatabaseURL: db.URL, NATSURL: ns.URL()}, logging.Discard())
+	lm := &liveMesh{db: testdb.New(t), nats: testnats.New(t)}
+	if err := demo.Seed(t.Context(), lm.db.Pool); err != nil {
+		t.Fatalf("seed demo: %v", err)
+	}
+	// The stream captures the demo fleet's subjects, as under telemesh up.
+	demoTune := func(o *app.Options) {
+		o.Gateway.Subjects = demo.Subjects
+		if tune != nil {
+			tune(o)
+		}
+	}
+	m, err := app.StartMesh(t.Context(), app.MeshOptions{DatabaseURL: lm.db.URL, NATSURL: lm.nats.URL(), Tune: demoTune}, logging.Discard())
 	if err != nil {
 		t.Fatalf("start mesh: %v", err)
 	}
+	lm.mesh = m
 	t.Cleanup(func() {
 		if err := m.Stop(); err != nil {
 			t.Errorf("stop mesh: %v", err)
 		}
 	})
-	_, js := ns.Connect(t)
+	_, lm.js = lm.nats.Connect(t)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway"); err == nil {
+		if _, err := lm.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway"); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -41,11 +66,18 @@ func statusMesh(t *testing.T) []string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	env := []string{"TELEMESH_DATABASE_URL=" + db.URL, "TELEMESH_NATS_URL=" + ns.URL()}
+	lm.env = []string{"TELEMESH_DATABASE_URL=" + lm.db.URL, "TELEMESH_NATS_URL=" + lm.nats.URL()}
 	for _, stage := range app.Stages {
-		env = append(env, "TELEMESH_"+strings.ToUpper(stage)+"_ADDR="+m.GRPC[stage])
+		lm.env = append(lm.env, "TELEMESH_"+strings.ToUpper(stage)+"_ADDR="+m.GRPC[stage])
 	}
-	return env
+	return lm
+}
+
+// statusMesh starts a live mesh and returns the environment that points
+// status and doctor at it.
+func statusMesh(t *testing.T) []string {
+	t.Helper()
+	return startLiveMesh(t, nil).env
 }
 
 func TestStatusJSONListsServingStages(t *testing.T) {

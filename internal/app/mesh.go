@@ -117,6 +117,15 @@ func (m *Mesh) start(ctx context.Context, stage string, o Options) error {
 // Restart stops one stage gracefully and starts it again on the same
 // addresses, as a redeployed process would.
 func (m *Mesh) Restart(ctx context.Context, stage string) error {
+	if err := m.StopStage(stage); err != nil {
+		return err
+	}
+	return m.StartStage(ctx, stage)
+}
+
+// StopStage stops one stage gracefully and leaves it down, as an outage of
+// its process would; StartStage brings it back.
+func (m *Mesh) StopStage(stage string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := m.running[stage]
@@ -125,6 +134,17 @@ func (m *Mesh) Restart(ctx context.Context, stage string) error {
 	}
 	if err := r.stop(); err != nil {
 		return fmt.Errorf("stop %s: %w", stage, err)
+	}
+	return nil
+}
+
+// StartStage starts a stage that StopStage stopped, on the addresses it had.
+func (m *Mesh) StartStage(ctx context.Context, stage string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.running[stage]
+	if r == nil {
+		return fmt.Errorf("no stage %q", stage)
 	}
 	o := r.opts
 	o.Process.Listen, o.Process.AdminListen = m.GRPC[stage], m.Admin[stage]

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Branches of the decision tree and their exit codes.
@@ -160,7 +162,7 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 		if s.Organization == "(global)" && !s.PipelineEnabled {
 			v.Branch, v.ExitCode = "pipeline switched off", ExitNotStored
 			v.Evidence = append(v.Evidence, "the global row of pipeline_switches has pipeline_enabled = false")
-			v.Fix = "switch the pipeline back on: update pipeline_switches set pipeline_enabled = true where organization_id is null"
+			v.Fix = "switch the pipeline back on: telemesh flags set pipeline.enabled on"
 			return v, nil
 		}
 	}
@@ -182,6 +184,10 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 	}
 	if !rep.BucketPresent {
 		pubProblems = append(pubProblems, fmt.Sprintf("KV bucket %s is missing", cfg.Bucket))
+	} else if err := probeBucket(ctx, cfg, js); err != nil {
+		pubProblems = append(pubProblems, fmt.Sprintf("a test write to KV bucket %s failed: %v", cfg.Bucket, err))
+	} else {
+		v.Evidence = append(v.Evidence, fmt.Sprintf("a test write to KV bucket %s succeeded", cfg.Bucket))
 	}
 	if !rep.AnalyticsPresent {
 		pubProblems = append(pubProblems, fmt.Sprintf("analytics stream %s is missing", cfg.AnalyticsStream))
@@ -230,4 +236,24 @@ func covers(p, s string) bool {
 		}
 	}
 	return len(pt) == len(st)
+}
+
+// probeKey is the KV key the doctor writes and purges to test the bucket. It
+// cannot clash with a device's key, which is the device's uuid.
+const probeKey = "telemesh-doctor-probe"
+
+// probeBucket writes a key to the publisher's KV bucket and purges it, as a
+// test publish: a bucket can exist and still refuse writes (storage full,
+// no quorum, permissions).
+func probeBucket(ctx context.Context, cfg Config, js jetstream.JetStream) error {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, probeKey, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return err
+	}
+	return kv.Purge(ctx, probeKey)
 }

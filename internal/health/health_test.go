@@ -181,6 +181,9 @@ func TestDoctorBranches(t *testing.T) {
 		if v.Branch != BranchHealthy || v.ExitCode != 0 {
 			t.Fatalf("branch %q exit %d, want healthy", v.Branch, v.ExitCode)
 		}
+		if !strings.Contains(strings.Join(v.Evidence, "\n"), "a test write to KV bucket device-states succeeded") {
+			t.Errorf("evidence lacks the test write: %v", v.Evidence)
+		}
 		rep, err := Gather(t.Context(), m.config())
 		if err != nil {
 			t.Fatal(err)

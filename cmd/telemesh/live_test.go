@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telemesh/telemesh/internal/app"
+)
+
+// run runs the built binary against the live mesh and returns its stdout,
+// stderr and exit code.
+func (lm *liveMesh) run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, telemeshBin, args...)
+	cmd.Env = append(os.Environ(), lm.env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return stdout.String(), stderr.String(), 0
+	case errors.As(err, &exit):
+		return stdout.String(), stderr.String(), exit.ExitCode()
+	default:
+		t.Fatalf("telemesh %v: %v", args, err)
+		return "", "", -1
+	}
+}
+
+// mustRun runs the binary and fails the test unless it exits 0.
+func (lm *liveMesh) mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, stderr, code := lm.run(t, args...)
+	if code != 0 {
+		t.Fatalf("telemesh %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out, stderr)
+	}
+	return out
+}
+
+// count runs a count query on the mesh's database.
+func (lm *liveMesh) count(t *testing.T, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := lm.db.Pool.QueryRow(t.Context(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// waitCount waits until the count query returns want.
+func (lm *liveMesh) waitCount(t *testing.T, within time.Duration, want int, sql string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := lm.count(t, sql, args...)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %d, want %d, for %s", within, got, want, sql)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+const (
+	countCompleted = `select count(*) from ingestion_messages where status = 'completed'`
+	countProcessed = `select count(*) from device_telemetry_logs where processing_state = 'processed'`
+	countPubFailed = `select count(*) from device_telemetry_logs where processing_state = 'publish_failed'`
+)
+
+// TestOperatorCommandsOnLiveMesh drives the operator's commands, through the
+// built binary, against a whole mesh with the demo fleet: simulate feeds it,
+// status and doctor read it, trace follows one message, flags pause and
+// resume it, replay re-drives rows whose publish failed, and retention runs
+// on it without touching recent data.
+func TestOperatorCommandsOnLiveMesh(t *testing.T) {
+	lm := startLiveMesh(t, func(o *app.Options) {
+		// A failed publish waits for replay rather than for the retry
+		// loop's backoff, so the test shows what replay does.
+		o.Publisher.RetryEvery = 200 * time.Millisecond
+		o.Publisher.RetryBase = time.Hour
+		o.Publisher.RetryMax = time.Hour
+	})
+	natsURL := lm.nats.URL()
+
+	out := lm.mustRun(t, "simulate", "--count", "40", "--rate", "0", "--nats-url", natsURL)
+	if !strings.Contains(out, "40") {
+		t.Errorf("simulate summary does not mention the 40 messages sent:\n%s", out)
+	}
+	lm.waitCount(t, 20*time.Second, 40, countCompleted)
+	lm.waitCount(t, 10*time.Second, 40, countProcessed)
+
+	t.Run("status", func(t *testing.T) {
+		out := lm.mustRun(t, "status", "--json")
+		var rep struct {
+			Healthy    bool `json:"healthy"`
+			Throughput []struct {
+				Stage  string `json:"stage"`
+				Status string `json:"status"`
+				Count  int    `json:"count"`
+			} `json:"throughput"`
+			Stream struct {
+				Messages uint64 `json:"messages"`
+			} `json:"stream"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("%v:\n%s", err, out)
+		}
+		completed := map[string]int{}
+		for _, c := range rep.Throughput {
+			if c.Status == "completed" {
+				completed[c.Stage] += c.Count
+			}
+		}
+		if !rep.Healthy || rep.Stream.Messages < 40 {
+			t.Errorf("healthy %v, stream messages %d:\n%s", rep.Healthy, rep.Stream.Messages, out)
+		}
+		for _, stage := range []string{"ingress", "validate", "derive", "persist", "publish"} {
+			if completed[stage] != 40 {
+				t.Errorf("stage %s completed %d in the last minutes, want 40 (%v)", stage, completed[stage], completed)
+			}
+		}
+	})
+
+	t.Run("doctor healthy", func(t *testing.T) {
+		out := lm.mustRun(t, "doctor", "--window", "300ms")
+		if !strings.Contains(out, "verdict: healthy") {
+			t.Errorf("doctor on a healthy mesh:\n%s", out)
+		}
+	})
+
+	t.Run("doctor validator down", func(t *testing.T) {
+		if err := lm.mesh.StopStage(app.Validator); err != nil {
+			t.Fatal(err)
+		}
+		out, _, code := lm.run(t, "doctor", "--window", "300ms")
+		if code != 4 || !strings.Contains(out, "verdict: stage validator unreachable") || !strings.Contains(out, "telemesh serve validator") {
+			t.Errorf("doctor with the validator down: exit %d, want 4 naming the validator and the fix:\n%s", code, out)
+		}
+		if _, _, code := lm.run(t, "status"); code != 1 {
+			t.Errorf("status with the validator down: exit %d, want 1", code)
+		}
+		if err := lm.mesh.StartStage(t.Context(), app.Validator); err != nil {
+			t.Fatal(err)
+		}
+		lm.mustRun(t, "status")
+	})
+
+	t.Run("trace", func(t *testing.T) {
+		var id string
+		if err := lm.db.Pool.QueryRow(t.Context(),
+			`select id::text from ingestion_messages where source_subject = 'devices.thermo-01.telemetry' and status = 'completed' limit 1`).Scan(&id); err != nil {
+			t.Fatalf("a completed thermo-01 message: %v", err)
+		}
+		out := lm.mustRun(t, "trace", id)
+		for _, want := range []string{id, "completed", "devices.thermo-01.telemetry", "state", "processed", "temp_f"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("trace lacks %q:\n%s", want, out)
+			}
+		}
+		var tr struct {
+			StageLogs []struct {
+				Stage  string `json:"stage"`
+				Status string `json:"status"`
+			} `json:"stage_logs"`
+		}
+		if err := json.Unmarshal([]byte(lm.mustRun(t, "trace", "--json", id)), &tr); err != nil {
+			t.Fatal(err)
+		}
+		var stages []string
+		for _, l := range tr.StageLogs {
+			stages = append(stages, l.Stage+"="+l.Status)
+		}
+		for _, stage := range []string{"ingress", "validate", "derive", "persist", "publish"} {
+			if !strings.Contains(strings.Join(stages, " "), stage+"=completed") {
+				t.Errorf("trace stages %v lack %s=completed", stages, stage)
+			}
+		}
+	})
+
+	t.Run("flags pause and resume", func(t *testing.T) {
+		lm.mustRun(t, "flags", "set", "pipeline.enabled", "off")
+		if out := lm.mustRun(t, "flags", "get"); !strings.Contains(out, "off") {
+			t.Errorf("flags get after switching off:\n%s", out)
+		}
+		before := lm.count(t, `select count(*) from ingestion_messages`)
+		// The gateway sees the switch within a second (LISTEN, and a poll).
+		time.Sleep(1500 * time.Millisecond)
+		lm.mustRun(t, "simulate", "--count", "20", "--rate", "0", "--seed", "2", "--nats-url", natsURL)
+		time.Sleep(2 * time.Second)
+		if got := lm.count(t, `select count(*) from ingestion_messages`); got != before {
+			t.Fatalf("%d messages taken while the pipeline is off, want 0", got-before)
+		}
+		cons, err := lm.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := cons.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumPending != 20 {
+			t.Errorf("consumer pending %d while paused, want the 20 kept in the stream", info.NumPending)
+		}
+		lm.mustRun(t, "flags", "set", "pipeline.enabled", "on")
+		lm.waitCount(t, 20*time.Second, 60, countCompleted)
+		lm.waitCount(t, 10*time.Second, 60, countProcessed)
+	})
+
+	t.Run("replay publish-failed", func(t *testing.T) {
+		ctx := t.Context()
+		if err := lm.js.DeleteKeyValue(ctx, "device-states"); err != nil {
+			t.Fatalf("delete KV bucket: %v", err)
+		}
+		lm.mustRun(t, "simulate", "--count", "5", "--rate", "0", "--seed", "3", "--nats-url", natsURL)
+		lm.waitCount(t, 20*time.Second, 5, countPubFailed)
+
+		out, _, code := lm.run(t, "doctor", "--window", "300ms")
+		if code != 5 || !strings.Contains(out, "publish") {
+			t.Errorf("doctor with the KV bucket gone: exit %d, want 5:\n%s", code, out)
+		}
+
+		if _, err := lm.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "device-states"}); err != nil {
+			t.Fatalf("restore KV bucket: %v", err)
+		}
+		out = lm.mustRun(t, "replay", "publish-failed", "--dry-run")
+		if !strings.HasPrefix(out, "5 publish_failed telemetry row(s) match") {
+			t.Errorf("dry run:\n%s", out)
+		}
+		// The retry backoff is an hour: nothing moves without replay.
+		time.Sleep(time.Second)
+		if n := lm.count(t, countPubFailed); n != 5 {
+			t.Fatalf("%d publish_failed rows after the dry run, want 5 untouched", n)
+		}
+		out = lm.mustRun(t, "replay", "publish-failed")
+		if !strings.Contains(out, "made 5 row(s) due now") {
+			t.Errorf("replay:\n%s", out)
+		}
+		lm.waitCount(t, 10*time.Second, 0, countPubFailed)
+		lm.waitCount(t, 10*time.Second, 65, countProcessed)
+	})
+
+	t.Run("retention", func(t *testing.T) {
+		out := lm.mustRun(t, "retention", "--json")
+		if !json.Valid([]byte(out)) {
+			t.Errorf("retention --json is not JSON:\n%s", out)
+		}
+		if n := lm.count(t, `select count(*) from device_telemetry_logs`); n != 65 {
+			t.Errorf("%d telemetry rows after retention, want the 65 recent ones kept", n)
+		}
+		// Safe to run again, as from cron.
+		lm.mustRun(t, "retention")
+	})
+}
