@@ -83,8 +83,9 @@ test-short: services ## The quick set: go test -short, no race detector
 	@for m in $(MODULES); do (cd $$m && go test -short -count=1 ./...); done
 
 .PHONY: bench
-bench: services ## Benchmarks: end-to-end pipeline throughput, latency and CPU per message, and the Postgres-only ceiling
+bench: services ## Benchmarks: pipeline throughput, latency and CPU per message, the Postgres-only ceiling, trace on millions of rows
 	go test -run '^$$' -bench 'Pipeline' -benchtime 1x -timeout 60m ./internal/app/
+	go test -run '^$$' -bench 'TraceLargeTables' -benchtime 300x -timeout 30m ./internal/ops/
 	go test -run '^$$' -bench . -benchmem ./services/... ./gateway/...
 
 .PHONY: image
