@@ -66,9 +66,13 @@ lint: $(TOOLS) ## buf lint, buf format check, gofmt and go vet
 build: ## Build bin/telemesh
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/telemesh ./cmd/telemesh
 
+# RUN_ARGS are telemesh up's flags; by default the demo fleet's simulator
+# runs too, so telemetry flows from the first seconds.
+RUN_ARGS ?= --simulate
+
 .PHONY: run
-run: services ## Run the whole mesh on this machine with a demo fleet (telemesh up)
-	go run ./cmd/telemesh up $(ARGS)
+run: services ## Run the whole mesh on this machine with a demo fleet publishing (telemesh up --simulate)
+	go run ./cmd/telemesh up $(RUN_ARGS)
 
 .PHONY: services
 services: ## Make sure the Postgres the tests use is running
