@@ -128,8 +128,9 @@ func MaskURL(v string) string {
 		if u.User != nil {
 			if _, has := u.User.Password(); has {
 				u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			} else {
-				// A bare user part in a NATS URL is a token.
+			} else if strings.HasPrefix(u.Scheme, "nats") || u.Scheme == "tls" || u.Scheme == "ws" || u.Scheme == "wss" {
+				// A bare user part in a NATS URL is a token; in a Postgres
+				// URL it is only the user name.
 				u.User = url.User("xxxxx")
 			}
 		}

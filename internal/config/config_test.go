@@ -77,6 +77,7 @@ func TestPrintMasksSecrets(t *testing.T) {
 func TestMaskURL(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"nats://tok@127.0.0.1:4222", "nats://xxxxx@127.0.0.1:4222"},
+		{"postgres://root@127.0.0.1:5432/telemesh", "postgres://root@127.0.0.1:5432/telemesh"},
 		{"nats://u:p@a:4222,nats://u:p@b:4222", "nats://u:xxxxx@a:4222,nats://u:xxxxx@b:4222"},
 		{"plain-token", "*****"},
 		{"postgres://db/x", "postgres://db/x"},
