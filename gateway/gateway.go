@@ -132,13 +132,15 @@ func (g *Gateway) Setup(ctx context.Context) error {
 		return fmt.Errorf("stream %s info: %w", g.cfg.Stream, err)
 	}
 	g.epoch = fmt.Sprintf("%s@%d", info.Config.Name, info.Created.UnixNano())
+	// No BackOff: JetStream would take it as each delivery's ack wait and
+	// redeliver batches still in progress. A failed batch is NAKed with the
+	// gateway's own delay instead (retryLater); AckWait covers a crash.
 	cons, err := g.js.CreateOrUpdateConsumer(ctx, g.cfg.Stream, jetstream.ConsumerConfig{
 		Durable:       g.cfg.Consumer,
 		Description:   "telemesh gateway; shared by every replica",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       g.cfg.AckWait,
 		MaxDeliver:    g.cfg.MaxDeliver,
-		BackOff:       backoffFor(g.cfg.Backoff, g.cfg.MaxDeliver),
 		MaxAckPending: g.cfg.MaxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
@@ -147,15 +149,6 @@ func (g *Gateway) Setup(ctx context.Context) error {
 	}
 	g.cons = cons
 	return nil
-}
-
-// backoffFor fits the backoff list to MaxDeliver: JetStream refuses a list
-// longer than MaxDeliver.
-func backoffFor(b []time.Duration, maxDeliver int) []time.Duration {
-	if maxDeliver > 0 && len(b) >= maxDeliver {
-		return b[:maxDeliver-1]
-	}
-	return b
 }
 
 // delivered is one JetStream message with its envelope.

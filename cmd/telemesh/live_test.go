@@ -84,8 +84,9 @@ const (
 // TestOperatorCommandsOnLiveMesh drives the operator's commands, through the
 // built binary, against a whole mesh with the demo fleet: simulate feeds it,
 // status and doctor read it, trace follows one message, flags pause and
-// resume it, replay re-drives rows whose publish failed, and retention runs
-// on it without touching recent data.
+// resume it, replay re-drives rows whose publish failed and a dead letter,
+// devices deactivates and activates a device, and retention runs on it
+// without touching recent data.
 func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 	lm := startLiveMesh(t, func(o *app.Options) {
 		// A failed publish waits for replay rather than for the retry
@@ -93,6 +94,13 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 		o.Publisher.RetryEvery = 200 * time.Millisecond
 		o.Publisher.RetryBase = time.Hour
 		o.Publisher.RetryMax = time.Hour
+		// A message the chain cannot take is dead-lettered quickly: a call
+		// waits for a stage that is down for CallTimeout (wait for ready,
+		// so a rolling restart costs no delivery), then it is NAKed.
+		o.Gateway.MaxDeliver = 3
+		o.Gateway.Backoff = []time.Duration{50 * time.Millisecond}
+		o.Gateway.CallTimeout = 500 * time.Millisecond
+		o.Gateway.AckWait = 5 * time.Second
 	})
 	natsURL := lm.nats.URL()
 
@@ -253,13 +261,71 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 		lm.waitCount(t, 10*time.Second, 65, countProcessed)
 	})
 
+	t.Run("devices deactivate and activate", func(t *testing.T) {
+		out := lm.mustRun(t, "devices", "deactivate", "thermo-01")
+		if !strings.Contains(out, "thermo-01") {
+			t.Errorf("deactivate:\n%s", out)
+		}
+		if out := lm.mustRun(t, "devices", "list"); !strings.Contains(out, "thermo-01") {
+			t.Errorf("devices list lacks thermo-01:\n%s", out)
+		}
+		publish := func(id string) {
+			t.Helper()
+			if _, err := lm.js.Publish(t.Context(), "devices.thermo-01.telemetry",
+				[]byte(`{"message_id": "`+id+`", "temp_c": 20}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The catalog follows the change within a second (LISTEN/NOTIFY).
+		time.Sleep(1500 * time.Millisecond)
+		publish("live-inactive")
+		lm.waitCount(t, 10*time.Second, 1, `select count(*) from ingestion_messages
+			where source_message_id = 'live-inactive' and status = 'inactive_skipped'`)
+		lm.mustRun(t, "devices", "activate", "thermo-01")
+		time.Sleep(1500 * time.Millisecond)
+		publish("live-active")
+		lm.waitCount(t, 10*time.Second, 1, `select count(*) from ingestion_messages
+			where source_message_id = 'live-active' and status = 'completed'`)
+	})
+
+	t.Run("replay dead-lettered", func(t *testing.T) {
+		if err := lm.mesh.StopStage(app.Validator); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lm.js.Publish(t.Context(), "devices.thermo-02.telemetry", []byte(`{"message_id": "live-dl", "temp_c": 19}`)); err != nil {
+			t.Fatal(err)
+		}
+		lm.waitCount(t, 20*time.Second, 1, `select count(*) from ingestion_messages
+			where source_message_id = 'live-dl' and status = 'failed_terminal' and raw_payload is not null`)
+		if err := lm.mesh.StartStage(t.Context(), app.Validator); err != nil {
+			t.Fatal(err)
+		}
+		out := lm.mustRun(t, "replay", "dead-lettered", "--device", "thermo-02", "--dry-run")
+		if !strings.HasPrefix(out, "1 dead letter(s) match") {
+			t.Fatalf("dry run:\n%s", out)
+		}
+		out = lm.mustRun(t, "replay", "dead-lettered", "--device", "thermo-02", "--nats-url", natsURL)
+		if !strings.Contains(out, "replayed 1 dead letter(s)") {
+			t.Errorf("replay:\n%s", out)
+		}
+		// The replayed payload goes through the chain again as a new message
+		// (its Nats-Msg-Id is replay-<dead letter id>) and completes.
+		lm.waitCount(t, 15*time.Second, 1, `select count(*) from device_telemetry_logs t
+			join ingestion_messages m on m.id = t.ingestion_message_id
+			join ingestion_messages dl on m.source_message_id = 'replay-' || dl.id::text
+			where dl.source_message_id = 'live-dl' and m.status = 'completed' and t.processing_state = 'processed'`)
+		if out := lm.mustRun(t, "replay", "dead-lettered", "--device", "thermo-02"); !strings.HasPrefix(out, "0 dead letter(s) match") {
+			t.Errorf("a second replay finds the dead letter again:\n%s", out)
+		}
+	})
+
 	t.Run("retention", func(t *testing.T) {
 		out := lm.mustRun(t, "retention", "--json")
 		if !json.Valid([]byte(out)) {
 			t.Errorf("retention --json is not JSON:\n%s", out)
 		}
-		if n := lm.count(t, `select count(*) from device_telemetry_logs`); n != 65 {
-			t.Errorf("%d telemetry rows after retention, want the 65 recent ones kept", n)
+		if n := lm.count(t, `select count(*) from device_telemetry_logs`); n != 68 {
+			t.Errorf("%d telemetry rows after retention, want the 68 recent ones kept (65 simulated, the inactive, active and replayed ones)", n)
 		}
 		// Safe to run again, as from cron.
 		lm.mustRun(t, "retention")
