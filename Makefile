@@ -78,13 +78,63 @@ run: services ## Run the whole mesh on this machine with a demo fleet publishing
 services: ## Make sure the Postgres the tests use is running
 	@scripts/ensure-postgres.sh
 
+# The viewer's browser tests (services/viewer/browsertest) drive headless
+# Chromium: Debian's chromium package, installed here when missing.
+.PHONY: browser
+browser: ## Make sure headless Chromium is installed for the viewer's browser tests
+	@if [ -n "$${TELEMESH_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the viewer's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing: the viewer's browser tests need it. Install Debian's package:"; \
+		echo "    sudo apt-get update && sudo apt-get install -y chromium"; \
+		echo "or set TELEMESH_CHROMIUM to a Chromium or Chrome binary."; exit 1; \
+	fi
+
 .PHONY: test
-test: services check-generate lint ## Run every module's tests with the race detector against real Postgres and NATS
+test: services browser check-generate lint fuzz ## Run every module's tests with the race detector against real Postgres and NATS
 	@for m in $(MODULES); do echo "== go test $$m"; (cd $$m && go test $(TEST_FLAGS) ./...); done
+
+# Each fuzz target runs for FUZZTIME from its seed corpus (f.Add and
+# testdata/fuzz/<name>/); go fuzzes one target per invocation. A failing
+# input is written to the package's testdata/fuzz/<name>/: commit it with
+# the fix, so it stays in the seed corpus. Go 1.26's coordinator can end a
+# clean run with a bare "context deadline exceeded" when a busy worker
+# misses the -fuzztime deadline (go.dev/issue/75804, fixed in Go 1.27); a
+# run that failed only that way, with no failing input and no failed
+# subtest, is reported and not counted.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := \
+	FuzzSubject:./gateway \
+	FuzzDecode:./services/validator \
+	FuzzExtract:./services/validator \
+	FuzzJSONPath:./services/validator \
+	FuzzCheck:./services/validator \
+	FuzzEvaluate:./services/deriver \
+	FuzzApply:./services/deriver \
+	FuzzJSONB:./internal/pg
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (10s) each
+	@log=$$(mktemp); trap 'rm -f $$log' EXIT; \
+	for t in $(FUZZ_TARGETS); do name=$${t%%:*}; pkg=$${t#*:}; \
+		echo "== fuzz $$name $$pkg"; \
+		if ! go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1 | tee $$log; then \
+			if grep -q '^    context deadline exceeded$$' $$log && ! grep -qE 'Failing input written|^ +--- FAIL' $$log; then \
+				echo "== $$name: only Go's -fuzztime deadline race (go.dev/issue/75804); no failing input"; \
+			else exit 1; fi; \
+		fi; \
+	done
 
 .PHONY: test-short
 test-short: services ## The quick set: go test -short, no race detector
 	@for m in $(MODULES); do (cd $$m && go test -short -count=1 ./...); done
+
+# `make test` runs the fault suite's short form; this is the long one.
+.PHONY: test-faults
+test-faults: services ## Fault suite, long form: every stage killed, NATS and Postgres restarted, late duplicates; prints a table
+	TELEMESH_FAULTS=long go test -count=1 -v -timeout 90m -run '^TestFaults$$' ./test/faults/
 
 .PHONY: bench
 bench: services ## Benchmarks: pipeline throughput, latency and CPU per message, the Postgres-only ceiling, trace on millions of rows

@@ -3,9 +3,12 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -42,12 +45,27 @@ type payloadIDs struct {
 // top-level message_id, msg_id or id (a string or an integer), and whether
 // the payload is a JSON object at all.
 func PayloadMessageID(payload []byte) (id string, object bool) {
-	if trimmed := bytes.TrimLeft(payload, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' {
-		return "", false
+	id, err := payloadMessageID(payload)
+	return id, err == nil
+}
+
+// payloadMessageID is [PayloadMessageID] with the reason a payload is not a
+// JSON object.
+func payloadMessageID(payload []byte) (string, error) {
+	trimmed := bytes.TrimLeft(payload, " \t\r\n")
+	switch {
+	case len(trimmed) == 0:
+		return "", errors.New("it is empty")
+	case trimmed[0] != '{' && json.Valid(trimmed):
+		return "", fmt.Errorf("it is a JSON %s", jsonKind(trimmed[0]))
 	}
 	var ids payloadIDs
 	if err := json.Unmarshal(payload, &ids); err != nil {
-		return "", false
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			return "", fmt.Errorf("%w at offset %d", err, syntax.Offset)
+		}
+		return "", err
 	}
 	for _, raw := range []json.RawMessage{ids.MessageID, ids.MsgID, ids.ID} {
 		if len(raw) == 0 || string(raw) == "null" {
@@ -55,16 +73,52 @@ func PayloadMessageID(payload []byte) (id string, object bool) {
 		}
 		var s string
 		if json.Unmarshal(raw, &s) == nil && s != "" {
-			return s, true
+			return s, nil
 		}
 		var n json.Number
 		if json.Unmarshal(raw, &n) == nil {
 			if _, err := strconv.ParseInt(n.String(), 10, 64); err == nil {
-				return n.String(), true
+				return n.String(), nil
 			}
 		}
 	}
-	return "", true
+	return "", nil
+}
+
+// jsonKind names the kind of a JSON value by its first byte.
+func jsonKind(first byte) string {
+	switch first {
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case 't', 'f':
+		return "boolean"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
+
+// textProblem says why s, a subject or a message id, cannot be kept as
+// text: Postgres text and protobuf strings hold valid UTF-8 without NUL,
+// while NATS passes any byte but space in a subject or a header. It
+// returns "" when s is fine.
+func textProblem(what, s string) string {
+	switch {
+	case !utf8.ValidString(s):
+		return fmt.Sprintf("%s %q is not valid UTF-8", what, s)
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Sprintf("%s %q holds a NUL byte", what, s)
+	}
+	return ""
+}
+
+// storableText replaces what [textProblem] refuses with U+FFFD, so the
+// message can be recorded with its reason; the reason quotes the exact
+// bytes.
+func storableText(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }
 
 // BuildEnvelope makes the envelope for one incoming message: it resolves
@@ -78,19 +132,26 @@ func BuildEnvelope(in Incoming, snap *catalog.Snapshot, switches *catalog.Switch
 		id = uuid.Must(uuid.NewV7())
 	}
 	srcID := in.HeaderMessageID
-	payloadID, isObject := PayloadMessageID(in.Payload)
+	payloadID, payloadErr := payloadMessageID(in.Payload)
 	if srcID == "" {
 		srcID = payloadID
 	}
+	subjectProblem, idProblem := textProblem("subject", in.Subject), textProblem("message id", srcID)
 	key := in.DedupeKey
-	if key == "" {
+	switch {
+	case key != "":
+	case subjectProblem != "" || idProblem != "":
+		// Neither can be part of a key; the stream sequence still makes a
+		// redelivery a duplicate.
+		key = DedupeKey("", "", streamEpoch, in.StreamSequence)
+	default:
 		key = DedupeKey(in.Subject, srcID, streamEpoch, in.StreamSequence)
 	}
 	e := &telemetryv1.Envelope{
 		MessageId:       id.String(),
-		SourceMessageId: srcID,
+		SourceMessageId: storableText(srcID),
 		DedupeKey:       key,
-		SourceSubject:   in.Subject,
+		SourceSubject:   storableText(in.Subject),
 		StreamSequence:  in.StreamSequence,
 		DeliveryAttempt: max(in.Delivery, 1),
 		ReceivedAt:      timestamppb.New(in.ReceivedAt),
@@ -103,6 +164,9 @@ func BuildEnvelope(in Incoming, snap *catalog.Snapshot, switches *catalog.Switch
 		e.HaltedStage = telemetryv1.Stage_STAGE_INGRESS
 		e.Reason = reason
 		return e
+	}
+	if subjectProblem != "" {
+		return halt(subjectProblem)
 	}
 	if snap == nil {
 		return halt("catalog not loaded")
@@ -121,8 +185,11 @@ func BuildEnvelope(in Incoming, snap *catalog.Snapshot, switches *catalog.Switch
 		e.OrganizationId = res.Organization.ID.String()
 		e.OrganizationSlug = res.Organization.Slug
 	}
-	if !isObject {
-		return halt("payload is not a JSON object")
+	if idProblem != "" {
+		return halt(idProblem)
+	}
+	if payloadErr != nil {
+		return halt("payload is not a JSON object: " + payloadErr.Error())
 	}
 	if res.Organization != nil && !switches.OrgEnabled(res.Organization.ID) {
 		e.Status = telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED

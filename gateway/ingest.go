@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -32,9 +33,9 @@ func (g *Gateway) Ingest(ctx context.Context, req *gatewayv1.IngestRequest) (*ga
 	}
 	in := Incoming{Subject: req.GetSubject(), Payload: req.GetPayload(), HeaderMessageID: req.GetMessageId(), ReceivedAt: time.Now()}
 	env := BuildEnvelope(in, g.catalog.Snapshot(), g.catalog.Switches(), g.epoch)
-	if env.GetSourceMessageId() == "" {
-		// No stream sequence here: without a message id every call is a
-		// message of its own.
+	if strings.HasPrefix(env.GetDedupeKey(), "seq:") {
+		// No stream sequence here: without a usable message id every call
+		// is a message of its own.
 		env.DedupeKey = "ingest:" + uuid.Must(uuid.NewV7()).String()
 	}
 	envs := []*telemetryv1.Envelope{env}

@@ -53,6 +53,7 @@ A flag on the command line wins over the environment.`,
 		newRetentionCmd(e),
 		newStatusCmd(e),
 		newDoctorCmd(e),
+		newRolesCmd(e),
 	)
 	return root
 }

@@ -31,11 +31,12 @@ var stageShort = map[string]string{
 func newServeCmd(e env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve <stage>",
-		Short: "Serve one stage of the pipeline (gateway, validator, deriver, persister or publisher)",
+		Short: "Serve one stage of the pipeline (gateway, validator, deriver, persister or publisher), or the viewer",
 	}
 	for _, stage := range app.Stages {
 		cmd.AddCommand(newStageCmd(e, stage))
 	}
+	cmd.AddCommand(newViewerCmd(e))
 	return cmd
 }
 

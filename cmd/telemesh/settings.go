@@ -9,6 +9,7 @@ import (
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/grpcx"
+	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
 func addProcessFlags(fs *pflag.FlagSet, s *app.Process, grpcPort, adminPort string) {
@@ -28,5 +29,16 @@ func addProcessFlags(fs *pflag.FlagSet, s *app.Process, grpcPort, adminPort stri
 	fs.StringVar(&s.Instance, "instance", host, "instance name recorded in stage logs (the pod name on Kubernetes)")
 	fs.StringVar(&s.StageLogMode, "stage-log-mode", "all", "which stage rows to record: all, sampled or failures")
 	fs.Float64Var(&s.StageLogSampleRate, "stage-log-sample-rate", 0.1, "fraction of messages recorded in sampled mode, 0..1 (deterministic on the dedupe key)")
+	fs.StringVar(&s.HealthListen, "health-listen", "", "plaintext listen address serving grpc.health.v1 alone, for probes while the gRPC port requires client certificates (empty: off)")
+	addTLSFlags(fs, &s.TLS, &s.TLSServerName)
 	config.MarkSecret(fs, "database-url")
+}
+
+// addTLSFlags registers the mutual TLS flags that the stages and the
+// commands dialling them share.
+func addTLSFlags(fs *pflag.FlagSet, files *tlsx.Files, serverName *string) {
+	fs.StringVar(&files.CertFile, "tls-cert-file", "", "PEM certificate for mutual TLS between stages, presented as server and as client; with --tls-key-file and --tls-ca-file, re-read when the files change")
+	fs.StringVar(&files.KeyFile, "tls-key-file", "", "PEM private key of --tls-cert-file")
+	fs.StringVar(&files.CAFile, "tls-ca-file", "", "PEM bundle of the CAs that peers' certificates must chain to")
+	fs.StringVar(serverName, "tls-server-name", "", "name the stages' certificates are verified against (default: the host of each target)")
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/health"
 	"github.com/telemesh/telemesh/internal/pg"
@@ -42,7 +43,15 @@ func addMeshFlags(fs *pflag.FlagSet) *meshFlags {
 	fs.StringVar(&m.cfg.AnalyticsStream, "analytics-stream", m.cfg.AnalyticsStream, "the publisher's analytics stream")
 	fs.IntVar(&m.cfg.Minutes, "minutes", m.cfg.Minutes, "how many minutes of stage logs and publish failures to summarise")
 	fs.DurationVar(&m.cfg.Timeout, "timeout", m.cfg.Timeout, "time allowed for each single check")
-	config.MarkSecret(fs, "database-url", "nats-url")
+	// The stages' own credentials: mutual TLS for the health calls, NATS
+	// authentication for the stream and bucket checks.
+	addTLSFlags(fs, &m.cfg.TLS, &m.cfg.TLSServerName)
+	fs.StringVar(&m.cfg.NATSAuth.User, "nats-user", "", "NATS user name")
+	fs.StringVar(&m.cfg.NATSAuth.Password, "nats-password", "", "NATS password")
+	fs.StringVar(&m.cfg.NATSAuth.Token, "nats-token", "", "NATS token")
+	fs.StringVar(&m.cfg.NATSAuth.NKeyFile, "nats-nkey-file", "", "NATS NKey seed file")
+	fs.StringVar(&m.cfg.NATSAuth.CredsFile, "nats-creds-file", "", "NATS credentials (JWT) file")
+	config.MarkSecret(fs, "database-url", "nats-url", "nats-password", "nats-token")
 	return m
 }
 
@@ -66,6 +75,9 @@ func (m *meshFlags) prepare(fs *pflag.FlagSet, e env) (health.Config, error) {
 	}
 	if cfg.Timeout <= 0 {
 		return cfg, config.Invalid("timeout", "%s: must be positive", cfg.Timeout)
+	}
+	if err := app.CheckTLS(cfg.TLS, cfg.TLSServerName); err != nil {
+		return cfg, err
 	}
 	cfg.Targets = map[string]string{}
 	for _, stage := range health.Stages {

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/config"
@@ -22,6 +23,7 @@ import (
 	"github.com/telemesh/telemesh/internal/migrate"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/simulate"
+	"github.com/telemesh/telemesh/services/viewer"
 )
 
 // defaultDataDir is where `telemesh up` keeps its NATS store and, when it
@@ -42,7 +44,9 @@ func newUpCmd(e env) *cobra.Command {
 		grpcBase, adminBase                           int
 		noDemo, simulateToo                           bool
 		simRate                                       float64
+		viewerListen                                  string
 	)
+	vcfg := viewer.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run the whole mesh on this machine: NATS, Postgres, every stage, and a demo fleet",
@@ -51,7 +55,8 @@ embedded server with JetStream on a free port. Postgres is TELEMESH_DATABASE_URL
 if set, else the local server on 127.0.0.1:5432 (database telemesh, created if
 missing), else a private cluster started from the installed Postgres binaries.
 It migrates, seeds a demo fleet unless --no-demo, and starts every stage on its
-own loopback gRPC port, downstream first. Ctrl-C stops everything cleanly.`,
+own loopback gRPC port, downstream first, then the Telemetry Viewer (a web
+page on --viewer-listen). Ctrl-C stops everything cleanly.`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
@@ -65,7 +70,15 @@ own loopback gRPC port, downstream first. Ctrl-C stops everything cleanly.`,
 	fs.BoolVar(&simulateToo, "simulate", false, "also run the device simulator against the demo fleet, with a small fault mix")
 	fs.Float64Var(&simRate, "simulate-rate", 20, "messages per second of --simulate")
 	fs.StringVar(&logLevel, "log-level", "warn", "log level of the stages: debug, info, warn or error")
-	config.MarkSecret(fs, "database-url", "nats-url")
+	fs.StringVar(&viewerListen, "viewer-listen", vcfg.Listen, "HTTP address of the Telemetry Viewer; empty leaves it off")
+	fs.StringVar(&vcfg.Token, "viewer-token", "", "token the viewer's page must send to retry publishes and change switches; empty leaves it read-only (also --token)")
+	config.MarkSecret(fs, "database-url", "nats-url", "viewer-token")
+	fs.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+		if name == "token" {
+			name = "viewer-token"
+		}
+		return pflag.NormalizedName(name)
+	})
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
@@ -78,6 +91,14 @@ own loopback gRPC port, downstream first. Ctrl-C stops everything cleanly.`,
 		}
 		if err := config.CheckOneOf("log-level", logLevel, logging.Levels...); err != nil {
 			return err
+		}
+		if viewerListen != "" {
+			if err := config.CheckListenAddr("viewer-listen", viewerListen); err != nil {
+				return err
+			}
+		}
+		if simulateToo && noDemo {
+			return config.Invalid("simulate", "needs the demo fleet; drop --no-demo")
 		}
 		if databaseURL != "" {
 			if _, err := pg.ParseURL(databaseURL); err != nil {
@@ -147,16 +168,38 @@ own loopback gRPC port, downstream first. Ctrl-C stops everything cleanly.`,
 		if err != nil {
 			return err
 		}
-		printUp(e, mesh, natsURL, db.URL)
-		if simulateToo {
-			if noDemo {
-				return config.Invalid("simulate", "needs the demo fleet; drop --no-demo")
+		// The viewer starts after the stages, whose logs and outputs it
+		// reads, and stops before them.
+		var viewerURL string
+		var viewerDone chan error
+		if viewerListen != "" {
+			vcfg.Listen, vcfg.Version, vcfg.Env = viewerListen, version, "local"
+			vcfg.Targets = map[string]string{}
+			for stage, addr := range mesh.GRPC {
+				vcfg.Targets[stage] = addr
 			}
+			srv, closeViewer, err := openViewer(ctx, vcfg, db.URL, app.NATS{URL: natsURL}, logger.With("stage", "viewer"))
+			if err != nil {
+				_ = mesh.Stop()
+				return viewerSetupError("viewer-listen", err)
+			}
+			defer closeViewer()
+			viewerDone = make(chan error, 1)
+			go func() { viewerDone <- srv.Run(ctx) }()
+			viewerURL = srv.URL()
+		}
+		printUp(e, mesh, natsURL, db.URL, viewerURL, vcfg.Token != "")
+		if simulateToo {
 			go runSimulator(ctx, natsURL, simRate, logger)
 			say("Simulator %.0f msg/s over %d demo devices, with invalid, inactive, duplicate and missing-input messages mixed in", simRate, len(demo.Devices))
 		}
 		<-ctx.Done()
-		say("\nstopping: gateway first, publisher last; unfinished messages stay in the stream")
+		say("\nstopping: the viewer, then the gateway first and the publisher last; unfinished messages stay in the stream")
+		if viewerDone != nil {
+			if err := <-viewerDone; err != nil {
+				logger.Warn("viewer", "err", err)
+			}
+		}
 		return mesh.Stop()
 	}
 	return cmd
@@ -191,7 +234,14 @@ func runSimulator(ctx context.Context, natsURL string, rate float64, logger *slo
 	}
 }
 
-func printUp(e env, m *app.Mesh, natsURL, databaseURL string) {
+func printUp(e env, m *app.Mesh, natsURL, databaseURL, viewerURL string, viewerToken bool) {
+	if viewerURL != "" {
+		access := "read-only; set TELEMESH_VIEWER_TOKEN to allow retries and switches"
+		if viewerToken {
+			access = "retries and switches ask for the viewer token"
+		}
+		fmt.Fprintf(e.stdout, "Viewer    %s (%s)\n", viewerURL, access)
+	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nSTAGE\tGRPC\tADMIN (metrics, healthz, readyz, pprof)")
 	for _, s := range app.Stages {

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"sync"
+	"time"
 )
 
 // MeshOptions configure a whole mesh in one process.
@@ -81,7 +83,45 @@ func StartMesh(ctx context.Context, mo MeshOptions, logger *slog.Logger) (*Mesh,
 			return nil, err
 		}
 	}
+	if err := m.waitReady(ctx); err != nil {
+		_ = m.Stop()
+		return nil, err
+	}
 	return m, nil
+}
+
+// readyTimeout bounds StartMesh's wait for every stage to be ready.
+const readyTimeout = 60 * time.Second
+
+// waitReady waits until every stage's /readyz answers 200. A stage serves
+// gRPC before its catalog has loaded, and until then answers Unavailable;
+// a caller of StartMesh may send at once.
+func (m *Mesh) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	client := &http.Client{Timeout: time.Second}
+	for _, stage := range Stages {
+		url := "http://" + m.Admin[stage] + "/readyz"
+		for {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return fmt.Errorf("%s readiness: %w", stage, err)
+			}
+			resp, err := client.Do(req)
+			if err == nil {
+				_ = resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s not ready within %s: %w", stage, readyTimeout, ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 // start runs one stage and waits until it serves.

@@ -6,6 +6,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/telemesh/telemesh/gateway"
 	"github.com/telemesh/telemesh/internal/admin"
@@ -27,6 +29,7 @@ import (
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/service"
 	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/internal/tlsx"
 	"github.com/telemesh/telemesh/services/persister"
 	"github.com/telemesh/telemesh/services/publisher"
 	"github.com/telemesh/telemesh/services/validator"
@@ -104,11 +107,24 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		return config.Invalid("stage-log-mode", "%v", err)
 	}
 
+	// With mTLS the server requires client certificates and the clients to
+	// the next hops present theirs; both re-read rotated files by themselves.
+	serverCfg := s.ServerConfig()
+	var clientCreds credentials.TransportCredentials
+	if s.TLS.Enabled() {
+		certs, err := tlsx.New(s.TLS, 0, logger)
+		if err != nil {
+			return tlsInvalid(err)
+		}
+		serverCfg.Credentials = certs.ServerCredentials()
+		clientCreds = certs.ClientCredentials(s.TLSServerName)
+	}
+
 	clientMetrics := grpcprom.NewClientMetrics()
 	reg.MustRegister(clientMetrics)
 	conns := map[string]*grpc.ClientConn{}
 	for _, next := range NextHops[o.Stage] {
-		conn, err := grpcx.Dial(o.Hops[next], grpcx.ClientConfig{MaxMsgBytes: s.MaxRecvMsgBytes, Metrics: clientMetrics})
+		conn, err := grpcx.Dial(o.Hops[next], grpcx.ClientConfig{MaxMsgBytes: s.MaxRecvMsgBytes, Metrics: clientMetrics, Credentials: clientCreds})
 		if err != nil {
 			return config.Invalid(next+"-addr", "%v", err)
 		}
@@ -119,13 +135,20 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	var nc *nats.Conn
 	if UsesNATS(o.Stage) {
 		nc, err = natsx.Connect(o.NATS.URL, "telemesh-"+o.Stage+"-"+s.Instance, o.NATS.Auth, logger)
+		if errors.Is(err, natsx.ErrAuth) {
+			flag := o.NATS.Auth.Method()
+			if flag == "" {
+				return config.Invalid("nats-url", "%v: the server requires credentials (--nats-user and --nats-password, --nats-token, --nats-nkey-file or --nats-creds-file)", err)
+			}
+			return config.Invalid(flag, "%v", err)
+		}
 		if err != nil {
 			return config.Invalid("nats-url", "%v", err)
 		}
 		closers = append(closers, func(context.Context) error { return nc.Drain() })
 	}
 
-	srv, err := grpcx.NewServer(s.ServerConfig(), logger, reg)
+	srv, err := grpcx.NewServer(serverCfg, logger, reg)
 	if err != nil {
 		return err
 	}
@@ -140,9 +163,19 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	if err != nil {
 		return config.Invalid("listen", "%v", err)
 	}
+	var healthLn net.Listener
+	if s.HealthListen != "" {
+		if healthLn, err = net.Listen("tcp", s.HealthListen); err != nil {
+			_ = ln.Close()
+			return config.Invalid("health-listen", "%v", err)
+		}
+	}
 	adm, err := admin.New(s.AdminListen, reg, logger)
 	if err != nil {
 		_ = ln.Close()
+		if healthLn != nil {
+			_ = healthLn.Close()
+		}
 		return config.Invalid("admin-listen", "%v", err)
 	}
 	adm.AddCheck("postgres", func(ctx context.Context) error { return pg.Ping(ctx, pool) })
@@ -188,6 +221,9 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		Admin:         adm,
 		Workers:       workers,
 		ShutdownGrace: s.ShutdownGrace,
+	}
+	if healthLn != nil {
+		p.Health, p.HealthListener = srv.NewHealthServer(), healthLn
 	}
 	if o.OnServing != nil {
 		p.OnServing = func() { o.OnServing(ln.Addr().String(), adm.Addr()) }

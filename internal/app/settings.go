@@ -1,12 +1,14 @@
 package app
 
 import (
+	"errors"
 	"time"
 
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
 // Process holds the settings every stage process has.
@@ -25,6 +27,15 @@ type Process struct {
 	Instance             string
 	StageLogMode         string
 	StageLogSampleRate   float64
+	// TLS names the files of mutual TLS between stages; none means
+	// plaintext.
+	TLS tlsx.Files
+	// TLSServerName, if set, is the name next hops' certificates are
+	// verified against, instead of the host of their target.
+	TLSServerName string
+	// HealthListen, if set, serves grpc.health.v1 alone there in plaintext,
+	// for probes that cannot present a client certificate.
+	HealthListen string
 }
 
 // StageLogModes are the ingestion_stage_logs modes of the system telemesh
@@ -72,7 +83,36 @@ func (s *Process) Validate() error {
 	if s.StageLogSampleRate < 0 || s.StageLogSampleRate > 1 {
 		return config.Invalid("stage-log-sample-rate", "%v is out of range 0..1", s.StageLogSampleRate)
 	}
-	return nil
+	if s.HealthListen != "" {
+		if err := config.CheckListenAddr("health-listen", s.HealthListen); err != nil {
+			return err
+		}
+	}
+	return CheckTLS(s.TLS, s.TLSServerName)
+}
+
+// CheckTLS reports whether the --tls-* settings are usable: all three files
+// or none, readable, a certificate matching its key and a CA bundle holding
+// a certificate. It names the flag to fix.
+func CheckTLS(files tlsx.Files, serverName string) error {
+	if serverName != "" && !files.Enabled() {
+		return config.Invalid("tls-server-name", "needs --tls-cert-file, --tls-key-file and --tls-ca-file")
+	}
+	return tlsInvalid(files.Check())
+}
+
+// tlsInvalid names the flag behind a [tlsx] error.
+func tlsInvalid(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, tlsx.ErrIncomplete):
+		return config.Invalid("tls-cert-file", "%v: set --tls-cert-file, --tls-key-file and --tls-ca-file, or none", err)
+	case errors.Is(err, tlsx.ErrCA):
+		return config.Invalid("tls-ca-file", "%v", err)
+	default:
+		return config.Invalid("tls-cert-file", "%v", err)
+	}
 }
 
 // ServerConfig returns the gRPC server limits of the settings.

@@ -2,6 +2,7 @@ package grpcx
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -75,7 +76,14 @@ func Dial(target string, cfg ClientConfig) (*grpc.ClientConn, error) {
 		r := manual.NewBuilderWithScheme("static")
 		state := resolver.State{}
 		for _, a := range addrs {
-			state.Addresses = append(state.Addresses, resolver.Address{Addr: strings.TrimSpace(a)})
+			a = strings.TrimSpace(a)
+			// With TLS each replica's certificate is checked against its
+			// own host, not against the whole list.
+			host, _, err := net.SplitHostPort(a)
+			if err != nil {
+				host = a
+			}
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: a, ServerName: host})
 		}
 		r.InitialState(state)
 		opts = append(opts, grpc.WithResolvers(r))

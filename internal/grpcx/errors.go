@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/grpc"
@@ -43,10 +44,28 @@ func Code(err error) codes.Code {
 		return codes.ResourceExhausted
 	case is[temporary](err, func(e temporary) bool { return e.Temporary() }):
 		return codes.Unavailable
-	case pgconn.SafeToRetry(err) || pgconn.Timeout(err) || isConnError(err):
+	case pgconn.SafeToRetry(err) || pgconn.Timeout(err) || isConnError(err) || sessionEnded(err):
 		return codes.Unavailable
 	}
 	return codes.Internal
+}
+
+// sessionEnded reports whether Postgres ended the session or refused it for
+// now: a connection exception (class 08), or the server shutting down, a
+// fast restart, a failover or pg_terminate_backend (57P01, 57P02, 57P03,
+// 57P05). The work may succeed on a new connection, and every stage is
+// idempotent on the dedupe key; as Internal, the gateway would take it for
+// a bad message and dead-letter a healthy one.
+func sessionEnded(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "57P01", "57P02", "57P03", "57P05":
+		return true
+	}
+	return strings.HasPrefix(pgErr.Code, "08")
 }
 
 // ToStatus converts err into a gRPC status error with the code from [Code].

@@ -137,6 +137,21 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	return s, nil
 }
 
+// NewHealthServer returns a plaintext gRPC server that serves only the
+// health service of s, sharing its statuses, for probes that cannot present
+// a client certificate (the kubelet) while s requires one. Serve it on its
+// own listener and stop it with Stop once s has stopped.
+func (s *Server) NewHealthServer() *grpc.Server {
+	hs := grpc.NewServer(
+		// Health requests are tiny; nothing else is served here.
+		grpc.MaxRecvMsgSize(4<<10),
+		grpc.MaxConcurrentStreams(16),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	healthpb.RegisterHealthServer(hs, s.Health)
+	return hs
+}
+
 // Ready initialises per-method metrics once every service is registered.
 func (s *Server) Ready() {
 	s.Metrics.InitializeMetrics(s.Server)

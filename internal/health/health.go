@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sort"
 	"strings"
@@ -17,10 +18,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
 // Stages lists the stages in chain order, as their targets are keyed.
@@ -47,6 +51,14 @@ type Config struct {
 	Minutes int
 	// Timeout bounds every single check (one health call, one query).
 	Timeout time.Duration
+	// TLS, when its files are set, makes the health calls to the stages
+	// over mutual TLS, as the stages call each other.
+	TLS tlsx.Files
+	// TLSServerName, if set, is the name the stages' certificates are
+	// verified against, instead of the host of each target.
+	TLSServerName string
+	// NATSAuth authenticates the connection to NATS.
+	NATSAuth natsx.Auth
 }
 
 // DefaultConfig returns the names and ports a local mesh uses.
@@ -201,7 +213,15 @@ const reasonWidth = 120
 func Gather(ctx context.Context, cfg Config) (*Report, error) {
 	cfg = cfg.withDefaults()
 	r := &Report{At: time.Now().UTC(), Minutes: cfg.Minutes, Errors: map[string]string{}}
-	r.Stages = CheckStages(ctx, cfg.Targets, cfg.Timeout)
+	var creds credentials.TransportCredentials
+	if cfg.TLS.Enabled() {
+		certs, err := tlsx.New(cfg.TLS, 0, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		creds = certs.ClientCredentials(cfg.TLSServerName)
+	}
+	r.Stages = CheckStagesWith(ctx, cfg.Targets, cfg.Timeout, creds)
 
 	if cfg.NATSURL != "" {
 		nc, js, err := connectNATS(cfg)
@@ -233,8 +253,12 @@ func Gather(ctx context.Context, cfg Config) (*Report, error) {
 
 // connectNATS opens a NATS connection and its JetStream context.
 func connectNATS(cfg Config) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(cfg.NATSURL, nats.Name("telemesh-status"), nats.Timeout(cfg.Timeout),
-		nats.MaxReconnects(0))
+	opts, err := cfg.NATSAuth.Options()
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect nats: %w", err)
+	}
+	opts = append(opts, nats.Name("telemesh-status"), nats.Timeout(cfg.Timeout), nats.MaxReconnects(0))
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect nats: %w", err)
 	}
@@ -451,12 +475,18 @@ func problems(r *Report, cfg Config) []string {
 // CheckStages asks every stage's target for its gRPC health. Stages with
 // no target are reported as UNKNOWN.
 func CheckStages(ctx context.Context, targets map[string]string, timeout time.Duration) []StageHealth {
+	return CheckStagesWith(ctx, targets, timeout, nil)
+}
+
+// CheckStagesWith is [CheckStages] over creds, e.g. a [tlsx.Reloader]'s
+// client credentials when the stages require mutual TLS; nil is plaintext.
+func CheckStagesWith(ctx context.Context, targets map[string]string, timeout time.Duration, creds credentials.TransportCredentials) []StageHealth {
 	out := make([]StageHealth, len(Stages))
 	done := make(chan struct{}, len(Stages))
 	for i, stage := range Stages {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			out[i] = CheckTarget(ctx, stage, targets[stage], timeout)
+			out[i] = checkTarget(ctx, stage, targets[stage], timeout, creds)
 		}()
 	}
 	for range Stages {
@@ -470,6 +500,11 @@ func CheckStages(ctx context.Context, targets map[string]string, timeout time.Du
 // comma-separated list checks each entry. The stage is SERVING only when
 // every address is.
 func CheckTarget(ctx context.Context, stage, target string, timeout time.Duration) StageHealth {
+	return checkTarget(ctx, stage, target, timeout, nil)
+}
+
+// checkTarget is [CheckTarget] over creds (nil: plaintext).
+func checkTarget(ctx context.Context, stage, target string, timeout time.Duration, creds credentials.TransportCredentials) StageHealth {
 	h := StageHealth{Stage: stage, Target: target}
 	if strings.TrimSpace(target) == "" {
 		h.Status = "UNKNOWN"
@@ -484,7 +519,7 @@ func CheckTarget(ctx context.Context, stage, target string, timeout time.Duratio
 	}
 	h.Status = Serving
 	for _, a := range addrs {
-		ah := checkAddress(ctx, a, timeout)
+		ah := checkAddress(ctx, a, timeout, creds)
 		if ah.Status != Serving && h.Status == Serving {
 			h.Status = ah.Status
 		}
@@ -493,9 +528,15 @@ func CheckTarget(ctx context.Context, stage, target string, timeout time.Duratio
 	return h
 }
 
+// address is one host:port to check and the host name its certificate
+// is verified against.
+type address struct {
+	addr, host string
+}
+
 // resolve turns a target into the host:port addresses to check.
-func resolve(ctx context.Context, target string, timeout time.Duration) ([]string, error) {
-	var out []string
+func resolve(ctx context.Context, target string, timeout time.Duration) ([]address, error) {
+	var out []address
 	for _, part := range strings.Split(target, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
@@ -503,7 +544,11 @@ func resolve(ctx context.Context, target string, timeout time.Duration) ([]strin
 		}
 		name, ok := strings.CutPrefix(part, "dns:///")
 		if !ok {
-			out = append(out, part)
+			host, _, err := net.SplitHostPort(part)
+			if err != nil {
+				host = part
+			}
+			out = append(out, address{addr: part, host: host})
 			continue
 		}
 		host, port, err := net.SplitHostPort(name)
@@ -518,7 +563,7 @@ func resolve(ctx context.Context, target string, timeout time.Duration) ([]strin
 		}
 		sort.Strings(ips)
 		for _, ip := range ips {
-			out = append(out, net.JoinHostPort(ip, port))
+			out = append(out, address{addr: net.JoinHostPort(ip, port), host: host})
 		}
 	}
 	if len(out) == 0 {
@@ -527,10 +572,19 @@ func resolve(ctx context.Context, target string, timeout time.Duration) ([]strin
 	return out, nil
 }
 
-// checkAddress calls grpc.health.v1 Check on one address.
-func checkAddress(ctx context.Context, addr string, timeout time.Duration) AddressHealth {
-	ah := AddressHealth{Address: addr}
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// checkAddress calls grpc.health.v1 Check on one address, over creds
+// (nil: plaintext).
+func checkAddress(ctx context.Context, a address, timeout time.Duration, creds credentials.TransportCredentials) AddressHealth {
+	ah := AddressHealth{Address: a.addr}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if creds != nil {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+		if creds.Info().ServerName == "" {
+			// A resolved address is an IP; the certificate names the host.
+			opts = append(opts, grpc.WithAuthority(a.host))
+		}
+	}
+	conn, err := grpc.NewClient("passthrough:///"+a.addr, opts...)
 	if err != nil {
 		ah.Status, ah.Error = "UNREACHABLE", err.Error()
 		return ah

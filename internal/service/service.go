@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/telemesh/telemesh/internal/admin"
 	"github.com/telemesh/telemesh/internal/grpcx"
 )
@@ -33,6 +35,11 @@ type Process struct {
 	GRPC *grpcx.Server
 	// Listener is where GRPC serves.
 	Listener net.Listener
+	// Health, if set, serves the health service alone on HealthListener,
+	// in plaintext, for probes that cannot present the client certificate
+	// GRPC requires. It stops after GRPC.
+	Health         *grpc.Server
+	HealthListener net.Listener
 	// Admin is the admin HTTP server.
 	Admin *admin.Server
 	// Workers run beside the server.
@@ -53,7 +60,7 @@ type Process struct {
 // the admin port closes; closers run. It returns nil after a stop asked for
 // through ctx.
 func (p *Process) Run(ctx context.Context) error {
-	errc := make(chan error, 2+len(p.Workers))
+	errc := make(chan error, 3+len(p.Workers))
 	go func() {
 		if err := p.GRPC.Serve(p.Listener); err != nil && !errors.Is(err, net.ErrClosed) {
 			errc <- fmt.Errorf("grpc serve: %w", err)
@@ -64,6 +71,13 @@ func (p *Process) Run(ctx context.Context) error {
 			errc <- err
 		}
 	}()
+	if p.Health != nil {
+		go func() {
+			if err := p.Health.Serve(p.HealthListener); err != nil && !errors.Is(err, net.ErrClosed) {
+				errc <- fmt.Errorf("health serve: %w", err)
+			}
+		}()
+	}
 
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
@@ -80,7 +94,11 @@ func (p *Process) Run(ctx context.Context) error {
 
 	p.GRPC.Ready()
 	p.GRPC.SetServing(true)
-	p.Logger.Info("serving", "stage", p.Name, "grpc", p.Listener.Addr().String(), "admin", p.Admin.Addr())
+	addrs := []any{"stage", p.Name, "grpc", p.Listener.Addr().String(), "admin", p.Admin.Addr()}
+	if p.Health != nil {
+		addrs = append(addrs, "health", p.HealthListener.Addr().String())
+	}
+	p.Logger.Info("serving", addrs...)
 	if p.OnServing != nil {
 		p.OnServing()
 	}
@@ -104,6 +122,10 @@ func (p *Process) Run(ctx context.Context) error {
 		p.Logger.Warn("workers did not finish within the grace period; unfinished work is left unacknowledged and will be redelivered", "stage", p.Name)
 	}
 	p.GRPC.Stop(max(time.Until(deadline), 0))
+	if p.Health != nil {
+		// Not GracefulStop: a Watch stream would hold it forever.
+		p.Health.Stop()
+	}
 
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(time.Until(deadline), time.Second))
 	defer cancel()

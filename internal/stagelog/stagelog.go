@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/telemesh/telemesh/internal/pg"
 )
 
 // Mode says which entries are written.
@@ -180,7 +182,10 @@ func nullable(s string) any {
 	return s
 }
 
-// jsonOrNil encodes v for a jsonb column; raw JSON is passed through.
+// jsonOrNil encodes v for a jsonb column; raw JSON is passed through. A
+// NUL character, which a payload or a value may carry and jsonb refuses,
+// becomes U+FFFD, so one message's content can never fail the COPY of its
+// whole batch.
 func jsonOrNil(v any) (any, error) {
 	switch t := v.(type) {
 	case nil:
@@ -189,16 +194,16 @@ func jsonOrNil(v any) (any, error) {
 		if len(t) == 0 {
 			return nil, nil
 		}
-		return string(t), nil
+		return pg.JSONB(string(t)), nil
 	case []byte:
 		if len(t) == 0 {
 			return nil, nil
 		}
-		return string(t), nil
+		return pg.JSONB(string(t)), nil
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
-	return string(b), nil
+	return pg.JSONB(string(b)), nil
 }

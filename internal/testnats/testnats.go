@@ -30,6 +30,13 @@ type Server struct {
 // in t.TempDir(), and waits until it accepts connections.
 func New(t testing.TB) *Server {
 	t.Helper()
+	return NewWith(t, nil)
+}
+
+// NewWith is [New] with the server's options adjusted by configure before
+// it starts, e.g. to require authentication.
+func NewWith(t testing.TB, configure func(*server.Options)) *Server {
+	t.Helper()
 	s := &Server{opts: &server.Options{
 		Host:      "127.0.0.1",
 		Port:      server.RANDOM_PORT,
@@ -42,6 +49,9 @@ func New(t testing.TB) *Server {
 		// Room for the large payloads some tests send (the default is 1 MiB).
 		MaxPayload: 8 << 20,
 	}}
+	if configure != nil {
+		configure(s.opts)
+	}
 	s.start(t)
 	// A restart keeps the address, so clients reconnect to the same URL.
 	s.opts.Port = s.Server.Addr().(*net.TCPAddr).Port

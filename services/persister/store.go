@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
 
@@ -329,8 +330,5 @@ func rawJSON(b []byte) any {
 // pgJSON makes JSON text acceptable to jsonb, which refuses the NUL
 // character; it becomes U+FFFD.
 func pgJSON(s string) string {
-	if !bytes.Contains([]byte(s), []byte(`\u0000`)) {
-		return s
-	}
-	return string(bytes.ReplaceAll([]byte(s), []byte(`\u0000`), []byte(`\ufffd`)))
+	return pg.JSONB(s)
 }

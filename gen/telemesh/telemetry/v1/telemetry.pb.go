@@ -7,6 +7,7 @@
 package telemetryv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -645,10 +646,12 @@ func (x *ValidationError) GetCritical() bool {
 type Envelope struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// message_id is telemesh's id for the message (ingestion_messages.id).
+	// Every stage requires it: a request without it is InvalidArgument.
 	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	// source_message_id is the device's own id (Nats-Msg-Id or the payload).
 	SourceMessageId string `protobuf:"bytes,2,opt,name=source_message_id,json=sourceMessageId,proto3" json:"source_message_id,omitempty"`
-	// dedupe_key identifies the message across redeliveries.
+	// dedupe_key identifies the message across redeliveries. Every stage
+	// requires it: a request without it is InvalidArgument.
 	DedupeKey      string `protobuf:"bytes,3,opt,name=dedupe_key,json=dedupeKey,proto3" json:"dedupe_key,omitempty"`
 	OrganizationId string `protobuf:"bytes,4,opt,name=organization_id,json=organizationId,proto3" json:"organization_id,omitempty"`
 	// organization_slug is the lower-case token used in output subjects.
@@ -991,7 +994,7 @@ var File_telemesh_telemetry_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"%telemesh/telemetry/v1/telemetry.proto\x12\x15telemesh.telemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n" +
+	"%telemesh/telemetry/v1/telemetry.proto\x12\x15telemesh.telemetry.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n" +
 	"\x05Value\x12\x18\n" +
 	"\x06number\x18\x01 \x01(\x01H\x00R\x06number\x12\x1a\n" +
 	"\ainteger\x18\x02 \x01(\x03H\x00R\ainteger\x12\x1a\n" +
@@ -1015,13 +1018,13 @@ const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\tparameter\x18\x01 \x01(\tR\tparameter\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1a\n" +
-	"\bcritical\x18\x04 \x01(\bR\bcritical\"\xfb\v\n" +
-	"\bEnvelope\x12\x1d\n" +
+	"\bcritical\x18\x04 \x01(\bR\bcritical\"\x8e\f\n" +
+	"\bEnvelope\x12'\n" +
 	"\n" +
-	"message_id\x18\x01 \x01(\tR\tmessageId\x12*\n" +
-	"\x11source_message_id\x18\x02 \x01(\tR\x0fsourceMessageId\x12\x1d\n" +
+	"message_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\tmessageId\x12*\n" +
+	"\x11source_message_id\x18\x02 \x01(\tR\x0fsourceMessageId\x12&\n" +
 	"\n" +
-	"dedupe_key\x18\x03 \x01(\tR\tdedupeKey\x12'\n" +
+	"dedupe_key\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x10\x01R\tdedupeKey\x12'\n" +
 	"\x0forganization_id\x18\x04 \x01(\tR\x0eorganizationId\x12+\n" +
 	"\x11organization_slug\x18\x05 \x01(\tR\x10organizationSlug\x12\x1f\n" +
 	"\vdevice_uuid\x18\x06 \x01(\tR\n" +

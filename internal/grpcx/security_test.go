@@ -1,0 +1,184 @@
+package grpcx_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/telemesh/telemesh/internal/grpcx"
+	"github.com/telemesh/telemesh/internal/logging"
+	"github.com/telemesh/telemesh/internal/testcerts"
+	"github.com/telemesh/telemesh/internal/tlsx"
+)
+
+// serve starts a telemesh server with cfg on loopback and returns its
+// address.
+func serve(t *testing.T, cfg grpcx.ServerConfig) (*grpcx.Server, string) {
+	t.Helper()
+	srv, err := grpcx.NewServer(cfg, logging.Discard(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Ready()
+	srv.SetServing(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Stop(time.Second) })
+	return srv, ln.Addr().String()
+}
+
+func dial(t *testing.T, target string, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpcx.Dial(target, grpcx.ClientConfig{Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// listServices asks what `grpcurl list` asks; an error means reflection is
+// not served.
+func listServices(ctx context.Context, conn *grpc.ClientConn) ([]string, error) {
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		// The stream ended; its status comes with Recv.
+		_, err = stream.Recv()
+		return nil, err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	return names, nil
+}
+
+func TestReflectionSwitch(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		cfg := grpcx.DefaultServerConfig()
+		cfg.Reflection = on
+		_, addr := serve(t, cfg)
+		conn := dial(t, addr, nil)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		names, err := listServices(ctx, conn)
+		cancel()
+		if on {
+			if err != nil || !slices.Contains(names, "grpc.reflection.v1.ServerReflection") || !slices.Contains(names, "grpc.health.v1.Health") {
+				t.Errorf("reflection on: services %v, %v", names, err)
+			}
+			continue
+		}
+		if status.Code(err) != codes.Unimplemented {
+			t.Errorf("reflection off: services %v, err %v; want Unimplemented", names, err)
+		}
+	}
+}
+
+func TestHealthServerServesOnlyHealthInStep(t *testing.T) {
+	ca := testcerts.NewCA(t, "telemesh test CA")
+	f := testcerts.Write(t, t.TempDir(), ca.Issue(t, "deriver"), ca)
+	r, err := tlsx.New(tlsx.Files{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}, 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := grpcx.DefaultServerConfig()
+	cfg.Credentials = r.ServerCredentials()
+	srv, addr := serve(t, cfg)
+
+	hs := srv.NewHealthServer()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = hs.Serve(ln) }()
+	t.Cleanup(hs.Stop)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	plain := dial(t, ln.Addr().String(), insecure.NewCredentials())
+	healthOf := func(conn *grpc.ClientConn) (healthpb.HealthCheckResponse_ServingStatus, error) {
+		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		return resp.GetStatus(), err
+	}
+	if st, err := healthOf(plain); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("plaintext health port: %v, %v", st, err)
+	}
+	if _, err := listServices(ctx, plain); status.Code(err) != codes.Unimplemented {
+		t.Errorf("the health port serves reflection: %v", err)
+	}
+	srv.SetServing(false)
+	if st, err := healthOf(plain); err != nil || st != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("health port after SetServing(false): %v, %v", st, err)
+	}
+	srv.SetServing(true)
+
+	// The main port refuses plaintext and accepts a client certificate.
+	plainMain := dial(t, addr, insecure.NewCredentials())
+	shortCtx, shortCancel := context.WithTimeout(ctx, time.Second)
+	defer shortCancel()
+	if _, err := healthpb.NewHealthClient(plainMain).Check(shortCtx, &healthpb.HealthCheckRequest{}); err == nil {
+		t.Error("the main port answered a plaintext call")
+	}
+	if st, err := healthOf(dial(t, addr, r.ClientCredentials(""))); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("main port over mTLS: %v, %v", st, err)
+	}
+}
+
+func TestDialListVerifiesEachReplicaByItsHost(t *testing.T) {
+	ca := testcerts.NewCA(t, "telemesh test CA")
+	var addrs []string
+	for _, host := range []string{"127.0.0.1", "localhost"} {
+		f := testcerts.Write(t, t.TempDir(), ca.Issue(t, "replica", host), ca)
+		r, err := tlsx.New(tlsx.Files{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}, 0, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := grpcx.DefaultServerConfig()
+		cfg.Credentials = r.ServerCredentials()
+		_, addr := serve(t, cfg)
+		_, port, _ := net.SplitHostPort(addr)
+		addrs = append(addrs, net.JoinHostPort(host, port))
+	}
+	f := testcerts.Write(t, t.TempDir(), ca.Issue(t, "client"), ca)
+	cli, err := tlsx.New(tlsx.Files{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}, 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := dial(t, addrs[0]+","+addrs[1], cli.ClientCredentials(""))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	for range 20 {
+		var p peer.Peer
+		if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p)); err != nil {
+			t.Fatalf("call over the list: %v", err)
+		}
+		seen[p.Addr.String()] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("calls reached %v, want both replicas", seen)
+	}
+}

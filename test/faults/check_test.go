@@ -1,0 +1,259 @@
+package faults_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// report is what the checker found after one fault.
+type report struct {
+	fault     string
+	published int
+	// stored counts published ids with a telemetry row.
+	stored int
+	// lost are ids NATS acknowledged that have no message row, no
+	// telemetry row or no analytics event; each entry says which.
+	lost []string
+	// duplicated are ids with more than one message row, telemetry row or
+	// analytics event.
+	duplicated []string
+	// unexpected are rows and events for ids never published.
+	unexpected []string
+	// unprocessed are ids whose message is not completed or whose row is
+	// not processed.
+	unprocessed []string
+	// recovered says whether every row was processed, and the stream
+	// drained, in time; recovery is how long after the end of the fault
+	// every row was processed.
+	recovered bool
+	recovery  time.Duration
+	// notes are facts about the run worth a line (retries, resends).
+	notes []string
+}
+
+// ok reports whether the fault left nothing lost, duplicated, unexpected
+// or unprocessed.
+func (r *report) ok() bool {
+	return r.recovered && len(r.lost)+len(r.duplicated)+len(r.unexpected)+len(r.unprocessed) == 0
+}
+
+// analyticsStream is the stream the publisher's events land in.
+const analyticsStream = "TELEMESH_ANALYTICS"
+
+// check compares the published ids with the ingestion_messages and
+// device_telemetry_logs rows and the analytics events. The database is the
+// fault's own, so every row in it comes from the driver.
+func check(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, published []string) (*report, error) {
+	r := &report{published: len(published)}
+	want := make(map[string]bool, len(published))
+	for _, id := range published {
+		want[id] = true
+	}
+
+	// Message rows, by the device's message id. A row without one (its
+	// dedupe key fell back to the stream sequence) was never published
+	// by the driver, which always sets it.
+	type msgRow struct{ id, source, key, status string }
+	rows, err := pool.Query(ctx, `select id::text, coalesce(source_message_id, ''), dedupe_key, status from ingestion_messages`)
+	if err != nil {
+		return nil, fmt.Errorf("read ingestion_messages: %w", err)
+	}
+	msgs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (msgRow, error) {
+		var m msgRow
+		err := row.Scan(&m.id, &m.source, &m.key, &m.status)
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read ingestion_messages: %w", err)
+	}
+	sourceOf := map[string]string{} // telemesh message id -> device message id
+	msgCount := map[string]int{}
+	statuses := map[string][]string{}
+	for _, m := range msgs {
+		sourceOf[m.id] = m.source
+		if !want[m.source] {
+			r.unexpected = append(r.unexpected, fmt.Sprintf("message row %s (dedupe key %s, %s)", m.id, m.key, m.status))
+			continue
+		}
+		msgCount[m.source]++
+		statuses[m.source] = append(statuses[m.source], m.status)
+	}
+
+	// Telemetry rows.
+	type telRow struct{ msgID, state string }
+	rows, err = pool.Query(ctx, `select ingestion_message_id::text, processing_state from device_telemetry_logs`)
+	if err != nil {
+		return nil, fmt.Errorf("read device_telemetry_logs: %w", err)
+	}
+	tels, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (telRow, error) {
+		var t telRow
+		err := row.Scan(&t.msgID, &t.state)
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read device_telemetry_logs: %w", err)
+	}
+	telCount := map[string]int{}
+	states := map[string][]string{}
+	for _, t := range tels {
+		src, ok := sourceOf[t.msgID]
+		if !ok || !want[src] {
+			r.unexpected = append(r.unexpected, fmt.Sprintf("telemetry row of message %s (%s)", t.msgID, t.state))
+			continue
+		}
+		telCount[src]++
+		states[src] = append(states[src], t.state)
+	}
+
+	// Analytics events, grouped by the id they carry (telemesh's message
+	// id, also their Nats-Msg-Id).
+	events, err := readAnalytics(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	eventCount := map[string]int{}
+	for msgID, n := range events {
+		src, ok := sourceOf[msgID]
+		if !ok || !want[src] {
+			r.unexpected = append(r.unexpected, fmt.Sprintf("%d analytics event(s) of message %s", n, msgID))
+			continue
+		}
+		eventCount[src] += n
+	}
+
+	for _, id := range published {
+		var missing, extra []string
+		for _, c := range []struct {
+			what string
+			n    int
+		}{{"message row", msgCount[id]}, {"telemetry row", telCount[id]}, {"analytics event", eventCount[id]}} {
+			switch {
+			case c.n == 0:
+				missing = append(missing, c.what)
+			case c.n > 1:
+				extra = append(extra, fmt.Sprintf("%d %ss", c.n, c.what))
+			}
+		}
+		if telCount[id] > 0 {
+			r.stored++
+		}
+		if len(missing) > 0 {
+			r.lost = append(r.lost, id+" (no "+strings.Join(missing, ", no ")+")")
+		}
+		if len(extra) > 0 {
+			r.duplicated = append(r.duplicated, id+" ("+strings.Join(extra, ", ")+")")
+		}
+		var not []string
+		for _, s := range statuses[id] {
+			if s != "completed" {
+				not = append(not, "message "+s)
+			}
+		}
+		for _, s := range states[id] {
+			if s != "processed" {
+				not = append(not, "row "+s)
+			}
+		}
+		if len(not) > 0 {
+			r.unprocessed = append(r.unprocessed, id+" ("+strings.Join(not, ", ")+")")
+		}
+	}
+	sort.Strings(r.unexpected)
+	return r, nil
+}
+
+// readAnalytics reads every message of the analytics stream and counts
+// them by message id.
+func readAnalytics(ctx context.Context, js jetstream.JetStream) (map[string]int, error) {
+	out := map[string]int{}
+	stream, err := js.Stream(ctx, analyticsStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("analytics stream: %w", err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("analytics stream: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return out, nil
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("read analytics stream: %w", err)
+	}
+	for read := uint64(0); read < info.State.Msgs; {
+		// Ask for no more than is left, so the fetch returns as soon as
+		// it has them rather than at its deadline.
+		batch, err := cons.Fetch(int(min(500, info.State.Msgs-read)), jetstream.FetchMaxWait(10*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("read analytics stream: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			var ev struct {
+				MessageID string `json:"message_id"`
+			}
+			id := m.Headers().Get("Nats-Msg-Id")
+			if err := json.Unmarshal(m.Data(), &ev); err == nil && ev.MessageID != "" {
+				if id != "" && id != ev.MessageID {
+					return nil, fmt.Errorf("analytics event %s carries message_id %s", id, ev.MessageID)
+				}
+				id = ev.MessageID
+			}
+			out[id]++
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("read analytics stream: %w", err)
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("read analytics stream: %d of %d messages read, then nothing", read, info.State.Msgs)
+		}
+		read += uint64(n)
+	}
+	return out, nil
+}
+
+// table renders the reports as the suite's summary.
+func table(reports []*report) string {
+	var b strings.Builder
+	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "fault\tpublished\tstored\tlost\tduplicated\tunexpected\tunprocessed\trecovery time\t")
+	for _, r := range reports {
+		rec := r.recovery.Round(100 * time.Millisecond).String()
+		if !r.recovered {
+			rec = "not recovered"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", r.fault, r.published, r.stored,
+			len(r.lost), len(r.duplicated), len(r.unexpected), len(r.unprocessed), rec)
+	}
+	_ = w.Flush()
+	for _, r := range reports {
+		for _, n := range r.notes {
+			fmt.Fprintf(&b, "%s: %s\n", r.fault, n)
+		}
+	}
+	return b.String()
+}
+
+// firstFew lists up to ten items and says how many more there are.
+func firstFew(items []string) string {
+	const show = 10
+	if len(items) <= show {
+		return strings.Join(items, "; ")
+	}
+	return strings.Join(items[:show], "; ") + fmt.Sprintf("; and %d more", len(items)-show)
+}

@@ -1,0 +1,198 @@
+package faults_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// natsServer is a nats-server process with JetStream, on a loopback port it
+// keeps across restarts, storing in the test's temporary directory.
+type natsServer struct {
+	port  int
+	store string
+	p     *proc
+}
+
+// startNATS starts nats-server and waits until it is ready. It is stopped
+// when the test ends.
+func startNATS(t testing.TB) *natsServer {
+	t.Helper()
+	if buildErr != nil {
+		t.Fatalf("the suite's binaries could not be built: %v", buildErr)
+	}
+	n := &natsServer{port: freePort(t), store: t.TempDir()}
+	n.start(t)
+	return n
+}
+
+// URL is the server's client URL; it does not change across restarts.
+func (n *natsServer) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(n.port) }
+
+func (n *natsServer) start(t testing.TB) {
+	t.Helper()
+	n.p = startProc(t, "nats-server", natsServerBin,
+		"-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-js", "-sd", n.store, "-n", "telemesh-faults")
+	if _, ok := n.p.waitLine(func(l string) bool { return strings.Contains(l, "Server is ready") }, 20*time.Second); !ok {
+		t.Fatalf("nats-server on port %d not ready within 20s:\n%s", n.port, n.p.output())
+	}
+}
+
+// restart stops the server with SIGTERM (a clean shutdown that flushes its
+// store), leaves it down for down, and starts it again on the same port and
+// store.
+func (n *natsServer) restart(t testing.TB, down time.Duration) {
+	t.Helper()
+	n.p.terminate(30 * time.Second)
+	time.Sleep(down)
+	n.start(t)
+}
+
+// connectNATS returns a JetStream client that reconnects forever, as a
+// device gateway would; it is closed when the test ends.
+func connectNATS(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
+		nats.RetryOnFailedConnect(true), nats.Name("telemesh-faults"))
+	if err != nil {
+		t.Fatalf("connect to NATS at %s: %v", url, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// freePort returns a loopback port nobody listened on a moment ago. A
+// process that must keep its port across restarts (NATS, Postgres) needs
+// one chosen up front.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// proxy forwards loopback TCP connections to a target until it is cut: then
+// it closes every connection it carries and refuses new ones (they are
+// accepted and closed at once), as a network partition that resets
+// connections would, until it is restored.
+type proxy struct {
+	target string
+	ln     net.Listener
+
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// startProxy listens on a free loopback port; it is closed when the test
+// ends.
+func startProxy(t testing.TB, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.serve()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.Cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// Addr is where clients connect.
+func (p *proxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.cut {
+			p.mu.Unlock()
+			_ = c.Close()
+			continue
+		}
+		up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+		if err != nil {
+			p.mu.Unlock()
+			_ = c.Close()
+			continue
+		}
+		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
+		p.wg.Add(2)
+		p.mu.Unlock()
+		go p.pipe(c, up)
+		go p.pipe(up, c)
+	}
+}
+
+// pipe copies from src to dst; when either side ends, both close.
+func (p *proxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	_, err := io.Copy(dst, src)
+	_ = err // io.EOF or a closed connection: either way the pair is done
+	_ = dst.Close()
+	_ = src.Close()
+	p.mu.Lock()
+	delete(p.conns, dst)
+	delete(p.conns, src)
+	p.mu.Unlock()
+}
+
+// Cut closes every connection and refuses new ones until Restore.
+func (p *proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+}
+
+// Restore lets connections through again.
+func (p *proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+}
+
+// waitStream waits until the stream exists (the gateway creates it).
+func waitStream(t testing.TB, js jetstream.JetStream, name string) jetstream.Stream {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		s, err := js.Stream(ctx, name)
+		cancel()
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream %s not there 30s after the gateway started: %v", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
