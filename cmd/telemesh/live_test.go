@@ -1,12 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -20,23 +15,7 @@ import (
 // stderr and exit code.
 func (lm *liveMesh) run(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, telemeshBin, args...)
-	cmd.Env = append(os.Environ(), lm.env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-		return stdout.String(), stderr.String(), 0
-	case errors.As(err, &exit):
-		return stdout.String(), stderr.String(), exit.ExitCode()
-	default:
-		t.Fatalf("telemesh %v: %v", args, err)
-		return "", "", -1
-	}
+	return runBinary(t, lm.env, args...)
 }
 
 // mustRun runs the binary and fails the test unless it exits 0.

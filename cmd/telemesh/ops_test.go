@@ -22,10 +22,17 @@ import (
 // stdout, stderr and exit code.
 func opsRun(t *testing.T, dbURL string, args ...string) (string, string, int) {
 	t.Helper()
+	return runBinary(t, []string{"TELEMESH_DATABASE_URL=" + dbURL}, args...)
+}
+
+// runBinary runs the built binary with env added to this process's
+// environment and returns its stdout, stderr and exit code.
+func runBinary(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, telemeshBin, args...)
-	cmd.Env = append(os.Environ(), "TELEMESH_DATABASE_URL="+dbURL)
+	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -439,12 +439,44 @@ func TestRestartMidStreamLosesNothing(t *testing.T) {
 	f := newFixture(t, nil)
 	const n = 10000
 	done := make(chan struct{})
+	// A publish NATS did not acknowledge is sent again with the same
+	// message_id, as a device would; only then does the test expect all n.
+	publishErr := make(chan error, 1)
 	go func() {
 		defer close(done)
+		payload := func(i int) []byte {
+			return []byte(fmt.Sprintf(`{"message_id": "stream-%d", "temp_c": %d}`, i, i%100))
+		}
+		futures := make([]jetstream.PubAckFuture, n)
 		for i := range n {
-			f.js.PublishAsync("devices.meter-01.telemetry", []byte(fmt.Sprintf(`{"message_id": "stream-%d", "temp_c": %d}`, i, i%100)))
+			for {
+				fut, err := f.js.PublishAsync("devices.meter-01.telemetry", payload(i))
+				if err == nil {
+					futures[i] = fut
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
 		}
 		<-f.js.PublishAsyncComplete()
+		for i, fut := range futures {
+			select {
+			case <-fut.Ok():
+				continue
+			case <-fut.Err():
+			}
+			var err error
+			for range 5 {
+				if _, err = f.js.Publish(t.Context(), "devices.meter-01.telemetry", payload(i)); err == nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if err != nil {
+				publishErr <- fmt.Errorf("publish stream-%d: %w", i, err)
+				return
+			}
+		}
 	}()
 	f.eventually(30*time.Second, "a quarter processed", func() bool {
 		return f.count(`select count(*) from ingestion_messages where source_message_id like 'stream-%'`) > n/4
@@ -457,6 +489,11 @@ func TestRestartMidStreamLosesNothing(t *testing.T) {
 		cancel()
 	}
 	<-done
+	select {
+	case err := <-publishErr:
+		t.Fatal(err)
+	default:
+	}
 	// Generous: under -race with the other packages' tests on two cores a
 	// restarted stage's in-flight batch waits out its call timeout first.
 	f.eventually(240*time.Second, "all 10,000 stored", func() bool {
