@@ -32,6 +32,11 @@ const EnvPrefix = "TELEMESH_"
 // secretAnnotation marks a flag whose value must never be printed.
 const secretAnnotation = "telemesh_secret"
 
+// appliedAnnotation marks a flag that [ApplyEnv] set from the environment
+// or a file rather than the command line, so that a second ApplyEnv on the
+// same flags sees the same sources as the first.
+const appliedAnnotation = "telemesh_applied"
+
 // ErrInvalid is the cause of every [Error]: a setting whose value cannot be used.
 var ErrInvalid = errors.New("invalid setting")
 
@@ -75,7 +80,7 @@ func MarkSecret(fs *pflag.FlagSet, names ...string) {
 		if fs.Lookup(n+fileSuffix) != nil {
 			continue
 		}
-		f.Usage += fmt.Sprintf("; on the command line only as a last resort (other users of the machine can read it): prefer %s or --%s%s",
+		f.Usage += fmt.Sprintf("; a secret on the command line is the last resort (other users of the machine can read it): prefer %s or --%s%s",
 			EnvName(n), n, fileSuffix)
 		fs.String(n+fileSuffix, "", fmt.Sprintf("file holding --%s, read once at start; a trailing newline is dropped (%s%s)",
 			n, EnvName(n), strings.ToUpper(strings.ReplaceAll(fileSuffix, "-", "_"))))
@@ -95,7 +100,10 @@ func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 	// Which secrets the command line gave, before the environment fills in
 	// the rest.
 	onCommandLine := map[string]bool{}
-	fs.VisitAll(func(f *pflag.Flag) { onCommandLine[f.Name] = f.Changed })
+	fs.VisitAll(func(f *pflag.Flag) {
+		_, applied := f.Annotations[appliedAnnotation]
+		onCommandLine[f.Name] = f.Changed && !applied
+	})
 	var err error
 	fs.VisitAll(func(f *pflag.Flag) {
 		if err != nil || f.Changed {
@@ -107,7 +115,9 @@ func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 		if setErr := fs.Set(f.Name, v); setErr != nil {
 			err = &Error{Flag: f.Name, Reason: fmt.Sprintf("cannot parse %q as %s", display(f, v), f.Value.Type())}
+			return
 		}
+		_ = fs.SetAnnotation(f.Name, appliedAnnotation, []string{"env"})
 	})
 	if err != nil {
 		return err
@@ -155,6 +165,7 @@ func readSecretFile(fs *pflag.FlagSet, f *pflag.Flag, onCommandLine map[string]b
 	if err := fs.Set(f.Name, v); err != nil {
 		return &Error{Flag: fileName, Reason: fmt.Sprintf("cannot parse the file's content as %s", f.Value.Type())}
 	}
+	_ = fs.SetAnnotation(f.Name, appliedAnnotation, []string{"file"})
 	return nil
 }
 

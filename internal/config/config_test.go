@@ -186,6 +186,39 @@ func TestSecretFromFile(t *testing.T) {
 	}
 }
 
+// TestApplyEnvTwice: a command may apply the environment more than once to
+// the same flags; the second time must see the sources the first saw.
+func TestApplyEnvTwice(t *testing.T) {
+	const fromFile = "postgres://app:from-file@db/telemesh"
+	file := writeSecret(t, fromFile)
+	for _, tt := range []struct {
+		name string
+		args []string
+		env  map[string]string
+	}{
+		{name: "file from the environment", env: map[string]string{"TELEMESH_DATABASE_URL_FILE": file}},
+		{name: "file flag", args: []string{"--database-url-file", file}},
+		{name: "file flag over the environment's value", args: []string{"--database-url-file", file},
+			env: map[string]string{"TELEMESH_DATABASE_URL": "postgres://db/other"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := newFlags()
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
+			for i := range 2 {
+				if err := ApplyEnv(fs, lookup); err != nil {
+					t.Fatalf("ApplyEnv #%d: %v", i+1, err)
+				}
+				if got := fs.Lookup("database-url").Value.String(); got != fromFile {
+					t.Fatalf("after ApplyEnv #%d database-url = %q, want %q", i+1, got, fromFile)
+				}
+			}
+		})
+	}
+}
+
 func TestSecretFlagHelpSaysLastResort(t *testing.T) {
 	fs := newFlags()
 	usage := fs.Lookup("database-url").Usage
