@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -150,7 +149,7 @@ func newRolesListCmd(e env) *cobra.Command {
 				fmt.Fprintf(tw, "  (owner)\tevery table, partition and function; CREATE on the schema\n")
 			}
 			for _, g := range r.Grants {
-				fmt.Fprintf(tw, "  %s\t%s\n", g.Table, strings.Join(g.Privileges, ", "))
+				fmt.Fprintf(tw, "  %s\t%s\n", g.Table, g)
 			}
 		}
 		return tw.Flush()
