@@ -155,7 +155,7 @@ func TestEachRoleHasOnlyTheGrantsItNeeds(t *testing.T) {
 				insertTelemetry, insertStageLog, `update devices set is_active = false`},
 		},
 		{
-			role:    "operator",
+			role: "operator",
 			allowed: []string{insertOrganization, `update devices set is_active = true, updated_at = now() where false`,
 				`update ingestion_messages set status = 'parked', updated_at = now() where status = 'queued'`,
 				`update ingestion_messages set error_summary = error_summary || ' (replayed)', updated_at = now() where false`,
@@ -665,4 +665,69 @@ device_types:
 			t.Errorf("trace a message: %v", err)
 		}
 	})
+}
+
+func TestInspect(t *testing.T) {
+	db := testdb.New(t)
+	o := testOptions(t, db)
+	states, err := roles.Inspect(t.Context(), db.Pool, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != len(roles.Roles()) {
+		t.Fatalf("%d states for %d roles", len(states), len(roles.Roles()))
+	}
+	for _, s := range states {
+		if s.Exists {
+			t.Errorf("%s exists before apply", s.Name)
+		}
+	}
+	if _, err := roles.Apply(t.Context(), db.Pool, o); err != nil {
+		t.Fatal(err)
+	}
+	states, err = roles.Inspect(t.Context(), db.Pool, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range states {
+		if !s.Exists || len(s.Differences) > 0 {
+			t.Errorf("%s after apply: exists %v, differences %q", s.Name, s.Exists, s.Differences)
+		}
+	}
+
+	for _, sql := range []string{
+		`grant delete on devices to ` + o.RoleName("validator"),
+		`grant update on ingestion_messages to ` + o.RoleName("viewer"),
+		`revoke update (failure_reason) on device_telemetry_logs from ` + o.RoleName("publisher"),
+		`alter role ` + o.RoleName("deriver") + ` createrole`,
+		`create table migrator_does_not_own (i int)`,
+	} {
+		if _, err := db.Pool.Exec(t.Context(), sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	states, err = roles.Inspect(t.Context(), db.Pool, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{
+		"validator": {"also DELETE on devices"},
+		"viewer":    {"also UPDATE on ingestion_messages"},
+		"publisher": {"lacks UPDATE (failure_reason) on device_telemetry_logs"},
+		"deriver":   {"needs NOCREATEROLE"},
+		"migrator":  {"does not own 1 object of schema public"},
+	}
+	for _, s := range states {
+		if !slices.Equal(s.Differences, want[s.Role.Name]) {
+			t.Errorf("%s after drift: %q, want %q", s.Name, s.Differences, want[s.Role.Name])
+		}
+	}
+
+	// Read-only: the viewer may inspect too.
+	if _, err := roles.Inspect(t.Context(), connectAs(t, db, o.RoleName("viewer")), o); err != nil {
+		t.Errorf("inspect as the viewer: %v", err)
+	}
+	if _, err := roles.Inspect(t.Context(), testdb.NewEmpty(t).Pool, o); !errors.Is(err, roles.ErrNotMigrated) {
+		t.Errorf("inspect an unmigrated database: %v, want ErrNotMigrated", err)
+	}
 }
