@@ -43,8 +43,8 @@ func Inspect(ctx context.Context, q Querier, o Options) ([]State, error) {
 		s := State{Role: r, Name: o.RoleName(r.Name)}
 		var (
 			login, super, createDB, createRole, replication, bypassRLS bool
-			connect, usage, create, owned                             bool
-			notOwned                                                  int
+			connect, usage, create, owned                              bool
+			notOwned                                                   int
 		)
 		err := q.QueryRow(ctx, `select rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls,
 				has_database_privilege(rolname, current_database(), 'CONNECT'),
