@@ -82,8 +82,8 @@ func MarkSecret(fs *pflag.FlagSet, names ...string) {
 		}
 		f.Usage += fmt.Sprintf("; a secret on the command line is the last resort (other users of the machine can read it): prefer %s or --%s%s",
 			EnvName(n), n, fileSuffix)
-		fs.String(n+fileSuffix, "", fmt.Sprintf("file holding --%s, read once at start; a trailing newline is dropped (%s%s)",
-			n, EnvName(n), strings.ToUpper(strings.ReplaceAll(fileSuffix, "-", "_"))))
+		fs.String(n+fileSuffix, "", fmt.Sprintf("file holding --%s, read once at start; a trailing newline is dropped (%s)",
+			n, EnvName(n+fileSuffix)))
 	}
 }
 
@@ -149,8 +149,9 @@ func readSecretFile(fs *pflag.FlagSet, f *pflag.Flag, onCommandLine map[string]b
 		// environment.
 		return nil
 	case !onCommandLine[fileName]:
-		// Both from the environment.
-		if _, ok := lookup(EnvName(f.Name)); ok {
+		// The file is named in the environment, so the value must not be
+		// there too.
+		if v, ok := lookup(EnvName(f.Name)); ok && v != "" {
 			return &Error{Flag: fileName, Reason: fmt.Sprintf("give %s or %s, not both", EnvName(f.Name), EnvName(fileName))}
 		}
 	}
