@@ -102,7 +102,7 @@ type Role struct {
 	Purpose string
 	// Owner marks the migrator: it owns every object and needs no grants.
 	Owner bool
-	// Grants are the role's table privileges, by table name.
+	// Grants are the role's table and column privileges, by table name.
 	Grants []Grant
 }
 
