@@ -22,60 +22,71 @@ func newRolesCmd(e env) *cobra.Command {
 		Long: `roles sets up least privilege in Postgres. The migrator role owns every
 telemesh table, partition and function and is the one that migrates; each
 stage connects as its own role holding only the table privileges its queries
-need; the viewer reads everything and may flip the switches and replay; the
-operator reads and writes every table but never changes the schema.
+need, and UPDATE only on the columns it sets; the viewer reads everything and
+may flip the switches and retry publishes; the operator reads every table,
+writes the fleet's definitions and the switches and replays, deletes
+nothing and never changes the schema.
 
-Roles are cluster-wide: --role-prefix keeps installations sharing a server
-apart.`,
+apply and list take the same settings: the database from
+TELEMESH_DATABASE_URL, --database-url-file or (the last resort)
+--database-url, and --role-prefix and --schema. Roles are cluster-wide:
+--role-prefix keeps installations sharing a server apart.`,
 	}
 	cmd.AddCommand(newRolesApplyCmd(e), newRolesListCmd(e))
 	return cmd
 }
 
-func addRolePrefixFlag(fs *pflag.FlagSet, prefix *string) {
-	fs.StringVar(prefix, "role-prefix", roles.DefaultPrefix, "prefix of every role name (roles are cluster-wide)")
+// rolesTarget is what both roles commands act on: a database, a role
+// prefix and a schema.
+type rolesTarget struct {
+	databaseURL string
+	o           roles.Options
+}
+
+// addRolesTargetFlags registers the settings apply and list share.
+func addRolesTargetFlags(fs *pflag.FlagSet, t *rolesTarget, dbUsage string) {
+	fs.StringVar(&t.databaseURL, "database-url", "", dbUsage)
+	fs.StringVar(&t.o.Prefix, "role-prefix", roles.DefaultPrefix, "prefix of every role name (roles are cluster-wide)")
+	fs.StringVar(&t.o.Schema, "schema", "public", "schema that holds the telemesh tables")
+	config.MarkSecret(fs, "database-url")
 }
 
 func newRolesApplyCmd(e env) *cobra.Command {
-	var (
-		databaseURL string
-		o           roles.Options
-	)
+	var t rolesTarget
 	cmd := &cobra.Command{
 		Use:   "apply",
 		Short: "Create the roles, or bring existing ones back to exactly their grants (idempotent)",
 		Long: `apply creates every role that is missing and corrects the others, in one
 transaction: each logs in and is no superuser; the migrator owns every
 object of --schema and may create in it, nobody else (PUBLIC included) may;
-each role holds exactly the table privileges 'telemesh roles list' shows,
-and grants beyond them are revoked.
+each role holds exactly the table and column privileges 'telemesh roles
+list' shows, and grants beyond them are revoked.
 
-Connect with --database-url as a superuser (or, on managed Postgres, the
-provider's admin role) to the telemesh database, after 'telemesh migrate up'.
-Run it again after every migration: new tables are granted to nobody until
-then.
+Connect as a superuser (or, on managed Postgres, the provider's admin role)
+to the telemesh database, after 'telemesh migrate up': TELEMESH_DATABASE_URL
+or a file named by --database-url-file. Run it again after every migration:
+new tables are granted to nobody until then.
 
-Passwords come from --<role>-password (TELEMESH_<ROLE>_PASSWORD) and reach
+Passwords come from TELEMESH_<ROLE>_PASSWORD or a file named by
+--<role>-password-file (--<role>-password is the last resort) and reach
 the server only as SCRAM-SHA-256 verifiers. A role given none keeps the one
 it has, or is created without one, for certificate or peer authentication.`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&databaseURL, "database-url", "", "Postgres URL of the telemesh database, as a superuser (required)")
-	addRolePrefixFlag(fs, &o.Prefix)
-	fs.StringVar(&o.Schema, "schema", "public", "schema that holds the telemesh tables")
-	fs.BoolVar(&o.DryRun, "dry-run", false, "print what would change and change nothing")
+	addRolesTargetFlags(fs, &t, "Postgres URL of the telemesh database, as a superuser (required)")
+	fs.BoolVar(&t.o.DryRun, "dry-run", false, "print what would change and change nothing")
 	passwords := map[string]*string{}
 	for _, r := range roles.Roles() {
 		flag := r.Name + "-password"
 		passwords[r.Name] = fs.String(flag, "", "password of the "+r.Name+" role (printable ASCII)")
 		config.MarkSecret(fs, flag)
 	}
-	config.MarkSecret(fs, "database-url")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
 			return err
 		}
+		o := t.o
 		o.Passwords = map[string]string{}
 		for _, r := range roles.Roles() {
 			pw := *passwords[r.Name]
@@ -89,10 +100,10 @@ it has, or is created without one, for certificate or peer authentication.`,
 		if err := o.Check(); err != nil {
 			return rolesInvalid(err)
 		}
-		if databaseURL == "" {
+		if t.databaseURL == "" {
 			return config.Invalid("database-url", "required")
 		}
-		pool, err := openOpsPool(cmd, e, &databaseURL, "telemesh-roles")
+		pool, err := openOpsPool(cmd, e, &t.databaseURL, "telemesh-roles")
 		if err != nil {
 			return err
 		}
@@ -127,33 +138,73 @@ func rolesInvalid(err error) error {
 }
 
 func newRolesListCmd(e env) *cobra.Command {
-	var prefix string
+	var t rolesTarget
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "Print every role, who connects as it and its table privileges",
-		Args:  cobra.NoArgs,
+		Short: "Print every role, who connects as it and its privileges; with a database, whether the roles there hold exactly those",
+		Long: `list prints every role, who connects as it, and the table and column
+privileges 'telemesh roles apply' gives it. It needs no database for that.
+
+Given a database (TELEMESH_DATABASE_URL, --database-url-file or
+--database-url, as apply takes it), it also reads what each role holds there
+in --schema and says, per role, whether it is as listed, does not exist, or
+differs, and how: what it lacks and what it holds beyond the list. It
+changes nothing and needs only to read the catalogs, so any role may run it.`,
+		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
-	addRolePrefixFlag(fs, &prefix)
-	cmd.RunE = func(*cobra.Command, []string) error {
+	addRolesTargetFlags(fs, &t, "Postgres URL of the telemesh database whose roles to compare with the list (optional)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
 			return err
 		}
-		o := roles.Options{Prefix: prefix}
-		if err := o.Check(); err != nil {
+		if err := t.o.Check(); err != nil {
 			return rolesInvalid(err)
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		for _, r := range roles.Roles() {
-			fmt.Fprintf(tw, "%s\t%s\n", o.RoleName(r.Name), r.Purpose)
+			fmt.Fprintf(tw, "%s\t%s\n", t.o.RoleName(r.Name), r.Purpose)
 			if r.Owner {
 				fmt.Fprintf(tw, "  (owner)\tevery table, partition and function; CREATE on the schema\n")
 			}
 			for _, g := range r.Grants {
-				fmt.Fprintf(tw, "  %s\t%s\n", g.Table, strings.Join(g.Privileges, ", "))
+				fmt.Fprintf(tw, "  %s\t%s\n", g.Table, g)
 			}
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if t.databaseURL == "" {
+			return nil
+		}
+		pool, err := openOpsPool(cmd, e, &t.databaseURL, "telemesh-roles")
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		states, err := roles.Inspect(cmd.Context(), pool, t.o)
+		if err != nil {
+			return err
+		}
+		schema := t.o.Schema
+		fmt.Fprintf(e.stdout, "\nin the database, schema %s:\n", schema)
+		off := 0
+		for _, s := range states {
+			switch {
+			case !s.Exists:
+				off++
+				fmt.Fprintf(e.stdout, "%s: does not exist\n", s.Name)
+			case len(s.Differences) > 0:
+				off++
+				fmt.Fprintf(e.stdout, "%s: differs: %s\n", s.Name, strings.Join(s.Differences, "; "))
+			default:
+				fmt.Fprintf(e.stdout, "%s: as listed\n", s.Name)
+			}
+		}
+		if off > 0 {
+			_, err = fmt.Fprintf(e.stdout, "%d role(s) not as listed: run telemesh roles apply to bring them back\n", off)
+		}
+		return err
 	}
 	return cmd
 }

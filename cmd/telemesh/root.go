@@ -30,7 +30,12 @@ ingestion_stage_logs.
 
 Every flag can also be set through the environment: --database-url is
 TELEMESH_DATABASE_URL, --shutdown-grace is TELEMESH_SHUTDOWN_GRACE, and so on.
-A flag on the command line wins over the environment.`,
+A flag on the command line wins over the environment.
+
+Give secrets (database URLs, passwords, tokens) in the environment or in a
+file: every secret flag has a --<name>-file companion (--database-url-file,
+TELEMESH_DATABASE_URL_FILE) that reads it from a file. A command line is
+visible to every user of the machine, so a secret flag is the last resort.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -16,7 +16,8 @@ func addProcessFlags(fs *pflag.FlagSet, s *app.Process, grpcPort, adminPort stri
 	def := grpcx.DefaultServerConfig()
 	host, _ := os.Hostname()
 	fs.StringVar(&s.Listen, "listen", ":"+grpcPort, "gRPC listen address host:port (port 0 picks a free one)")
-	fs.StringVar(&s.AdminListen, "admin-listen", ":"+adminPort, "admin HTTP listen address for /metrics, /healthz, /readyz and /debug/pprof")
+	fs.StringVar(&s.AdminListen, "admin-listen", ":"+adminPort, "admin HTTP listen address for /metrics, /healthz, /readyz (and /debug/pprof with --pprof); unauthenticated, so keep it off the public network")
+	addPprofFlag(fs, &s.Pprof)
 	fs.StringVar(&s.DatabaseURL, "database-url", "", "Postgres URL, e.g. postgres://telemesh@db:5432/telemesh (required)")
 	fs.StringVar(&s.LogFormat, "log-format", "auto", "log format: auto (text on a terminal, else json), text or json")
 	fs.StringVar(&s.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -32,6 +33,12 @@ func addProcessFlags(fs *pflag.FlagSet, s *app.Process, grpcPort, adminPort stri
 	fs.StringVar(&s.HealthListen, "health-listen", "", "plaintext listen address serving grpc.health.v1 alone, for probes while the gRPC port requires client certificates (empty: off)")
 	addTLSFlags(fs, &s.TLS, &s.TLSServerName)
 	config.MarkSecret(fs, "database-url")
+}
+
+// addPprofFlag registers --pprof, which every process with an admin port
+// has.
+func addPprofFlag(fs *pflag.FlagSet, on *bool) {
+	fs.BoolVar(on, "pprof", false, "also serve the runtime profiles under /debug/pprof/ on the admin port, which anyone reaching the port can read; for profiling sessions")
 }
 
 // addTLSFlags registers the mutual TLS flags that the stages and the

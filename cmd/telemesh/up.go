@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/config"
@@ -42,7 +41,7 @@ func newUpCmd(e env) *cobra.Command {
 	var (
 		dataDir, databaseURL, natsURL, host, logLevel string
 		grpcBase, adminBase                           int
-		noDemo, simulateToo                           bool
+		noDemo, simulateToo, pprofOn                  bool
 		simRate                                       float64
 		viewerListen                                  string
 	)
@@ -73,12 +72,8 @@ page on --viewer-listen). Ctrl-C stops everything cleanly.`,
 	fs.StringVar(&viewerListen, "viewer-listen", vcfg.Listen, "HTTP address of the Telemetry Viewer; empty leaves it off")
 	fs.StringVar(&vcfg.Token, "viewer-token", "", "token the viewer's page must send to retry publishes and change switches; empty leaves it read-only (also --token)")
 	config.MarkSecret(fs, "database-url", "nats-url", "viewer-token")
-	fs.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
-		if name == "token" {
-			name = "viewer-token"
-		}
-		return pflag.NormalizedName(name)
-	})
+	addPprofFlag(fs, &pprofOn)
+	fs.SetNormalizeFunc(normalizeViewerToken)
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
@@ -160,6 +155,7 @@ page on --viewer-listen). Ctrl-C stops everything cleanly.`,
 			DatabaseURL: db.URL, NATSURL: natsURL, Host: host, Ports: ports,
 			Tune: func(o *app.Options) {
 				o.Process.LogFormat, o.Process.LogLevel = "auto", logLevel
+				o.Process.Pprof = pprofOn
 				o.Process.ShutdownGrace = 10 * time.Second
 				o.Gateway.Subjects = demo.Subjects
 				o.Env = "local"
@@ -243,7 +239,7 @@ func printUp(e env, m *app.Mesh, natsURL, databaseURL, viewerURL string, viewerT
 		fmt.Fprintf(e.stdout, "Viewer    %s (%s)\n", viewerURL, access)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSTAGE\tGRPC\tADMIN (metrics, healthz, readyz, pprof)")
+	fmt.Fprintln(tw, "\nSTAGE\tGRPC\tADMIN (metrics, healthz, readyz; pprof with --pprof)")
 	for _, s := range app.Stages {
 		fmt.Fprintf(tw, "%s\t%s\thttp://%s/metrics\n", s, m.GRPC[s], m.Admin[s])
 	}

@@ -33,13 +33,19 @@ as the pipeline processes it, each device's latest values and recent charts,
 the health of the pipeline, and the trace of one message. It reads Postgres,
 the publisher's analytics subjects and KV bucket, and the gateway's stream.
 
-It is read-only unless --viewer-token (TELEMESH_VIEWER_TOKEN; --token for
-short) is set: retrying a publish and changing a switch need that token.`,
+It is read-only unless it has a token: retrying a publish and changing a
+switch need it. Give it in TELEMESH_VIEWER_TOKEN or in a file named by
+--viewer-token-file (--token-file), never on the command line if you can
+help it: --viewer-token (--token) is the last resort.
+
+The admin port (--admin-listen) serves /metrics, /healthz and /readyz, and
+the runtime profiles under /debug/pprof/ only with --pprof.`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTP listen address of the page, host:port (port 0 picks a free one)")
-	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "admin HTTP listen address for /metrics, /healthz, /readyz and /debug/pprof; empty turns it off")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "admin HTTP listen address for /metrics, /healthz, /readyz (and /debug/pprof with --pprof); unauthenticated, so keep it off the public network; empty turns it off")
+	addPprofFlag(fs, &cfg.Pprof)
 	fs.StringVar(&databaseURL, "database-url", "", "Postgres URL the stages write to (required)")
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (text on a terminal, else json), text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -92,8 +98,9 @@ short) is set: retrying a publish and changing a switch need that token.`,
 }
 
 // addViewerFlags registers the viewer's own settings, which `serve viewer`
-// and `up` share. --token is accepted for --viewer-token; the long name is
-// the one the environment (TELEMESH_VIEWER_TOKEN) and the chart use.
+// and `up` share. --token is accepted for --viewer-token (and --token-file
+// for --viewer-token-file); the long names are the ones the environment
+// (TELEMESH_VIEWER_TOKEN) and the chart use.
 func addViewerFlags(fs *pflag.FlagSet, cfg *viewer.Config) {
 	fs.StringVar(&cfg.Token, "viewer-token", cfg.Token, "token the page must send (it asks for it) to retry publishes and change switches; empty leaves the viewer read-only (also --token)")
 	fs.StringVar(&cfg.Env, "env", cfg.Env, "follow the analytics subjects of this environment token only; empty follows every environment")
@@ -105,12 +112,19 @@ func addViewerFlags(fs *pflag.FlagSet, cfg *viewer.Config) {
 	fs.IntVar(&cfg.HistoryMinutes, "history-minutes", cfg.HistoryMinutes, "how many minutes a device's charts and invalid messages reach back")
 	fs.IntVar(&cfg.MaxClients, "max-clients", cfg.MaxClients, "live connections (open pages) at most")
 	config.MarkSecret(fs, "viewer-token")
-	fs.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
-		if name == "token" {
-			name = "viewer-token"
-		}
-		return pflag.NormalizedName(name)
-	})
+	fs.SetNormalizeFunc(normalizeViewerToken)
+}
+
+// normalizeViewerToken accepts --token and --token-file for --viewer-token
+// and --viewer-token-file.
+func normalizeViewerToken(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+	switch name {
+	case "token":
+		name = "viewer-token"
+	case "token-file":
+		name = "viewer-token-file"
+	}
+	return pflag.NormalizedName(name)
 }
 
 // checkViewerFlags names the first viewer setting that cannot be used.

@@ -1,5 +1,9 @@
 // Package admin serves a stage's HTTP admin port: Prometheus metrics, liveness,
-// readiness and pprof.
+// readiness and, when asked for, pprof.
+//
+// The port has no authentication (Prometheus and the kubelet must reach it),
+// so it serves nothing that helps an intruder: pprof only with [WithPprof],
+// and never /debug/pprof/cmdline, whose command line may carry a secret.
 package admin
 
 import (
@@ -32,9 +36,28 @@ type Server struct {
 	checks map[string]Check
 }
 
+// Option changes what [New] serves.
+type Option func(*options)
+
+type options struct {
+	pprof bool
+}
+
+// WithPprof serves the runtime profiles under /debug/pprof/ when on is
+// true. They show the program's internals (stacks, heap contents' types,
+// timings) to anyone who reaches the port: turn them on while profiling.
+func WithPprof(on bool) Option {
+	return func(o *options) { o.pprof = on }
+}
+
 // New listens on addr (host:port; port 0 picks a free one) and prepares the
-// handlers. Metrics come from gatherer. Call [Server.Serve] to start.
-func New(addr string, gatherer prometheus.Gatherer, logger *slog.Logger) (*Server, error) {
+// handlers: /metrics from gatherer, /healthz, /readyz, and pprof only with
+// [WithPprof]. Call [Server.Serve] to start.
+func New(addr string, gatherer prometheus.Gatherer, logger *slog.Logger, opts ...Option) (*Server, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin listen %s: %w", addr, err)
@@ -47,11 +70,14 @@ func New(addr string, gatherer prometheus.Gatherer, logger *slog.Logger) (*Serve
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", s.ready)
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if o.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		// Never the command line: it may carry a secret given as a flag.
+		mux.HandleFunc("/debug/pprof/cmdline", http.NotFound)
+	}
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return s, nil
 }

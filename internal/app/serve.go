@@ -138,7 +138,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		if errors.Is(err, natsx.ErrAuth) {
 			flag := o.NATS.Auth.Method()
 			if flag == "" {
-				return config.Invalid("nats-url", "%v: the server requires credentials (--nats-user and --nats-password, --nats-token, --nats-nkey-file or --nats-creds-file)", err)
+				return config.Invalid("nats-url", "%v: the server requires credentials (TELEMESH_NATS_USER with TELEMESH_NATS_PASSWORD or --nats-password-file, TELEMESH_NATS_TOKEN or --nats-token-file, --nats-nkey-file or --nats-creds-file)", err)
 			}
 			return config.Invalid(flag, "%v", err)
 		}
@@ -170,7 +170,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 			return config.Invalid("health-listen", "%v", err)
 		}
 	}
-	adm, err := admin.New(s.AdminListen, reg, logger)
+	adm, err := admin.New(s.AdminListen, reg, logger, admin.WithPprof(s.Pprof))
 	if err != nil {
 		_ = ln.Close()
 		if healthLn != nil {

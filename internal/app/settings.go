@@ -36,6 +36,8 @@ type Process struct {
 	// HealthListen, if set, serves grpc.health.v1 alone there in plaintext,
 	// for probes that cannot present a client certificate.
 	HealthListen string
+	// Pprof serves the runtime profiles on the admin port as well.
+	Pprof bool
 }
 
 // StageLogModes are the ingestion_stage_logs modes of the system telemesh

@@ -4,6 +4,12 @@
 // A flag set on the command line wins over the environment; the environment
 // wins over the default. Every setting has one flag name, and its variable is
 // TELEMESH_ followed by the flag name in upper case with - turned into _.
+//
+// A secret (a password, a token, a URL that may carry one) also has a
+// --<name>-file flag, TELEMESH_<NAME>_FILE, that reads it from a file: a
+// command line is visible to every user of the machine (ps, /proc) and to
+// anything that reports it, so the environment or a file is the way to give
+// a secret, and the flag itself is the last resort.
 package config
 
 import (
@@ -12,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,6 +31,11 @@ const EnvPrefix = "TELEMESH_"
 
 // secretAnnotation marks a flag whose value must never be printed.
 const secretAnnotation = "telemesh_secret"
+
+// appliedAnnotation marks a flag that [ApplyEnv] set from the environment
+// or a file rather than the command line, so that a second ApplyEnv on the
+// same flags sees the same sources as the first.
+const appliedAnnotation = "telemesh_applied"
 
 // ErrInvalid is the cause of every [Error]: a setting whose value cannot be used.
 var ErrInvalid = errors.New("invalid setting")
@@ -49,22 +61,49 @@ func EnvName(flag string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
+// fileSuffix ends the name of the flag that reads a secret from a file.
+const fileSuffix = "-file"
+
 // MarkSecret marks flags whose values are masked when printed. URL-valued
 // secrets keep everything but their password; other values are masked whole.
+//
+// Each gets a companion --<name>-file flag (TELEMESH_<NAME>_FILE) that
+// [ApplyEnv] reads the secret from, and its help says that the flag itself
+// is the last resort.
 func MarkSecret(fs *pflag.FlagSet, names ...string) {
 	for _, n := range names {
-		if fs.Lookup(n) == nil {
+		f := fs.Lookup(n)
+		if f == nil {
 			panic("config: MarkSecret of unknown flag " + n)
 		}
 		_ = fs.SetAnnotation(n, secretAnnotation, []string{"true"})
+		if fs.Lookup(n+fileSuffix) != nil {
+			continue
+		}
+		f.Usage += fmt.Sprintf("; a secret on the command line is the last resort (other users of the machine can read it): prefer %s or --%s%s",
+			EnvName(n), n, fileSuffix)
+		fs.String(n+fileSuffix, "", fmt.Sprintf("file holding --%s, read once at start; a trailing newline is dropped (%s)",
+			n, EnvName(n+fileSuffix)))
 	}
 }
 
 // ApplyEnv sets every flag that was not given on the command line from its
-// environment variable, if that variable is set. lookup is usually
-// os.LookupEnv; it is a parameter so that tests and embedders need not touch
-// the process environment.
+// environment variable, if that variable is set, then reads the secrets
+// given by file (see [MarkSecret]). lookup is usually os.LookupEnv; it is a
+// parameter so that tests and embedders need not touch the process
+// environment.
+//
+// A secret given on the command line, as a value or a file, wins over the
+// environment; giving both its value and its file at the same level is an
+// error, since either choice would surprise someone.
 func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	// Which secrets the command line gave, before the environment fills in
+	// the rest.
+	onCommandLine := map[string]bool{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		_, applied := f.Annotations[appliedAnnotation]
+		onCommandLine[f.Name] = f.Changed && !applied
+	})
 	var err error
 	fs.VisitAll(func(f *pflag.Flag) {
 		if err != nil || f.Changed {
@@ -76,8 +115,68 @@ func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 		if setErr := fs.Set(f.Name, v); setErr != nil {
 			err = &Error{Flag: f.Name, Reason: fmt.Sprintf("cannot parse %q as %s", display(f, v), f.Value.Type())}
+			return
+		}
+		_ = fs.SetAnnotation(f.Name, appliedAnnotation, []string{"env"})
+	})
+	if err != nil {
+		return err
+	}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil {
+			return
+		}
+		if _, secret := f.Annotations[secretAnnotation]; secret {
+			err = readSecretFile(fs, f, onCommandLine, lookup)
 		}
 	})
+	return err
+}
+
+// readSecretFile sets the secret flag f from its companion file, if one was
+// given and the secret was not given more directly.
+func readSecretFile(fs *pflag.FlagSet, f *pflag.Flag, onCommandLine map[string]bool, lookup func(string) (string, bool)) error {
+	file := fs.Lookup(f.Name + fileSuffix)
+	if file == nil || file.Value.String() == "" {
+		return nil
+	}
+	fileName := file.Name
+	switch {
+	case onCommandLine[f.Name] && onCommandLine[fileName]:
+		return &Error{Flag: fileName, Reason: fmt.Sprintf("give --%s or --%s, not both", f.Name, fileName)}
+	case onCommandLine[f.Name]:
+		// The value on the command line wins over a file named in the
+		// environment.
+		return nil
+	case !onCommandLine[fileName]:
+		// The file is named in the environment, so the value must not be
+		// there too.
+		if v, ok := lookup(EnvName(f.Name)); ok && v != "" {
+			return &Error{Flag: fileName, Reason: fmt.Sprintf("give %s or %s, not both", EnvName(f.Name), EnvName(fileName))}
+		}
+	}
+	b, err := os.ReadFile(file.Value.String())
+	if err != nil {
+		return &Error{Flag: fileName, Reason: fmt.Sprintf("cannot read: %v", unwrapPathError(err))}
+	}
+	v := strings.TrimRight(string(b), "\r\n")
+	if v == "" {
+		return &Error{Flag: fileName, Reason: fmt.Sprintf("the file is empty: %s", file.Value.String())}
+	}
+	if err := fs.Set(f.Name, v); err != nil {
+		return &Error{Flag: fileName, Reason: fmt.Sprintf("cannot parse the file's content as %s", f.Value.Type())}
+	}
+	_ = fs.SetAnnotation(f.Name, appliedAnnotation, []string{"file"})
+	return nil
+}
+
+// unwrapPathError turns "open /x: no such file or directory" into a phrase
+// that names the file once.
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+	}
 	return err
 }
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -118,5 +120,114 @@ func TestChecks(t *testing.T) {
 				t.Fatalf("err %v does not wrap ErrInvalid", tt.err)
 			}
 		})
+	}
+}
+
+// writeSecret writes content to a file of its own and returns its path.
+func writeSecret(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestSecretFromFile(t *testing.T) {
+	const fromFile = "postgres://app:from-file@db:5432/telemesh"
+	file := writeSecret(t, fromFile+"\n")
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		want    string
+		wantErr string
+	}{
+		{name: "file flag", args: []string{"--database-url-file", file}, want: fromFile},
+		{name: "file from the environment", env: map[string]string{"TELEMESH_DATABASE_URL_FILE": file}, want: fromFile},
+		{name: "file flag wins over the environment's value", args: []string{"--database-url-file", file},
+			env: map[string]string{"TELEMESH_DATABASE_URL": "postgres://app:from-env@db/telemesh"}, want: fromFile},
+		{name: "value flag wins over the environment's file", args: []string{"--database-url", "postgres://app:flag@db/telemesh"},
+			env: map[string]string{"TELEMESH_DATABASE_URL_FILE": file}, want: "postgres://app:flag@db/telemesh"},
+		{name: "both flags", args: []string{"--database-url", "postgres://db/x", "--database-url-file", file},
+			wantErr: "invalid setting --database-url-file (TELEMESH_DATABASE_URL_FILE): give --database-url or --database-url-file, not both"},
+		{name: "both variables", env: map[string]string{"TELEMESH_DATABASE_URL": "postgres://db/x", "TELEMESH_DATABASE_URL_FILE": file},
+			wantErr: "invalid setting --database-url-file (TELEMESH_DATABASE_URL_FILE): give TELEMESH_DATABASE_URL or TELEMESH_DATABASE_URL_FILE, not both"},
+		{name: "missing file", args: []string{"--database-url-file", filepath.Join(t.TempDir(), "nope")},
+			wantErr: "invalid setting --database-url-file (TELEMESH_DATABASE_URL_FILE): cannot read"},
+		{name: "empty file", args: []string{"--database-url-file", writeSecret(t, "\n")},
+			wantErr: "invalid setting --database-url-file (TELEMESH_DATABASE_URL_FILE): the file is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := newFlags()
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			err := ApplyEnv(fs, func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok })
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fs.Lookup("database-url").Value.String(); got != tt.want {
+				t.Errorf("database-url = %q, want %q", got, tt.want)
+			}
+			var buf bytes.Buffer
+			Print(slog.New(slog.NewTextHandler(&buf, nil)), "config", fs)
+			if strings.Contains(buf.String(), "from-file") || strings.Contains(buf.String(), "from-env") {
+				t.Errorf("printed a secret: %s", buf.String())
+			}
+		})
+	}
+}
+
+// TestApplyEnvTwice: a command may apply the environment more than once to
+// the same flags; the second time must see the sources the first saw.
+func TestApplyEnvTwice(t *testing.T) {
+	const fromFile = "postgres://app:from-file@db/telemesh"
+	file := writeSecret(t, fromFile)
+	for _, tt := range []struct {
+		name string
+		args []string
+		env  map[string]string
+	}{
+		{name: "file from the environment", env: map[string]string{"TELEMESH_DATABASE_URL_FILE": file}},
+		{name: "file flag", args: []string{"--database-url-file", file}},
+		{name: "file flag over the environment's value", args: []string{"--database-url-file", file},
+			env: map[string]string{"TELEMESH_DATABASE_URL": "postgres://db/other"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := newFlags()
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
+			for i := range 2 {
+				if err := ApplyEnv(fs, lookup); err != nil {
+					t.Fatalf("ApplyEnv #%d: %v", i+1, err)
+				}
+				if got := fs.Lookup("database-url").Value.String(); got != fromFile {
+					t.Fatalf("after ApplyEnv #%d database-url = %q, want %q", i+1, got, fromFile)
+				}
+			}
+		})
+	}
+}
+
+func TestSecretFlagHelpSaysLastResort(t *testing.T) {
+	fs := newFlags()
+	usage := fs.Lookup("database-url").Usage
+	for _, want := range []string{"last resort", "TELEMESH_DATABASE_URL", "--database-url-file"} {
+		if !strings.Contains(usage, want) {
+			t.Errorf("usage %q lacks %q", usage, want)
+		}
+	}
+	if f := fs.Lookup("database-url-file"); f == nil || !strings.Contains(f.Usage, "TELEMESH_DATABASE_URL_FILE") {
+		t.Errorf("no --database-url-file naming its variable: %+v", f)
 	}
 }

@@ -6,9 +6,19 @@
 //
 // [Apply] is idempotent: it creates what is missing, corrects role
 // attributes, hands every object of the schema to the migrator, and brings
-// each role's table privileges to exactly those of [Roles], revoking any
-// others, all in one transaction. Run it again after every `telemesh
-// migrate up`: a table a new migration adds is granted to nobody until then.
+// each role's table and column privileges to exactly those of [Roles],
+// revoking any others, all in one transaction. Run it again after every
+// `telemesh migrate up`: a table a new migration adds is granted to nobody
+// until then. [Inspect] reads what the roles hold without changing it.
+//
+// UPDATE is granted on the columns a role's statements set, never on whole
+// rows, so that no role but the migrator can rewrite what a message carried
+// (its payload, its values, its dedupe key) or what a stage recorded.
+//
+// The grants live here rather than in a migration because role names carry
+// a prefix chosen at apply time (roles are cluster-wide, and installations
+// and tests sharing a server keep apart by prefix), and creating roles needs
+// a privilege the migrator does not have.
 package roles
 
 import (
@@ -51,8 +61,37 @@ var (
 
 // Grant is the privileges of a role on one table.
 type Grant struct {
-	Table      string
+	Table string
+	// Privileges are held on the whole table.
 	Privileges []string
+	// Columns are privileges held on some columns only, by privilege:
+	// {UPDATE: [status, updated_at]} lets the role update those two
+	// columns and no other.
+	Columns map[string][]string
+}
+
+// String lists the privileges as SQL names them: SELECT, INSERT,
+// UPDATE (status, updated_at).
+func (g Grant) String() string {
+	var parts []string
+	all := slices.Clone(g.Privileges)
+	for p := range g.Columns {
+		all = append(all, p)
+	}
+	for _, p := range sortPrivileges(all) {
+		if slices.Contains(g.Privileges, p) {
+			parts = append(parts, p)
+		}
+		if cols := g.Columns[p]; len(cols) > 0 {
+			parts = append(parts, p+" ("+strings.Join(cols, ", ")+")")
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// updateOf is the column privileges of a role that may UPDATE cols only.
+func updateOf(cols ...string) map[string][]string {
+	return map[string][]string{Update: cols}
 }
 
 // Role is one role telemesh uses.
@@ -63,20 +102,29 @@ type Role struct {
 	Purpose string
 	// Owner marks the migrator: it owns every object and needs no grants.
 	Owner bool
-	// Grants are the role's table privileges, by table name.
+	// Grants are the role's table and column privileges, by table name.
 	Grants []Grant
 }
 
 // The tables the migrations create, by how the stages use them.
 var (
+	// definitionTables describe the fleet: what the operator curates with
+	// schema apply and devices.
+	definitionTables = []string{
+		"organizations", "device_types", "device_type_topics", "devices",
+		"parameter_definitions", "derived_parameter_definitions",
+	}
 	// catalogTables are what every stage loads into its catalog cache
 	// (internal/catalog) and keeps fresh.
-	catalogTables = []string{
-		"organizations", "device_types", "device_type_topics", "devices",
-		"parameter_definitions", "derived_parameter_definitions", "pipeline_switches",
-	}
+	catalogTables = append(slices.Clone(definitionTables), "pipeline_switches")
 	// dataTables hold what happened to each message.
 	dataTables = []string{"ingestion_messages", "device_telemetry_logs", "ingestion_stage_logs"}
+
+	// switchColumns are what ops.SetSwitch sets of a pipeline_switches row.
+	switchColumns = []string{"pipeline_enabled", "publish_analytics", "publish_invalid_events", "updated_by", "updated_at"}
+	// dueColumns are what a replay of publish_failed rows sets
+	// (ops.ReplayPublishFailed and ReplayPublishFailedRows).
+	dueColumns = []string{"next_publish_at", "updated_at"}
 )
 
 // Tables returns every table some role is granted privileges on.
@@ -94,9 +142,9 @@ func Roles() []Role {
 		}
 		return merge(append(g, extra...))
 	}
-	all := func(privs ...string) []Grant {
+	on := func(tables []string, privs ...string) []Grant {
 		var g []Grant
-		for _, t := range Tables() {
+		for _, t := range tables {
 			g = append(g, Grant{Table: t, Privileges: privs})
 		}
 		return g
@@ -112,8 +160,9 @@ func Roles() []Role {
 			Purpose: "telemesh serve gateway",
 			Grants: stage(
 				// Dead letters are inserted (gateway.go deadLetter); parked
-				// messages are claimed and put back (park.go).
-				Grant{Table: "ingestion_messages", Privileges: []string{Select, Insert, Update}},
+				// messages are claimed FOR UPDATE and put back (park.go),
+				// which changes their status alone.
+				Grant{Table: "ingestion_messages", Privileges: []string{Select, Insert}, Columns: updateOf("status", "updated_at")},
 			),
 		},
 		{
@@ -133,11 +182,16 @@ func Roles() []Role {
 			Name:    "persister",
 			Purpose: "telemesh serve persister",
 			Grants: stage(
-				// One transaction: upsert the messages, COPY the telemetry
-				// rows; rows the publisher could not take are marked
-				// publish_failed (services/persister/store.go).
-				Grant{Table: "ingestion_messages", Privileges: []string{Select, Insert, Update}},
-				Grant{Table: "device_telemetry_logs", Privileges: []string{Select, Insert, Update}},
+				// One transaction: upsert the messages, completing a parked
+				// one's row (insertMessages' ON CONFLICT), and COPY the
+				// telemetry rows; rows the publisher could not take are
+				// marked publish_failed (MarkPublishFailed), all in
+				// services/persister/store.go.
+				Grant{Table: "ingestion_messages", Privileges: []string{Select, Insert}, Columns: updateOf(
+					"organization_id", "device_id", "status", "halted_stage", "error_summary",
+					"delivery_attempts", "processed_at", "updated_at")},
+				Grant{Table: "device_telemetry_logs", Privileges: []string{Select, Insert}, Columns: updateOf(
+					"processing_state", "failure_reason", "next_publish_at", "publish_attempts", "updated_at")},
 			),
 		},
 		{
@@ -145,55 +199,107 @@ func Roles() []Role {
 			Purpose: "telemesh serve publisher",
 			Grants: stage(
 				// Marks rows processed or publish_failed; the retry loop
-				// claims due rows FOR UPDATE SKIP LOCKED.
-				Grant{Table: "device_telemetry_logs", Privileges: []string{Select, Update}},
+				// claims due rows FOR UPDATE SKIP LOCKED
+				// (services/publisher/store.go).
+				Grant{Table: "device_telemetry_logs", Privileges: []string{Select}, Columns: updateOf(
+					"processing_state", "failure_reason", "next_publish_at", "publish_attempts", "processed_at", "updated_at")},
 			),
 		},
 		{
 			Name:    "viewer",
-			Purpose: "telemesh serve viewer, telemesh status, doctor and trace: reads everything, flips the switches and replays",
-			Grants: merge(append(all(Select),
+			Purpose: "telemesh serve viewer, telemesh status, doctor and trace: reads everything, flips the switches and retries publishes",
+			Grants: merge(append(on(Tables(), Select),
 				// ops.SetSwitch upserts a switch row.
-				Grant{Table: "pipeline_switches", Privileges: []string{Insert, Update}},
-				// Replays reschedule publish_failed rows and re-park or
-				// re-queue messages (internal/ops/replay.go).
-				Grant{Table: "device_telemetry_logs", Privileges: []string{Update}},
-				Grant{Table: "ingestion_messages", Privileges: []string{Update}},
+				Grant{Table: "pipeline_switches", Privileges: []string{Insert}, Columns: updateOf(switchColumns...)},
+				// Retry makes publish_failed rows due now
+				// (internal/ops/replay.go, replay_rows.go).
+				Grant{Table: "device_telemetry_logs", Columns: updateOf(dueColumns...)},
 			)),
 		},
 		{
 			Name: "operator",
 			Purpose: "the operator commands (schema apply, devices, flags, replay, trace, status, doctor): " +
-				"reads and writes every table, never changes the schema",
-			Grants: all(Select, Insert, Update, Delete),
+				"reads every table, writes the catalog, flips the switches and replays; deletes nothing, never changes the schema",
+			Grants: merge(append(on(definitionTables, Select, Insert, Update),
+				Grant{Table: "pipeline_switches", Privileges: []string{Select, Insert}, Columns: updateOf(switchColumns...)},
+				// Replays re-park stale queued messages and note a dead
+				// letter's replay (internal/ops/replay.go); the rest of
+				// what happened to a message stays as it was recorded.
+				Grant{Table: "ingestion_messages", Privileges: []string{Select}, Columns: updateOf("status", "error_summary", "updated_at")},
+				Grant{Table: "device_telemetry_logs", Privileges: []string{Select}, Columns: updateOf(dueColumns...)},
+				Grant{Table: "ingestion_stage_logs", Privileges: []string{Select}},
+			)),
 		},
 	}
 }
 
-// merge folds grants on the same table together, sorted by table.
+// merge folds grants on the same table together, sorted by table. A
+// column privilege the table-wide one already covers is dropped.
 func merge(gs []Grant) []Grant {
-	by := map[string][]string{}
+	by := map[string]*Grant{}
+	var tables []string
 	for _, g := range gs {
+		m, ok := by[g.Table]
+		if !ok {
+			m = &Grant{Table: g.Table}
+			by[g.Table] = m
+			tables = append(tables, g.Table)
+		}
 		for _, p := range g.Privileges {
-			if !slices.Contains(by[g.Table], p) {
-				by[g.Table] = append(by[g.Table], p)
+			if !slices.Contains(m.Privileges, p) {
+				m.Privileges = append(m.Privileges, p)
+			}
+		}
+		for p, cols := range g.Columns {
+			for _, c := range cols {
+				if m.Columns == nil {
+					m.Columns = map[string][]string{}
+				}
+				if !slices.Contains(m.Columns[p], c) {
+					m.Columns[p] = append(m.Columns[p], c)
+				}
 			}
 		}
 	}
-	out := make([]Grant, 0, len(by))
-	for t, ps := range by {
-		slices.SortFunc(ps, comparePrivileges)
-		out = append(out, Grant{Table: t, Privileges: ps})
+	slices.Sort(tables)
+	out := make([]Grant, 0, len(tables))
+	for _, t := range tables {
+		m := by[t]
+		slices.SortFunc(m.Privileges, comparePrivileges)
+		for p := range m.Columns {
+			if slices.Contains(m.Privileges, p) {
+				delete(m.Columns, p)
+			}
+		}
+		if len(m.Columns) == 0 {
+			m.Columns = nil
+		}
+		out = append(out, *m)
 	}
-	slices.SortFunc(out, func(a, b Grant) int { return strings.Compare(a.Table, b.Table) })
 	return out
 }
 
 // comparePrivileges orders privileges as SQL lists them: SELECT, INSERT,
-// UPDATE, DELETE.
+// UPDATE, DELETE, then any other (TRUNCATE, REFERENCES, ...) by name.
 func comparePrivileges(a, b string) int {
 	order := []string{Select, Insert, Update, Delete}
-	return slices.Index(order, a) - slices.Index(order, b)
+	ia, ib := slices.Index(order, a), slices.Index(order, b)
+	switch {
+	case ia >= 0 && ib >= 0:
+		return ia - ib
+	case ia >= 0:
+		return -1
+	case ib >= 0:
+		return 1
+	}
+	return strings.Compare(a, b)
+}
+
+// sortPrivileges returns ps without repeats, in [comparePrivileges] order.
+func sortPrivileges(ps []string) []string {
+	out := slices.Clone(ps)
+	slices.SortFunc(out, comparePrivileges)
+	return slices.Compact(out)
 }
 
 // Options say how to apply the roles.
@@ -321,7 +427,7 @@ func (a *applier) run(ctx context.Context) error {
 	if err := a.exec(ctx, `select pg_advisory_xact_lock(hashtext('telemesh_roles'))`); err != nil {
 		return err
 	}
-	if err := a.checkTables(ctx); err != nil {
+	if err := checkTables(ctx, a.tx, a.o.Schema); err != nil {
 		return err
 	}
 	for _, r := range Roles() {
@@ -343,10 +449,10 @@ func (a *applier) run(ctx context.Context) error {
 	return nil
 }
 
-// checkTables makes sure every table the grants name exists.
-func (a *applier) checkTables(ctx context.Context) error {
-	rows, err := a.tx.Query(ctx, `select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
-		where n.nspname = $1 and c.relname = any($2) and c.relkind in ('r', 'p')`, a.o.Schema, Tables())
+// checkTables makes sure every table the grants name exists in schema.
+func checkTables(ctx context.Context, q Querier, schema string) error {
+	rows, err := q.Query(ctx, `select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+		where n.nspname = $1 and c.relname = any($2) and c.relkind in ('r', 'p')`, schema, Tables())
 	if err != nil {
 		return fmt.Errorf("roles: list tables: %w", err)
 	}
@@ -361,7 +467,7 @@ func (a *applier) checkTables(ctx context.Context) error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%w: schema %s has no %s", ErrNotMigrated, a.o.Schema, strings.Join(missing, ", "))
+		return fmt.Errorf("%w: schema %s has no %s", ErrNotMigrated, schema, strings.Join(missing, ", "))
 	}
 	return nil
 }
@@ -540,73 +646,212 @@ func (a *applier) ownership(ctx context.Context) error {
 }
 
 // grants brings the role's privileges on the relations of the schema to
-// exactly those of r.Grants.
+// exactly those of r.Grants: first the table-wide ones, then the column
+// ones, read again because revoking a table-wide privilege also revokes it
+// from every column.
 func (a *applier) grants(ctx context.Context, r Role) error {
 	name := a.o.RoleName(r.Name)
 	ident := pgx.Identifier{name}.Sanitize()
-	rows, err := a.tx.Query(ctx, `select c.relname, x.privilege_type
-		from pg_class c join pg_namespace n on n.oid = c.relnamespace, aclexplode(c.relacl) x
-		where n.nspname = $1 and c.relkind in ('r', 'p', 'v', 'm', 'f')
-		  and x.grantee = (select oid from pg_roles where rolname = $2) and c.relowner <> x.grantee`, a.o.Schema, name)
+	have, err := readGrants(ctx, a.tx, a.o.Schema, name)
 	if err != nil {
-		return fmt.Errorf("roles: privileges of %s: %w", name, err)
+		return err
 	}
-	have := map[string][]string{}
-	for rows.Next() {
-		var table, priv string
-		if err := rows.Scan(&table, &priv); err != nil {
-			rows.Close()
-			return fmt.Errorf("roles: privileges of %s: %w", name, err)
-		}
-		have[table] = append(have[table], priv)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("roles: privileges of %s: %w", name, err)
-	}
-	want := map[string][]string{}
-	for _, g := range r.Grants {
-		want[g.Table] = g.Privileges
-	}
-	tables := make([]string, 0, len(have)+len(want))
-	for t := range have {
-		tables = append(tables, t)
-	}
-	for t := range want {
-		if _, ok := have[t]; !ok {
-			tables = append(tables, t)
-		}
-	}
-	slices.Sort(tables)
-	for _, t := range tables {
-		var grant, revoke []string
-		for _, p := range want[t] {
-			if !slices.Contains(have[t], p) {
-				grant = append(grant, p)
-			}
-		}
-		for _, p := range have[t] {
-			if !slices.Contains(want[t], p) {
-				revoke = append(revoke, p)
-			}
-		}
-		slices.SortFunc(grant, comparePrivileges)
-		slices.SortFunc(revoke, comparePrivileges)
+	d := diff(r.Grants, have)
+	for _, t := range d.tables() {
 		table := pgx.Identifier{a.o.Schema, t}.Sanitize()
-		if len(revoke) > 0 {
+		if revoke := d.revoke[t].Privileges; len(revoke) > 0 {
 			if err := a.exec(ctx, "REVOKE "+strings.Join(revoke, ", ")+" ON TABLE "+table+" FROM "+ident); err != nil {
 				return err
 			}
 			a.changed("%s: revoked %s on %s", name, strings.Join(revoke, ", "), t)
 		}
-		if len(grant) > 0 {
+		if grant := d.grant[t].Privileges; len(grant) > 0 {
 			if err := a.exec(ctx, "GRANT "+strings.Join(grant, ", ")+" ON TABLE "+table+" TO "+ident); err != nil {
 				return err
 			}
 			a.changed("%s: granted %s on %s", name, strings.Join(grant, ", "), t)
 		}
 	}
+
+	if have, err = readGrants(ctx, a.tx, a.o.Schema, name); err != nil {
+		return err
+	}
+	d = diff(r.Grants, have)
+	for _, t := range d.tables() {
+		table := pgx.Identifier{a.o.Schema, t}.Sanitize()
+		var privs []string
+		for p := range d.revoke[t].Columns {
+			privs = append(privs, p)
+		}
+		for p := range d.grant[t].Columns {
+			privs = append(privs, p)
+		}
+		for _, p := range sortPrivileges(privs) {
+			if cols := d.revoke[t].Columns[p]; len(cols) > 0 {
+				if err := a.exec(ctx, "REVOKE "+p+" ("+columnList(cols)+") ON TABLE "+table+" FROM "+ident); err != nil {
+					return err
+				}
+				a.changed("%s: revoked %s (%s) on %s", name, p, strings.Join(cols, ", "), t)
+			}
+			if cols := d.grant[t].Columns[p]; len(cols) > 0 {
+				if err := a.exec(ctx, "GRANT "+p+" ("+columnList(cols)+") ON TABLE "+table+" TO "+ident); err != nil {
+					return err
+				}
+				a.changed("%s: granted %s (%s) on %s", name, p, strings.Join(cols, ", "), t)
+			}
+		}
+	}
 	return nil
+}
+
+// columnList quotes columns for a GRANT or REVOKE.
+func columnList(cols []string) string {
+	q := make([]string, len(cols))
+	for i, c := range cols {
+		q[i] = pgx.Identifier{c}.Sanitize()
+	}
+	return strings.Join(q, ", ")
+}
+
+// Querier runs queries: a pgx.Tx, a *pgx.Conn or a *pgxpool.Pool.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// readGrants returns the table and column privileges role holds on the
+// relations of schema, by table, as [merge] orders them. Privileges an
+// owner holds by owning are not grants and are left out.
+func readGrants(ctx context.Context, q Querier, schema, role string) ([]Grant, error) {
+	rows, err := q.Query(ctx, `
+		select c.relname, null::text, x.privilege_type, 0
+		from pg_class c join pg_namespace n on n.oid = c.relnamespace, aclexplode(c.relacl) x
+		where n.nspname = $1 and c.relkind in ('r', 'p', 'v', 'm', 'f')
+		  and x.grantee = (select oid from pg_roles where rolname = $2) and c.relowner <> x.grantee
+		union all
+		select c.relname, a.attname::text, x.privilege_type, a.attnum
+		from pg_class c join pg_namespace n on n.oid = c.relnamespace
+			join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped, aclexplode(a.attacl) x
+		where n.nspname = $1 and c.relkind in ('r', 'p', 'v', 'm', 'f')
+		  and x.grantee = (select oid from pg_roles where rolname = $2) and c.relowner <> x.grantee
+		order by 1, 4`, schema, role)
+	if err != nil {
+		return nil, fmt.Errorf("roles: privileges of %s: %w", role, err)
+	}
+	var gs []Grant
+	for rows.Next() {
+		var (
+			table, priv string
+			column      *string
+			attnum      int
+		)
+		if err := rows.Scan(&table, &column, &priv, &attnum); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("roles: privileges of %s: %w", role, err)
+		}
+		g := Grant{Table: table}
+		if column == nil {
+			g.Privileges = []string{priv}
+		} else {
+			g.Columns = map[string][]string{priv: {*column}}
+		}
+		gs = append(gs, g)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("roles: privileges of %s: %w", role, err)
+	}
+	return mergeHeld(gs), nil
+}
+
+// mergeHeld folds privileges read from the database together like [merge],
+// but keeps a column privilege beside the table-wide one: both are held,
+// and revoking one leaves the other.
+func mergeHeld(gs []Grant) []Grant {
+	byTable := map[string]map[string][]string{}
+	for _, g := range gs {
+		for p, cols := range g.Columns {
+			if byTable[g.Table] == nil {
+				byTable[g.Table] = map[string][]string{}
+			}
+			byTable[g.Table][p] = append(byTable[g.Table][p], cols...)
+		}
+	}
+	out := merge(gs)
+	for i := range out {
+		if cols := byTable[out[i].Table]; cols != nil {
+			out[i].Columns = cols
+		}
+	}
+	return out
+}
+
+// grantDiff is what it takes to go from the privileges held to those
+// wanted, by table.
+type grantDiff struct {
+	grant, revoke map[string]Grant
+}
+
+// tables returns the tables with something to grant or revoke, sorted.
+func (d grantDiff) tables() []string {
+	var ts []string
+	for t := range d.grant {
+		ts = append(ts, t)
+	}
+	for t := range d.revoke {
+		if _, ok := d.grant[t]; !ok {
+			ts = append(ts, t)
+		}
+	}
+	slices.Sort(ts)
+	return ts
+}
+
+// diff compares the privileges wanted with those held. Column lists keep
+// the order of want (for grants) and of have (for revokes).
+func diff(want, have []Grant) grantDiff {
+	d := grantDiff{grant: map[string]Grant{}, revoke: map[string]Grant{}}
+	index := func(gs []Grant) map[string]Grant {
+		m := map[string]Grant{}
+		for _, g := range gs {
+			m[g.Table] = g
+		}
+		return m
+	}
+	w, h := index(want), index(have)
+	// missing returns what a holds and b lacks.
+	missing := func(a, b Grant) Grant {
+		out := Grant{Table: a.Table}
+		for _, p := range a.Privileges {
+			if !slices.Contains(b.Privileges, p) {
+				out.Privileges = append(out.Privileges, p)
+			}
+		}
+		slices.SortFunc(out.Privileges, comparePrivileges)
+		for p, cols := range a.Columns {
+			for _, c := range cols {
+				if !slices.Contains(b.Columns[p], c) {
+					if out.Columns == nil {
+						out.Columns = map[string][]string{}
+					}
+					out.Columns[p] = append(out.Columns[p], c)
+				}
+			}
+		}
+		return out
+	}
+	empty := func(g Grant) bool { return len(g.Privileges) == 0 && len(g.Columns) == 0 }
+	for t, g := range w {
+		if m := missing(g, h[t]); !empty(m) {
+			d.grant[t] = m
+		}
+	}
+	for t, g := range h {
+		if m := missing(g, w[t]); !empty(m) {
+			d.revoke[t] = m
+		}
+	}
+	return d
 }
 
 // Drop removes the roles with o's prefix from the server: what the

@@ -13,11 +13,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/telemesh/telemesh/internal/demo"
+	"github.com/telemesh/telemesh/internal/ops"
+	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/roles"
+	"github.com/telemesh/telemesh/internal/schema"
 	"github.com/telemesh/telemesh/internal/testdb"
+	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/services/deriver"
+	"github.com/telemesh/telemesh/services/validator"
 )
 
 // testOptions returns options with a prefix of this test's own, and drops
@@ -98,7 +108,8 @@ func TestEachRoleHasOnlyTheGrantsItNeeds(t *testing.T) {
 			allowed: []string{
 				`select count(*) from devices`, `select count(*) from pipeline_switches`, insertStageLog,
 				insertMessage + ` on conflict (dedupe_key) do nothing`,
-				`update ingestion_messages m set status = 'queued' where m.id in (select id from ingestion_messages where status = 'parked' for update skip locked)`,
+				`update ingestion_messages m set status = 'queued', updated_at = now() where m.id in (select id from ingestion_messages where status = 'parked' for update skip locked)`,
+				`update ingestion_messages set status = 'parked', updated_at = now() where id = any('{}') and status = 'queued'`,
 			},
 			forbidden: []string{insertTelemetry, `delete from devices`, `update pipeline_switches set pipeline_enabled = false`,
 				`select count(*) from device_telemetry_logs`, `create table gateway_was_here (i int)`},
@@ -115,16 +126,23 @@ func TestEachRoleHasOnlyTheGrantsItNeeds(t *testing.T) {
 		},
 		{
 			role: "persister",
-			allowed: []string{insertMessage + ` on conflict (dedupe_key) do update set status = excluded.status where ingestion_messages.status in ('parked', 'queued') returning id`,
+			allowed: []string{insertMessage + ` on conflict (dedupe_key) do update set organization_id = excluded.organization_id,
+					device_id = excluded.device_id, status = excluded.status, halted_stage = excluded.halted_stage,
+					error_summary = excluded.error_summary, delivery_attempts = excluded.delivery_attempts,
+					processed_at = excluded.processed_at, updated_at = now()
+				where ingestion_messages.status in ('parked', 'queued') returning id, dedupe_key`,
 				insertTelemetry, insertStageLog,
-				`update device_telemetry_logs set processing_state = 'publish_failed' where id = any('{}') and processing_state = 'pending'`},
+				`update device_telemetry_logs set processing_state = 'publish_failed', failure_reason = 'x', next_publish_at = now(),
+					publish_attempts = publish_attempts + 1, updated_at = now()
+				where id = any('{}') and processing_state = 'pending'`},
 			forbidden: []string{`delete from device_telemetry_logs`, `delete from ingestion_messages`, `update devices set is_active = false`, insertOrganization},
 		},
 		{
 			role: "publisher",
 			allowed: []string{`select t.id, d.external_id from device_telemetry_logs t left join devices d on d.id = t.device_id
 					where t.processing_state in ('pending', 'publish_failed') for update of t skip locked`,
-				`update device_telemetry_logs set processing_state = 'processed' where false`, insertStageLog},
+				`update device_telemetry_logs t set processing_state = 'processed', failure_reason = null, next_publish_at = null,
+					publish_attempts = t.publish_attempts + 1, processed_at = now(), updated_at = now() where false`, insertStageLog},
 			forbidden: []string{insertTelemetry, insertMessage, `update ingestion_messages set status = 'completed'`, `delete from device_telemetry_logs`},
 		},
 		{
@@ -132,14 +150,16 @@ func TestEachRoleHasOnlyTheGrantsItNeeds(t *testing.T) {
 			allowed: []string{`select count(*) from ingestion_messages`, `select count(*) from ingestion_stage_logs`, `select count(*) from device_telemetry_logs`,
 				`insert into pipeline_switches (organization_id, pipeline_enabled, updated_by) values (null, false, 'viewer')
 					on conflict (organization_id) do update set pipeline_enabled = excluded.pipeline_enabled`,
-				`update device_telemetry_logs set next_publish_at = now() where processing_state = 'publish_failed'`,
-				`update ingestion_messages set status = 'parked' where status = 'queued'`},
+				`update device_telemetry_logs set next_publish_at = now(), updated_at = now() where processing_state = 'publish_failed'`},
 			forbidden: []string{`delete from ingestion_messages`, `insert into devices (organization_id, device_type_id, external_id) values (gen_random_uuid(), gen_random_uuid(), 'x')`,
 				insertTelemetry, insertStageLog, `update devices set is_active = false`},
 		},
 		{
-			role:    "operator",
-			allowed: []string{insertOrganization, `delete from devices where false`, `update devices set is_active = true where false`, `delete from ingestion_messages where false`},
+			role: "operator",
+			allowed: []string{insertOrganization, `update devices set is_active = true, updated_at = now() where false`,
+				`update ingestion_messages set status = 'parked', updated_at = now() where status = 'queued'`,
+				`update ingestion_messages set error_summary = error_summary || ' (replayed)', updated_at = now() where false`,
+				`update device_telemetry_logs set next_publish_at = now(), updated_at = now() where processing_state = 'publish_failed'`},
 			forbidden: []string{`create table operator_was_here (i int)`, `drop table devices`, `truncate ingestion_messages`,
 				`select telemesh_drop_partitions_before('device_telemetry_logs', current_date + 1)`,
 				`select telemesh_ensure_partitions('device_telemetry_logs', current_date + 40, current_date + 40)`, `alter table devices add column x int`},
@@ -214,11 +234,16 @@ func TestApplyIsIdempotentAndConverges(t *testing.T) {
 		t.Errorf("a second apply changed:\n%s", strings.Join(again.Changes, "\n"))
 	}
 
-	// Drift is put right: an extra grant, a lost grant, a role attribute.
+	// Drift is put right: an extra grant, a lost grant, a role attribute,
+	// an extra and a lost column, and a whole-row UPDATE where columns are
+	// due (what roles applied by an older telemesh hold).
 	for _, sql := range []string{
 		`grant delete on devices to ` + o.RoleName("validator"),
 		`revoke insert on ingestion_stage_logs from ` + o.RoleName("deriver"),
 		`alter role ` + o.RoleName("publisher") + ` createdb`,
+		`grant update (raw_payload) on ingestion_messages to ` + o.RoleName("gateway"),
+		`revoke update (failure_reason) on device_telemetry_logs from ` + o.RoleName("publisher"),
+		`grant update on device_telemetry_logs to ` + o.RoleName("viewer"),
 	} {
 		if _, err := db.Pool.Exec(t.Context(), sql); err != nil {
 			t.Fatal(err)
@@ -232,6 +257,10 @@ func TestApplyIsIdempotentAndConverges(t *testing.T) {
 		o.RoleName("publisher") + ": set NOCREATEDB",
 		o.RoleName("validator") + ": revoked DELETE on devices",
 		o.RoleName("deriver") + ": granted INSERT on ingestion_stage_logs",
+		o.RoleName("gateway") + ": revoked UPDATE (raw_payload) on ingestion_messages",
+		o.RoleName("publisher") + ": granted UPDATE (failure_reason) on device_telemetry_logs",
+		o.RoleName("viewer") + ": revoked UPDATE on device_telemetry_logs",
+		o.RoleName("viewer") + ": granted UPDATE (next_publish_at, updated_at) on device_telemetry_logs",
 	}
 	for _, w := range want {
 		if !slices.Contains(fixed.Changes, w) {
@@ -380,5 +409,325 @@ func TestOptionsCheck(t *testing.T) {
 				t.Fatalf("Check() = %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// Forbidden writes, built so that only the missing privilege can refuse
+// them: no column is read and no row is touched, so a role that held the
+// privilege would get no error at all.
+func insertInto(table string) string { return `insert into ` + table + ` default values` }
+func deleteFrom(table string) string { return `delete from ` + table + ` where false` }
+func updateSet(table, column string) string {
+	return `update ` + table + ` set ` + column + ` = null where false`
+}
+
+// TestEveryRoleIsRefusedWritesItDoesNotNeed tries, for every role and
+// every table, writes the role has no use for (an insert, an update of a
+// column its queries never set, a delete) and expects each refused with
+// insufficient_privilege.
+func TestEveryRoleIsRefusedWritesItDoesNotNeed(t *testing.T) {
+	db := testdb.New(t)
+	o := testOptions(t, db)
+	if _, err := roles.Apply(t.Context(), db.Pool, o); err != nil {
+		t.Fatal(err)
+	}
+	catalog := []string{"organizations", "device_types", "device_type_topics", "devices",
+		"parameter_definitions", "derived_parameter_definitions", "pipeline_switches"}
+	// noWrites are the writes of a role that only reads a table.
+	noWrites := func(table, column string) []string {
+		return []string{insertInto(table), updateSet(table, column), deleteFrom(table)}
+	}
+	// readOnlyCatalog is every write to the catalog, which the stages only read.
+	readOnlyCatalog := func() []string {
+		var w []string
+		for _, table := range catalog {
+			w = append(w, noWrites(table, "updated_at")...)
+		}
+		return w
+	}
+	// stageLogs: a stage appends its rows and never changes them.
+	stageLogs := []string{updateSet("ingestion_stage_logs", "status"), deleteFrom("ingestion_stage_logs")}
+	tests := map[string][]string{
+		"gateway": append(readOnlyCatalog(), append(stageLogs,
+			// It inserts dead letters and parks and resumes messages:
+			// status alone changes, never what a message carried.
+			updateSet("ingestion_messages", "raw_payload"), updateSet("ingestion_messages", "dedupe_key"),
+			updateSet("ingestion_messages", "error_summary"), deleteFrom("ingestion_messages"),
+			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "processing_state"), deleteFrom("device_telemetry_logs"))...),
+		"validator": append(readOnlyCatalog(), append(stageLogs,
+			insertInto("ingestion_messages"), updateSet("ingestion_messages", "status"), deleteFrom("ingestion_messages"),
+			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "processing_state"), deleteFrom("device_telemetry_logs"))...),
+		"deriver": append(readOnlyCatalog(), append(stageLogs,
+			insertInto("ingestion_messages"), updateSet("ingestion_messages", "status"), deleteFrom("ingestion_messages"),
+			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "transformed_values"), deleteFrom("device_telemetry_logs"))...),
+		"persister": append(readOnlyCatalog(), append(stageLogs,
+			// It completes a parked message's row, never rewriting what
+			// was received; of a telemetry row it changes the publish state.
+			updateSet("ingestion_messages", "raw_payload"), updateSet("ingestion_messages", "dedupe_key"),
+			updateSet("ingestion_messages", "received_at"), deleteFrom("ingestion_messages"),
+			updateSet("device_telemetry_logs", "transformed_values"), updateSet("device_telemetry_logs", "raw_payload"),
+			updateSet("device_telemetry_logs", "processed_at"), deleteFrom("device_telemetry_logs"))...),
+		"publisher": append(readOnlyCatalog(), append(stageLogs,
+			insertInto("ingestion_messages"), updateSet("ingestion_messages", "status"), deleteFrom("ingestion_messages"),
+			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "transformed_values"),
+			updateSet("device_telemetry_logs", "raw_payload"), updateSet("device_telemetry_logs", "device_id"), deleteFrom("device_telemetry_logs"))...),
+		"viewer": {
+			insertInto("organizations"), updateSet("organizations", "name"), deleteFrom("organizations"),
+			insertInto("device_types"), updateSet("device_types", "base_topic"), deleteFrom("device_types"),
+			insertInto("device_type_topics"), updateSet("device_type_topics", "suffix"), deleteFrom("device_type_topics"),
+			insertInto("devices"), updateSet("devices", "is_active"), deleteFrom("devices"),
+			insertInto("parameter_definitions"), updateSet("parameter_definitions", "json_path"), deleteFrom("parameter_definitions"),
+			insertInto("derived_parameter_definitions"), updateSet("derived_parameter_definitions", "expression"), deleteFrom("derived_parameter_definitions"),
+			// It flips switches, nothing else of the row.
+			updateSet("pipeline_switches", "organization_id"), deleteFrom("pipeline_switches"),
+			// It reads messages and only makes publish_failed rows due.
+			insertInto("ingestion_messages"), updateSet("ingestion_messages", "raw_payload"), updateSet("ingestion_messages", "status"),
+			deleteFrom("ingestion_messages"),
+			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "transformed_values"),
+			updateSet("device_telemetry_logs", "raw_payload"), updateSet("device_telemetry_logs", "processing_state"), deleteFrom("device_telemetry_logs"),
+			insertInto("ingestion_stage_logs"), updateSet("ingestion_stage_logs", "status"), deleteFrom("ingestion_stage_logs"),
+		},
+		"operator": {
+			// It curates the catalog and flips switches, and deletes
+			// nothing: devices are retired with deleted_at.
+			deleteFrom("organizations"), deleteFrom("device_types"), deleteFrom("device_type_topics"), deleteFrom("devices"),
+			deleteFrom("parameter_definitions"), deleteFrom("derived_parameter_definitions"),
+			updateSet("pipeline_switches", "organization_id"), deleteFrom("pipeline_switches"),
+			// Replays change a message's status and note, and a row's
+			// next publish; what happened stays as it was recorded.
+			insertInto("ingestion_messages"), updateSet("ingestion_messages", "raw_payload"), deleteFrom("ingestion_messages"),
+			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "transformed_values"),
+			updateSet("device_telemetry_logs", "processing_state"), deleteFrom("device_telemetry_logs"),
+			insertInto("ingestion_stage_logs"), updateSet("ingestion_stage_logs", "status"), deleteFrom("ingestion_stage_logs"),
+		},
+	}
+	for _, r := range roles.Roles() {
+		if r.Owner {
+			continue
+		}
+		forbidden, ok := tests[r.Name]
+		if !ok {
+			t.Errorf("no forbidden writes listed for role %s", r.Name)
+			continue
+		}
+		// Every table has at least one write the role is refused.
+		for _, table := range roles.Tables() {
+			if !slices.ContainsFunc(forbidden, func(sql string) bool { return strings.Contains(sql, " "+table+" ") }) {
+				t.Errorf("role %s: no forbidden write on %s listed", r.Name, table)
+			}
+		}
+		t.Run(r.Name, func(t *testing.T) {
+			conn := connectAs(t, db, o.RoleName(r.Name))
+			for _, sql := range forbidden {
+				if err := try(t.Context(), conn, sql); sqlState(err) != "42501" {
+					t.Errorf("%s: %s\nerr = %v, want insufficient_privilege (42501)", r.Name, sql, err)
+				}
+			}
+		})
+	}
+}
+
+// rolePool opens a pool on db as role, closed when the test ends.
+func rolePool(t *testing.T, db *testdb.DB, role string) *pgxpool.Pool {
+	t.Helper()
+	u, err := url.Parse(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	pool, err := pg.Open(t.Context(), u.String(), pg.Options{ApplicationName: "roles-test", MaxConns: 2})
+	if err != nil {
+		t.Fatalf("connect as %s: %v", role, err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// TestViewerAndOperatorDoTheirWork runs what the viewer and the operator
+// commands really run, through the same functions, connected as their
+// roles: every write they need is granted. (The stages' work runs under
+// their roles in internal/app's TestMeshWithMTLSAndStageRoles.)
+func TestViewerAndOperatorDoTheirWork(t *testing.T) {
+	db := testdb.New(t)
+	o := testOptions(t, db)
+	if _, err := roles.Apply(t.Context(), db.Pool, o); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if err := demo.Seed(ctx, db.Pool); err != nil {
+		t.Fatal(err)
+	}
+	// What replays find: a publish_failed row, a message left queued by a
+	// crashed gateway, and a dead letter.
+	var failedRow, deadLetter uuid.UUID
+	err := db.Pool.QueryRow(ctx, `insert into device_telemetry_logs (recorded_at, received_at, device_id, topic, ingestion_message_id,
+			validation_status, processing_state, failure_reason, next_publish_at)
+		select now(), now(), d.id, 'telemetry', gen_random_uuid(), 'valid', 'publish_failed', 'nats down', now() + interval '1 hour'
+		from devices d where d.external_id = 'thermo-01' returning id`).Scan(&failedRow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`insert into ingestion_messages (organization_id, source_subject, dedupe_key, status, received_at, updated_at)
+			select id, 'devices.thermo-01.telemetry', 'roles-queued', 'queued', now() - interval '1 hour', now() - interval '1 hour'
+			from organizations where slug = 'acme'`,
+	} {
+		if _, err := db.Pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = db.Pool.QueryRow(ctx, `insert into ingestion_messages (source_subject, dedupe_key, raw_payload, status, halted_stage,
+			error_summary, received_at)
+		values ('devices.thermo-01.telemetry', 'roles-dead', '{"temp_c": 1}', 'failed_terminal', 'ingress',
+			'dead-lettered after 10 deliveries: unavailable', now()) returning id`).Scan(&deadLetter)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("viewer", func(t *testing.T) {
+		pool := rolePool(t, db, o.RoleName("viewer"))
+		for _, org := range []string{"", "acme"} {
+			if err := ops.SetSwitch(ctx, pool, org, "publish_analytics", false, "viewer"); err != nil {
+				t.Errorf("set a switch (organization %q): %v", org, err)
+			}
+			if err := ops.SetSwitch(ctx, pool, org, "publish_analytics", true, "viewer"); err != nil {
+				t.Errorf("set a switch back (organization %q): %v", org, err)
+			}
+		}
+		if _, err := ops.GetSwitches(ctx, pool, ""); err != nil {
+			t.Errorf("read the switches: %v", err)
+		}
+		if n, err := ops.ReplayPublishFailed(ctx, pool, ops.Filter{}); err != nil || n != 1 {
+			t.Errorf("retry every publish_failed row: %d, %v; want 1", n, err)
+		}
+		if n, err := ops.ReplayPublishFailedRows(ctx, pool, []uuid.UUID{failedRow}); err != nil || n != 1 {
+			t.Errorf("retry one row: %d, %v; want 1", n, err)
+		}
+		if _, err := ops.TraceMessage(ctx, pool, deadLetter.String()); err != nil {
+			t.Errorf("trace a message: %v", err)
+		}
+	})
+
+	t.Run("operator", func(t *testing.T) {
+		pool := rolePool(t, db, o.RoleName("operator"))
+		f, err := schema.Parse([]byte(`
+organization: roles-test
+device_types:
+  - name: probe
+    topics:
+      - suffix: telemetry
+        parameters:
+          - {key: temp_c, json_path: $.temp_c, type: decimal, required: true}
+        derived:
+          - {key: temp_f, type: decimal, expression: {"+": [{"*": [{var: temp_c}, 1.8]}, 32]}}
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Twice: the second run updates every row the first inserted.
+		for range 2 {
+			checks := schema.Checks{Parameter: validator.ValidateDefinition, Topic: deriver.CheckDefinitions}
+			if _, err := schema.Apply(ctx, pool, f, checks); err != nil {
+				t.Fatalf("schema apply: %v", err)
+			}
+		}
+		// What `telemesh devices add` and `deactivate` run.
+		if _, err := pool.Exec(ctx, `insert into devices (organization_id, device_type_id, external_id, name, is_active)
+			select o.id, t.id, $3, $3, true from organizations o join device_types t on t.organization_id = o.id
+			where o.slug = $1 and t.name = $2`, "roles-test", "probe", "probe-01"); err != nil {
+			t.Errorf("add a device: %v", err)
+		}
+		if _, err := pool.Exec(ctx, `update devices set is_active = $2, updated_at = now()
+			where deleted_at is null and (external_id = $1 or id::text = $1)`, "probe-01", false); err != nil {
+			t.Errorf("deactivate a device: %v", err)
+		}
+		if err := ops.SetSwitch(ctx, pool, "acme", "pipeline.enabled", true, "operator"); err != nil {
+			t.Errorf("set a switch: %v", err)
+		}
+		if n, err := ops.ReplayPublishFailed(ctx, pool, ops.Filter{Device: "thermo-01"}); err != nil || n != 1 {
+			t.Errorf("replay publish-failed: %d, %v; want 1", n, err)
+		}
+		if n, err := ops.Repark(ctx, pool, ops.Filter{Organization: "acme"}); err != nil || n != 1 {
+			t.Errorf("replay parked (re-park a stale queued message): %d, %v; want 1", n, err)
+		}
+		dls, err := ops.DeadLetters(ctx, pool, ops.Filter{})
+		if err != nil || len(dls) != 1 {
+			t.Fatalf("dead letters: %v, %v; want 1", dls, err)
+		}
+		_, js := testnats.New(t).Connect(t)
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TELEMETRY", Subjects: demo.Subjects}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ops.ReplayDeadLetter(ctx, pool, js, dls[0]); err != nil {
+			t.Errorf("replay a dead letter: %v", err)
+		}
+		if _, err := ops.TraceMessage(ctx, pool, deadLetter.String()); err != nil {
+			t.Errorf("trace a message: %v", err)
+		}
+	})
+}
+
+func TestInspect(t *testing.T) {
+	db := testdb.New(t)
+	o := testOptions(t, db)
+	states, err := roles.Inspect(t.Context(), db.Pool, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != len(roles.Roles()) {
+		t.Fatalf("%d states for %d roles", len(states), len(roles.Roles()))
+	}
+	for _, s := range states {
+		if s.Exists {
+			t.Errorf("%s exists before apply", s.Name)
+		}
+	}
+	if _, err := roles.Apply(t.Context(), db.Pool, o); err != nil {
+		t.Fatal(err)
+	}
+	states, err = roles.Inspect(t.Context(), db.Pool, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range states {
+		if !s.Exists || len(s.Differences) > 0 {
+			t.Errorf("%s after apply: exists %v, differences %q", s.Name, s.Exists, s.Differences)
+		}
+	}
+
+	for _, sql := range []string{
+		`grant delete on devices to ` + o.RoleName("validator"),
+		`grant update on ingestion_messages to ` + o.RoleName("viewer"),
+		`revoke update (failure_reason) on device_telemetry_logs from ` + o.RoleName("publisher"),
+		`alter role ` + o.RoleName("deriver") + ` createrole`,
+		`create table migrator_does_not_own (i int)`,
+	} {
+		if _, err := db.Pool.Exec(t.Context(), sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	states, err = roles.Inspect(t.Context(), db.Pool, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{
+		"validator": {"also DELETE on devices"},
+		"viewer":    {"also UPDATE on ingestion_messages"},
+		"publisher": {"lacks UPDATE (failure_reason) on device_telemetry_logs"},
+		"deriver":   {"needs NOCREATEROLE"},
+		"migrator":  {"does not own 1 object of schema public"},
+	}
+	for _, s := range states {
+		if !slices.Equal(s.Differences, want[s.Role.Name]) {
+			t.Errorf("%s after drift: %q, want %q", s.Name, s.Differences, want[s.Role.Name])
+		}
+	}
+
+	// Read-only: the viewer may inspect too.
+	if _, err := roles.Inspect(t.Context(), connectAs(t, db, o.RoleName("viewer")), o); err != nil {
+		t.Errorf("inspect as the viewer: %v", err)
+	}
+	if _, err := roles.Inspect(t.Context(), testdb.NewEmpty(t).Pool, o); !errors.Is(err, roles.ErrNotMigrated) {
+		t.Errorf("inspect an unmigrated database: %v, want ErrNotMigrated", err)
 	}
 }

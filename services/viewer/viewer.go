@@ -49,7 +49,7 @@ var ErrConfig = errors.New("invalid viewer configuration")
 
 // ErrNoToken is returned for a change (a retry, a switch) asked of a viewer
 // that has no token configured: such a viewer is read-only.
-var ErrNoToken = errors.New("this viewer has no token configured (TELEMESH_VIEWER_TOKEN or --viewer-token), so it is read-only")
+var ErrNoToken = errors.New("this viewer has no token configured (TELEMESH_VIEWER_TOKEN or --viewer-token-file), so it is read-only")
 
 // ErrUnauthorized is returned for a change asked without the viewer's token,
 // or with another one.
@@ -71,9 +71,11 @@ var ErrAlreadyRun = errors.New("viewer already run")
 type Config struct {
 	// Listen is the HTTP address, host:port (port 0 picks a free one).
 	Listen string
-	// AdminListen, if set, serves /metrics, /healthz, /readyz and pprof on
-	// a second port, as every stage does.
+	// AdminListen, if set, serves /metrics, /healthz and /readyz on a
+	// second port, as every stage does.
 	AdminListen string
+	// Pprof also serves the runtime profiles on the admin port.
+	Pprof bool
 	// Token, if set, allows retries and switch changes to the requests that
 	// carry it as "Authorization: Bearer <token>". Empty leaves the viewer
 	// read-only.
@@ -257,7 +259,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Server, error) {
 	}
 	s.ln = ln
 	if cfg.AdminListen != "" {
-		adm, err := admin.New(cfg.AdminListen, s.reg, logger)
+		adm, err := admin.New(cfg.AdminListen, s.reg, logger, admin.WithPprof(cfg.Pprof))
 		if err != nil {
 			_ = ln.Close()
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)

@@ -247,7 +247,7 @@
   // and forgets a token the viewer refuses.
   async function withToken(action) {
     if (state.meta.read_only) {
-      toast('This viewer is read-only: start it with TELEMESH_VIEWER_TOKEN (or --viewer-token) to retry and change switches.', true);
+      toast('This viewer is read-only: start it with TELEMESH_VIEWER_TOKEN (or --viewer-token-file) to retry and change switches.', true);
       return undefined;
     }
     if (!state.token && !(await askToken())) return undefined;
