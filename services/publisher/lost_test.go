@@ -186,7 +186,7 @@ func (s *stage) count(sql string, args ...any) int {
 	return n
 }
 
-// distinct returns the distinct values of list, sorted as given.
+// distinct returns the distinct values of list, in the order first seen.
 func distinct(list []string) []string {
 	seen := map[string]bool{}
 	var out []string
