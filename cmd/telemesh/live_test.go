@@ -2,13 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/services/publisher"
 )
 
 // run runs the built binary against the live mesh and returns its stdout,
@@ -209,6 +209,7 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 
 	t.Run("replay publish-failed", func(t *testing.T) {
 		ctx := t.Context()
+		published := lm.deviceStates(t)
 		if err := lm.js.DeleteKeyValue(ctx, "device-states"); err != nil {
 			t.Fatalf("delete KV bucket: %v", err)
 		}
@@ -220,8 +221,20 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 			t.Errorf("doctor with the KV bucket gone: exit %d, want 5:\n%s", code, out)
 		}
 
-		if _, err := lm.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "device-states"}); err != nil {
-			t.Fatalf("restore KV bucket: %v", err)
+		// The fix names the command that recreates the bucket and refills it
+		// from Postgres: run it as printed.
+		lm.mustRun(t, fixCommand(t, out, "telemesh replay kv-rebuild")...)
+		// Every device has back the state the publisher had written, quiet
+		// ones included: the 5 new rows are publish_failed, not yet
+		// processed.
+		rebuilt := lm.deviceStates(t)
+		if len(rebuilt) == 0 || len(rebuilt) != len(published) {
+			t.Errorf("%d device states rebuilt, want the %d the publisher had written", len(rebuilt), len(published))
+		}
+		for device, want := range published {
+			if got, ok := rebuilt[device]; !ok || !reflect.DeepEqual(got, want) {
+				t.Errorf("device %s rebuilt as\n%+v\nwant what the publisher wrote\n%+v", device, got, want)
+			}
 		}
 		out = lm.mustRun(t, "replay", "publish-failed", "--dry-run")
 		if !strings.HasPrefix(out, "5 publish_failed telemetry row(s) match") {
@@ -309,4 +322,53 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 		// Safe to run again, as from cron.
 		lm.mustRun(t, "retention")
 	})
+}
+
+// fixCommand returns the arguments of the command starting with prefix in
+// the fix doctor printed in out, up to the next semicolon, without the
+// leading "telemesh".
+func fixCommand(t *testing.T, out, prefix string) []string {
+	t.Helper()
+	_, fix, ok := strings.Cut(out, "\nfix: ")
+	_, cmd, found := strings.Cut(fix, prefix)
+	if !ok || !found {
+		t.Fatalf("doctor printed no %q in its fix:\n%s", prefix, out)
+	}
+	cmd, _, _ = strings.Cut(prefix+cmd, ";")
+	cmd, _, _ = strings.Cut(cmd, "\n")
+	return strings.Fields(cmd)[1:]
+}
+
+// deviceStates reads every entry of the device-states bucket, with the
+// time of the write left out and recorded times at Postgres's microsecond
+// precision, so states written by the publisher and rebuilt from the rows
+// compare equal.
+func (lm *liveMesh) deviceStates(t *testing.T) map[string]publisher.DeviceState {
+	t.Helper()
+	kv, err := lm.js.KeyValue(t.Context(), "device-states")
+	if err != nil {
+		t.Fatalf("KV bucket: %v", err)
+	}
+	keys, err := kv.ListKeys(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]publisher.DeviceState{}
+	for key := range keys.Keys() {
+		e, err := kv.Get(t.Context(), key)
+		if err != nil {
+			t.Fatalf("entry %s: %v", key, err)
+		}
+		var s publisher.DeviceState
+		if err := json.Unmarshal(e.Value(), &s); err != nil {
+			t.Fatalf("entry %s: %v", key, err)
+		}
+		s.UpdatedAt = time.Time{}
+		for topic, ts := range s.Topics {
+			ts.RecordedAt = ts.RecordedAt.Truncate(time.Microsecond)
+			s.Topics[topic] = ts
+		}
+		out[key] = s
+	}
+	return out
 }

@@ -92,7 +92,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			case <-time.After(time.Second):
 			}
 		}
-		pub := publisher.NewPublisher(js, kv, o.Env, d.catalog.Switches, 10*time.Second)
+		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, 10*time.Second, d.logger)
 		srv := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger)
 		return &builtStage{handler: srv, workers: []service.Worker{{Name: "publish-retry", Run: srv.RetryLoop}}}, nil
 	}

@@ -285,7 +285,7 @@ func TestPublishFailureIsRetried(t *testing.T) {
 	f.waitMessages(5, "source_message_id like 'kvdown-%' and status = 'completed'")
 	f.eventually(10*time.Second, "rows publish_failed with a reason", func() bool {
 		return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
-			where m.source_message_id like 'kvdown-%' and t.processing_state = 'publish_failed' and t.failure_reason like '%kv%'`) == 5
+			where m.source_message_id like 'kvdown-%' and t.processing_state = 'publish_failed' and t.failure_reason = 'KV bucket "device-states" does not exist'`) == 5
 	})
 	if n := f.count(`select count(*) from ingestion_stage_logs where stage = 'publish' and status = 'failed' and dedupe_key like '%kvdown-%' and errors->>'reason' <> ''`); n < 5 {
 		t.Errorf("%d failed publish stage rows with a reason, want 5", n)

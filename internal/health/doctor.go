@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"fmt"
+	neturl "net/url"
 	"strings"
 	"time"
 
@@ -197,6 +198,9 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 		v.Evidence = append(v.Evidence, pubProblems...)
 		v.Fix = fmt.Sprintf("restore the NATS side the publisher writes to (KV bucket %s, stream %s); "+
 			"the retry loop publishes the publish_failed rows once it is back", cfg.Bucket, cfg.AnalyticsStream)
+		if !rep.BucketPresent || !rep.AnalyticsPresent {
+			v.Fix = missingFix(ctx, cfg, js, rep)
+		}
 		return v, nil
 	}
 	v.Branch, v.ExitCode = BranchHealthy, 0
@@ -256,4 +260,59 @@ func probeBucket(ctx context.Context, cfg Config, js jetstream.JetStream) error 
 		return err
 	}
 	return kv.Purge(ctx, probeKey)
+}
+
+// missingFix says how to make the publisher's missing bucket or stream
+// again. A bucket is made again by kv-rebuild, which also refills it from
+// Postgres (a bucket made empty would miss every device that has not
+// published since); the stream by the publisher at its start.
+func missingFix(ctx context.Context, cfg Config, js jetstream.JetStream, rep *Report) string {
+	var fix []string
+	if !rep.BucketPresent {
+		fix = append(fix, "make the KV bucket again and refill it from Postgres: "+kvRebuildCommand(ctx, cfg, js))
+	}
+	if !rep.AnalyticsPresent {
+		fix = append(fix, fmt.Sprintf("restart the publisher (telemesh serve publisher): it makes stream %s again at start", cfg.AnalyticsStream))
+	}
+	if rep.PublishFailed > 0 {
+		fix = append(fix, fmt.Sprintf("then telemesh replay publish-failed publishes the %d publish_failed rows now rather than at their next retry", rep.PublishFailed))
+	}
+	return strings.Join(fix, "; ")
+}
+
+// kvRebuildCommand is the command that makes cfg's bucket again with the
+// publisher's settings and refills it. The replicas are read from the
+// analytics stream, which the publisher makes with the same setting, else
+// from the gateway's stream. Credentials are left out: the password and
+// token come from the environment, as for doctor.
+func kvRebuildCommand(ctx context.Context, cfg Config, js jetstream.JetStream) string {
+	replicas := 1
+	for _, name := range []string{cfg.AnalyticsStream, cfg.Stream} {
+		sctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		s, err := js.Stream(sctx, name)
+		cancel()
+		if err == nil {
+			replicas = max(s.CachedInfo().Config.Replicas, 1)
+			break
+		}
+	}
+	// A user and password in the URL stay out of what doctor prints.
+	servers := strings.Split(cfg.NATSURL, ",")
+	for i, s := range servers {
+		if u, err := neturl.Parse(strings.TrimSpace(s)); err == nil && u.User != nil {
+			u.User = nil
+			servers[i] = u.String()
+		}
+	}
+	cmd := fmt.Sprintf("telemesh replay kv-rebuild --nats-url %s --kv-bucket %s --nats-replicas %d",
+		strings.Join(servers, ","), cfg.Bucket, replicas)
+	switch cfg.NATSAuth.Method() {
+	case "nats-creds-file":
+		cmd += " --nats-creds-file " + cfg.NATSAuth.CredsFile
+	case "nats-nkey-file":
+		cmd += " --nats-nkey-file " + cfg.NATSAuth.NKeyFile
+	case "nats-password":
+		cmd += " --nats-user " + cfg.NATSAuth.User
+	}
+	return cmd
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/logging"
+	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
 )
@@ -248,6 +249,10 @@ func TestDoctorBranches(t *testing.T) {
 		if v.Report == nil || len(v.Report.PublishFailedReasons) == 0 {
 			t.Errorf("no publish_failed reasons in the report")
 		}
+		want := "telemesh replay kv-rebuild --nats-url " + m.ns.URL() + " --kv-bucket device-states --nats-replicas 1"
+		if !strings.Contains(v.Fix, want) {
+			t.Errorf("fix %q does not give the command that recreates the bucket: %s", v.Fix, want)
+		}
 	})
 }
 
@@ -284,5 +289,32 @@ func TestCheckTargetDNSAndLists(t *testing.T) {
 	h = CheckTarget(t.Context(), "validator", "", time.Second)
 	if h.Status != "UNKNOWN" {
 		t.Errorf("empty target: %+v", h)
+	}
+}
+
+// The command doctor prints to make the bucket again is runnable as
+// printed and never shows a password.
+func TestKVRebuildCommand(t *testing.T) {
+	ns := testnats.New(t)
+	_, js := ns.Connect(t)
+	for _, tt := range []struct {
+		url  string
+		auth natsx.Auth
+		want string
+	}{
+		{"nats://127.0.0.1:4222", natsx.Auth{},
+			"telemesh replay kv-rebuild --nats-url nats://127.0.0.1:4222 --kv-bucket device-states --nats-replicas 1"},
+		{"nats://ops:s3cret@a:4222,nats://ops:s3cret@b:4222", natsx.Auth{},
+			"telemesh replay kv-rebuild --nats-url nats://a:4222,nats://b:4222 --kv-bucket device-states --nats-replicas 1"},
+		{"nats://a:4222", natsx.Auth{CredsFile: "/etc/telemesh/ops.creds"},
+			"telemesh replay kv-rebuild --nats-url nats://a:4222 --kv-bucket device-states --nats-replicas 1 --nats-creds-file /etc/telemesh/ops.creds"},
+		{"nats://a:4222", natsx.Auth{User: "ops", Password: "s3cret"},
+			"telemesh replay kv-rebuild --nats-url nats://a:4222 --kv-bucket device-states --nats-replicas 1 --nats-user ops"},
+	} {
+		cfg := DefaultConfig()
+		cfg.NATSURL, cfg.NATSAuth = tt.url, tt.auth
+		if got := kvRebuildCommand(t.Context(), cfg, js); got != tt.want {
+			t.Errorf("%s %+v:\n got %s\nwant %s", tt.url, tt.auth, got, tt.want)
+		}
 	}
 }

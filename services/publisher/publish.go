@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"log/slog"
 	"time"
 
 	"github.com/google/uuid"
@@ -53,15 +53,24 @@ type ItemResult struct {
 // and invalid subjects.
 type Publisher struct {
 	js       jetstream.JetStream
-	kv       jetstream.KeyValue
+	states   *StateStore
+	nats     NATSConfig
 	env      string
 	switches func() *catalog.Switches
 	timeout  time.Duration
+	logger   *slog.Logger
+
+	bucket, stream presence
 }
 
-// NewPublisher returns a publisher. switches returns the switches in force.
-func NewPublisher(js jetstream.JetStream, kv jetstream.KeyValue, env string, switches func() *catalog.Switches, timeout time.Duration) *Publisher {
-	return &Publisher{js: js, kv: kv, env: env, switches: switches, timeout: timeout}
+// NewPublisher returns a publisher writing states to kv and events to the
+// analytics stream of cfg. switches returns the switches in force; timeout
+// bounds each device's state write and the wait for a batch's events.
+func NewPublisher(js jetstream.JetStream, kv jetstream.KeyValue, cfg NATSConfig, env string, switches func() *catalog.Switches, timeout time.Duration, logger *slog.Logger) *Publisher {
+	return &Publisher{
+		js: js, states: NewStateStore(js, kv, cfg.AnalyticsStream, timeout), nats: cfg,
+		env: env, switches: switches, timeout: timeout, logger: logger,
+	}
 }
 
 // analyticsEvent is the body of an analytics or invalid event.
@@ -84,28 +93,27 @@ type analyticsEvent struct {
 func (p *Publisher) Publish(ctx context.Context, items []Item, dryRun bool) []ItemResult {
 	results := make([]ItemResult, len(items))
 	sw := p.switches()
+	started := time.Now()
+	diag := p.states.diagnosis()
 
 	// Device state: the newest valid message of each topic per device.
-	byDevice := map[string][]int{}
-	for i := range items {
-		if !items[i].Invalid {
-			byDevice[items[i].DeviceUUID] = append(byDevice[items[i].DeviceUUID], i)
-		}
-	}
 	if !dryRun {
-		devices := make([]string, 0, len(byDevice))
-		for d := range byDevice {
-			devices = append(devices, d)
-		}
-		sort.Strings(devices)
-		for _, d := range devices {
-			idx := byDevice[d]
-			if err := p.updateState(ctx, items, idx); err != nil {
-				for _, i := range idx {
-					results[i].Err = fmt.Errorf("kv %s: %w", d, err)
+		var wrote bool
+		var down *ResourceError
+		for _, u := range DeviceUpdates(items) {
+			if _, err := p.states.write(ctx, u); err != nil {
+				err = diag.bucketError(ctx, err)
+				for _, i := range u.Items {
+					results[i].Err = err
 				}
+				if re, ok := isDown(err); ok {
+					down = re
+				}
+				continue
 			}
+			wrote = true
 		}
+		p.observeBucket(started, wrote, down)
 	}
 
 	// Events.
@@ -133,7 +141,7 @@ func (p *Publisher) Publish(ctx context.Context, items []Item, dryRun bool) []It
 			subject = InvalidSubject(p.env, it.OrganizationSlug, it.InvalidReason)
 			ev.Errors = it.ValidationErrors
 		} else {
-			results[i].Subjects = append(results[i].Subjects, "$KV."+p.kv.Bucket()+"."+it.DeviceUUID)
+			results[i].Subjects = append(results[i].Subjects, "$KV."+p.states.Bucket()+"."+it.DeviceUUID)
 			if !org.PublishAnalytics {
 				results[i].Skipped = "publish_analytics is off"
 				continue
@@ -152,81 +160,44 @@ func (p *Publisher) Publish(ctx context.Context, items []Item, dryRun bool) []It
 		}
 		fut, err := p.js.PublishAsync(subject, body, jetstream.WithMsgID(it.MessageID.String()))
 		if err != nil {
-			results[i].Err = fmt.Errorf("publish %s: %w", subject, err)
+			results[i].Err = diag.streamError(ctx, subject, err)
 			continue
 		}
 		futures = append(futures, pending{i, fut})
 	}
-	if len(futures) == 0 {
-		return results
-	}
-	wait, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	for _, f := range futures {
-		select {
-		case <-f.fut.Ok():
-		case err := <-f.fut.Err():
-			results[f.i].Err = fmt.Errorf("publish %s: %w", f.fut.Msg().Subject, err)
-		case <-wait.Done():
-			results[f.i].Err = fmt.Errorf("publish %s: no acknowledgement within %s", f.fut.Msg().Subject, p.timeout)
+	var acked bool
+	if len(futures) > 0 {
+		wait, cancel := context.WithTimeout(ctx, p.timeout)
+		defer cancel()
+		for _, f := range futures {
+			select {
+			case <-f.fut.Ok():
+				acked = true
+			case err := <-f.fut.Err():
+				results[f.i].Err = diag.streamError(ctx, f.fut.Msg().Subject, err)
+			case <-wait.Done():
+				results[f.i].Err = diag.streamError(ctx, f.fut.Msg().Subject, context.DeadlineExceeded)
+			}
 		}
+	}
+	var down *ResourceError
+	for i := range results {
+		if re, ok := isDown(results[i].Err); ok && re.Kind == KindAnalytics {
+			down = re
+		}
+	}
+	if !dryRun {
+		p.observeStream(started, acked, down)
 	}
 	return results
 }
 
-// updateState merges the items of one device into its KV entry with
-// compare-and-set on the entry's revision, retrying when another writer got
-// there first.
-func (p *Publisher) updateState(ctx context.Context, items []Item, idx []int) error {
-	first := &items[idx[0]]
-	updates := map[string]TopicState{}
-	for _, i := range idx {
-		it := &items[i]
-		u := TopicState{Values: it.Values, MessageID: it.MessageID.String(), RecordedAt: it.RecordedAt.UTC()}
-		if cur, ok := updates[it.Topic]; !ok || newer(u, cur) {
-			updates[it.Topic] = u
-		}
+// isDown returns err as a [*ResourceError] when it says the resource is
+// down.
+func isDown(err error) (*ResourceError, bool) {
+	var re *ResourceError
+	if errors.As(err, &re) && re.Down() {
+		return re, true
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	for attempt := 0; attempt < 16; attempt++ {
-		var (
-			state    DeviceState
-			revision uint64
-		)
-		entry, err := p.kv.Get(ctx, first.DeviceUUID)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return err
-		default:
-			revision = entry.Revision()
-			if state, err = decodeState(entry.Value()); err != nil {
-				// A value that is not ours is replaced rather than blocking
-				// the device forever.
-				state = DeviceState{}
-			}
-		}
-		state.DeviceUUID, state.Organization = first.DeviceUUID, first.OrganizationSlug
-		if !Merge(&state, updates) {
-			return nil
-		}
-		state.UpdatedAt = time.Now().UTC()
-		body, err := json.Marshal(state)
-		if err != nil {
-			return fmt.Errorf("encode state: %w", err)
-		}
-		if revision == 0 {
-			_, err = p.kv.Create(ctx, first.DeviceUUID, body)
-		} else {
-			_, err = p.kv.Update(ctx, first.DeviceUUID, body, revision)
-		}
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return err
-		}
-	}
-	return ErrCASExhausted
+	return nil, false
 }
