@@ -27,7 +27,7 @@ func newSchemaCmd(e env) *cobra.Command {
 	}
 	apply := &cobra.Command{
 		Use:   "apply FILE",
-		Short: "Create or update the definitions in a YAML or JSON file, refusing cycles and unknown dependencies",
+		Short: "Create or update the definitions in a YAML or JSON file, refusing cycles and unknown names",
 		Long: `apply reads a file such as
 
   organization: acme
@@ -42,9 +42,29 @@ func newSchemaCmd(e env) *cobra.Command {
           derived:
             - {key: temp_f, type: decimal, expression: {"+": [{"*": [{var: temp_c}, 1.8]}, 32]}}
 
+Expressions are JSON-Logic. A mutation reads only "val", the extracted value
+of its own parameter (as in {var: val}, or {var: val.a} into a json value); it
+does not read the message's other parameters: combine values in a derived
+parameter. A derived expression reads the topic's parameters, after their
+mutations, and its other derived parameters.
+
 Each topic's parameters and derived parameters are checked as a set: a derived
-value that closes a cycle is refused naming the cycle, and so is a dependency
-on a key the topic does not define. Nothing is written unless all of it is good.`,
+value that closes a cycle is refused naming the cycle; a mutation or a derived
+expression that reads a name the topic does not define is refused naming the
+parameter, the expression and the name, such as
+
+  thermostat/telemetry: parameter "temp_c": mutation {"*":[{"var":"value"},1.02]}
+  reads "value", which is not defined (a mutation reads only "val", the extracted value)
+
+Nothing is written unless all of it is good; --dry-run checks the same way.
+
+At run time a mutation that still fails on a value (a division by zero, a
+result of the wrong type) does not pass the extracted value on: the value is
+left out of the mutated and transformed values and listed in unresolved_values
+with reason evaluation_error, derived values reading it are unresolved with a
+missing input, the mutate stage is logged failed and the message's reason
+names the failure. A derived expression that fails is unresolved with reason
+evaluation_error.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := config.ApplyEnv(cmd.Flags(), e.lookupEnv); err != nil {

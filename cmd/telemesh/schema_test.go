@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,5 +105,73 @@ func TestSchemaApplyAndDevices(t *testing.T) {
 	}
 	if n := count(`select count(*) from devices where external_id = 'thermo-9' and is_active`); n != 1 {
 		t.Errorf("thermo-9 active rows = %d", n)
+	}
+}
+
+// TestSchemaApplyRefusesUnknownNames shows that a mutation or a derived
+// expression that reads a name the topic does not define is refused by
+// apply and by --dry-run, in one line naming the parameter, the expression
+// and the name, and that nothing is written.
+func TestSchemaApplyRefusesUnknownNames(t *testing.T) {
+	db := testdb.New(t)
+	env := []string{"TELEMESH_DATABASE_URL=" + db.URL}
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		from string // replaced in goodSchema
+		to   string
+		want string
+	}{
+		{"a mutation reading value, not val",
+			`mutation: {"+": [{var: val}, 2]}`, `mutation: {"*": [{var: value}, 1.02]}`,
+			`thermostat/telemetry: parameter "temp_c": mutation {"*":[{"var":"value"},1.02]} reads "value", which is not defined (a mutation reads only "val", the extracted value)`},
+		{"a mutation reading another parameter",
+			`mutation: {"+": [{var: val}, 2]}`, `mutation: {"+": [{var: val}, {var: humidity}]}`,
+			`parameter "temp_c": mutation {"+":[{"var":"val"},{"var":"humidity"}]} reads "humidity", which is not defined`},
+		{"a derived expression reading an unknown name",
+			`{var: humidity}, 0.1`, `{var: dew_point}, 0.1`,
+			`thermostat/telemetry: derived parameter "feels_like": expression {"+":[{"var":"temp_f"},{"*":[{"var":"dew_point"},0.1]}]} reads "dew_point", which is not defined`},
+	}
+	for _, tt := range tests {
+		for _, dryRun := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s (dry run %v)", tt.name, dryRun), func(t *testing.T) {
+				body := strings.Replace(goodSchema, tt.from, tt.to, 1)
+				if body == goodSchema {
+					t.Fatalf("%q is not in the schema", tt.from)
+				}
+				p := filepath.Join(dir, "schema.yaml")
+				if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				args := []string{"schema", "apply", p}
+				if dryRun {
+					args = append(args, "--dry-run")
+				}
+				out, code := runTelemesh(t, env, args...)
+				if code != 1 || !strings.Contains(out, tt.want) {
+					t.Fatalf("exit %d, output %q; want exit 1 containing %q", code, out, tt.want)
+				}
+				if lines := strings.Count(strings.TrimSpace(out), "\n") + 1; lines != 1 {
+					t.Errorf("%d lines of output, want one: %q", lines, out)
+				}
+				for _, bad := range []string{"interface conversion", "runtime error", "panic"} {
+					if strings.Contains(out, bad) {
+						t.Errorf("output %q contains %q", out, bad)
+					}
+				}
+			})
+		}
+	}
+	var n int
+	if err := db.Pool.QueryRow(t.Context(), `select (select count(*) from parameter_definitions) + (select count(*) from derived_parameter_definitions)`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d definitions written by refused files, want 0", n)
+	}
+
+	out, code := runTelemesh(t, env, "schema", "apply", "--help")
+	if code != 0 || !strings.Contains(out, `reads only "val"`) {
+		t.Errorf("schema apply --help (exit %d) does not say what a mutation may read:\n%s", code, out)
 	}
 }

@@ -1,7 +1,8 @@
 // Package schema applies device types, their topics, parameters and derived
 // parameters from a YAML or JSON file, refusing definitions that could never
-// work: a derived value that closes a cycle, a dependency on an unknown key, a
-// rule that does not fit its type, an expression that is not JSON-Logic.
+// work: a derived value that closes a cycle, an expression that reads a name
+// its topic does not define, a rule that does not fit its type, an
+// expression that is not JSON-Logic.
 package schema
 
 import (
@@ -51,13 +52,15 @@ type Parameter struct {
 	Required bool          `json:"required,omitempty" yaml:"required"`
 	Critical bool          `json:"critical,omitempty" yaml:"critical"`
 	Rules    catalog.Rules `json:"rules,omitempty" yaml:"rules"`
-	// Mutation is JSON-Logic over the extracted value val.
+	// Mutation is JSON-Logic over the extracted value val, the only
+	// variable it may read.
 	Mutation any `json:"mutation,omitempty" yaml:"mutation"`
 	Sequence int `json:"sequence,omitempty" yaml:"sequence"`
 }
 
 // Derived is a derived parameter definition; the expression is JSON-Logic
-// as the system telemesh replaces stores it.
+// as the system telemesh replaces stores it, reading the topic's parameters
+// and derived parameters.
 type Derived struct {
 	Key          string   `json:"key" yaml:"key"`
 	Type         string   `json:"type" yaml:"type"`

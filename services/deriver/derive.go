@@ -1,6 +1,7 @@
 package deriver
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/diegoholiveira/jsonlogic/v3"
 
@@ -25,6 +27,19 @@ var ErrCycle = errors.New("derived parameters form a cycle")
 
 // ErrUnknownDependency is matched by an [UnknownDependencyError].
 var ErrUnknownDependency = errors.New("unknown dependency")
+
+// ErrUnknownVariable is matched by an [UnknownVariableError].
+var ErrUnknownVariable = errors.New("mutation reads an unknown variable")
+
+// MutationInput is the one variable a mutation reads: the extracted value,
+// under the name the system telemesh replaces gave it. A mutation reads
+// nothing else, the message's other parameters included: it corrects one
+// value (a calibration, a unit), and values are combined by derived
+// parameters, which have a dependency order and report a missing input. A
+// mutation reading another parameter would need an order among mutations
+// and would read that parameter either before or after its own mutation,
+// both of them surprising to someone.
+const MutationInput = "val"
 
 // ErrDuplicateKey is returned when a derived key is defined twice, or is also
 // a parameter key, since a reader of the key could not tell which is meant.
@@ -61,16 +76,21 @@ type Unresolved struct {
 
 // Result is what Apply produced for one message.
 type Result struct {
-	// Mutated holds every extracted value after its mutation; values without
-	// a mutation are copied unchanged.
+	// Mutated holds the extracted values after their mutations; values
+	// without a mutation are copied unchanged, and a value whose mutation
+	// failed is left out (see MutationErrors).
 	Mutated map[string]any
 	// Derived holds the derived values that could be computed.
 	Derived map[string]any
 	// Unresolved holds the derived keys that could not be computed, with the
 	// reason; nil when every one was.
 	Unresolved map[string]Unresolved
-	// MutationErrors says why a mutation failed; the extracted value is kept
-	// in Mutated. Nil when none failed.
+	// MutationErrors says, by parameter key, why a mutation failed, such as
+	// `mutation {"*":[{"var":"value"},1.02]} reads "value", which is not
+	// defined`. Such a value is not in Mutated: the extracted value is not
+	// what the definition asks to store, and a derived value reading it is
+	// unresolved with a missing input instead of computed from it. Nil when
+	// none failed.
 	MutationErrors map[string]string
 }
 
@@ -88,20 +108,60 @@ func (e *CycleError) Error() string {
 // Unwrap makes errors.Is(err, ErrCycle) hold.
 func (e *CycleError) Unwrap() error { return ErrCycle }
 
-// UnknownDependencyError is a derived definition that depends on a key that
-// is neither a parameter nor a derived key.
+// UnknownDependencyError is a derived definition that reads, or lists as a
+// dependency, a key that is neither a parameter nor a derived key of its
+// topic.
 type UnknownDependencyError struct {
 	Key        string
 	Dependency string
+	// Expression is the definition's expression as compact JSON, shortened
+	// when long.
+	Expression string
+	// Listed is set when the key is named only in the explicit
+	// dependencies, not read by the expression.
+	Listed bool
 }
 
-// Error names both keys.
+// Error names the key, the expression and the unknown name, e.g.
+// `derived parameter "temp_f": expression {"var":"temp_x"} reads "temp_x",
+// which is not defined (...)`.
 func (e *UnknownDependencyError) Error() string {
-	return fmt.Sprintf("derived parameter %q: %s %q: neither a parameter nor a derived parameter", e.Key, ErrUnknownDependency, e.Dependency)
+	return fmt.Sprintf("derived parameter %q: %s (an expression reads the topic's parameters and derived parameters)",
+		e.Key, undefinedText("expression", e.Expression, e.Dependency, e.Listed))
 }
 
 // Unwrap makes errors.Is(err, ErrUnknownDependency) hold.
 func (e *UnknownDependencyError) Unwrap() error { return ErrUnknownDependency }
+
+// UnknownVariableError is a mutation that reads a variable other than
+// [MutationInput].
+type UnknownVariableError struct {
+	Parameter string
+	// Expression is the mutation as compact JSON, shortened when long.
+	Expression string
+	Name       string
+}
+
+// Error names the parameter, the expression and the variable, e.g.
+// `parameter "temp_c": mutation {"*":[{"var":"value"},1.02]} reads "value",
+// which is not defined (a mutation reads only "val", the extracted value)`.
+func (e *UnknownVariableError) Error() string {
+	return fmt.Sprintf("parameter %q: %s (a mutation reads only %q, the extracted value)",
+		e.Parameter, undefinedText("mutation", e.Expression, e.Name, false), MutationInput)
+}
+
+// Unwrap makes errors.Is(err, ErrUnknownVariable) hold.
+func (e *UnknownVariableError) Unwrap() error { return ErrUnknownVariable }
+
+// undefinedText says that an expression reads, or lists, a name that is not
+// defined; it is the reason recorded at run time and the core of the error
+// when definitions are saved, so both read alike.
+func undefinedText(what, expr, name string, listed bool) string {
+	if listed {
+		return fmt.Sprintf("%s %s lists dependency %q, which is not defined", what, expr, name)
+	}
+	return fmt.Sprintf("%s %s reads %q, which is not defined", what, expr, name)
+}
 
 // The data types of catalog definitions.
 const (
@@ -132,18 +192,25 @@ type Program struct {
 type mutation struct {
 	dataType string
 	rule     any
+	// text is the expression as compact JSON, for the reasons recorded.
+	text string
 	// problem is set when the rule can never run, such as an unknown
-	// operator, so each message reports it instead of a guessed result.
+	// operator or variable, so each message reports it instead of a guessed
+	// result.
 	problem string
 }
 
 type node struct {
 	def  catalog.Derived
 	rule any
-	// deps are all keys the expression reads; required are those without a
-	// default, whose absence makes the value unresolved.
+	// deps are all keys the definition depends on: its explicit
+	// dependencies and the keys its expression reads. required are those
+	// whose absence makes the value unresolved: the explicit ones, else
+	// those read without a default.
 	deps     []string
 	required []string
+	// vars are the keys the expression reads.
+	vars []string
 	// read is set when another derived expression reads this value, so it
 	// must be added to the evaluation data.
 	read    bool
@@ -157,9 +224,23 @@ type cycleKey struct {
 
 // Compile decodes the definitions of one topic and orders the derived ones
 // by dependency. Its error is only for definitions that cannot be parsed at
-// all (invalid JSON); other problems, cycles included, do not fail Compile:
-// they are recorded and every message reports them for the keys concerned.
+// all (invalid JSON); other problems, cycles and names that are not defined
+// included, do not fail Compile: they are recorded and every message reports
+// them for the keys concerned, as [CheckDefinitions] words them.
 func Compile(params []catalog.Parameter, derived []catalog.Derived) (*Program, error) {
+	return compile(params, derived, false)
+}
+
+// compileTopic compiles the definitions the catalog holds for a topic. They
+// may never have been checked (a row written with SQL), so an expression
+// that is not JSON is one more problem of its key, reported on every message,
+// rather than an error that would stop the topic's messages.
+func compileTopic(params []catalog.Parameter, derived []catalog.Derived) *Program {
+	p, _ := compile(params, derived, true)
+	return p
+}
+
+func compile(params []catalog.Parameter, derived []catalog.Derived, lenient bool) (*Program, error) {
 	p := &Program{mutations: map[string]mutation{}}
 	var errs []error
 	paramKeys := make(map[string]bool, len(params))
@@ -168,14 +249,19 @@ func Compile(params []catalog.Parameter, derived []catalog.Derived) (*Program, e
 		if isAbsent(prm.Mutation) {
 			continue
 		}
+		m := mutation{dataType: prm.DataType, text: expressionText(prm.Mutation)}
 		rule, err := decode(prm.Mutation)
-		if err != nil {
+		if err != nil && !lenient {
 			errs = append(errs, fmt.Errorf("parameter %q: mutation: %w", prm.Key, err))
 			continue
 		}
-		m := mutation{dataType: prm.DataType, rule: rule}
-		if op, ok := unknownOperator(rule); ok {
-			m.problem = fmt.Sprintf("unknown operator %q", op)
+		m.rule = rule
+		if err != nil {
+			m.problem = fmt.Sprintf("mutation %s is not valid JSON", m.text)
+		} else if op, ok := unknownOperator(rule); ok {
+			m.problem = fmt.Sprintf("mutation %s uses unknown operator %q", m.text, op)
+		} else if name, ok := unknownMutationVariable(rule); ok {
+			m.problem = undefinedText("mutation", m.text, name, false)
 		}
 		p.mutations[prm.Key] = m
 	}
@@ -185,7 +271,7 @@ func Compile(params []catalog.Parameter, derived []catalog.Derived) (*Program, e
 	byKey := make(map[string]*node, len(defs))
 	for _, d := range defs {
 		rule, err := decode(d.Expression)
-		if err != nil {
+		if err != nil && !lenient {
 			errs = append(errs, fmt.Errorf("derived parameter %q: %w", d.Key, err))
 			continue
 		}
@@ -196,18 +282,31 @@ func Compile(params []catalog.Parameter, derived []catalog.Derived) (*Program, e
 			continue
 		}
 		n := &node{def: d, rule: rule}
-		n.deps, n.required = dependencies(d, rule)
+		n.deps, n.required, n.vars = dependencies(d, rule)
 		switch op, unknown := unknownOperator(rule); {
 		case paramKeys[d.Key]:
 			n.problem = "key is also a parameter key"
+		case err != nil:
+			n.problem = fmt.Sprintf("expression %s is not valid JSON", expressionText(d.Expression))
 		case unknown:
-			n.problem = fmt.Sprintf("unknown operator %q", op)
+			n.problem = fmt.Sprintf("expression %s uses unknown operator %q", expressionText(d.Expression), op)
 		}
 		nodes = append(nodes, n)
 		byKey[d.Key] = n
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
+	}
+	// A name that is neither a parameter nor a derived key can never be in
+	// a message, so reading it is a defect of the definition, not a missing
+	// input of the message.
+	for _, n := range nodes {
+		if n.problem != "" {
+			continue
+		}
+		if name, listed, ok := n.unknownDependency(func(k string) bool { return paramKeys[k] || byKey[k] != nil }); ok {
+			n.problem = undefinedText("expression", expressionText(n.def.Expression), name, listed)
+		}
 	}
 
 	onCycle := map[string]bool{}
@@ -263,7 +362,7 @@ func (p *Program) Apply(extracted map[string]any) Result {
 		}
 		out, err := m.apply(v, scratch)
 		if err != nil {
-			res.Mutated[k] = v
+			// Left out of Mutated: see Result.MutationErrors.
 			if res.MutationErrors == nil {
 				res.MutationErrors = map[string]string{}
 			}
@@ -333,23 +432,54 @@ func (m mutation) apply(v any, scratch map[string]any) (any, error) {
 	if m.problem != "" {
 		return nil, errors.New(m.problem)
 	}
-	scratch["val"] = toLogic(v)
+	scratch[MutationInput] = toLogic(v)
 	out, err := evaluate(m.rule, scratch)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		out, err = convert(out, m.dataType)
 	}
-	return convert(out, m.dataType)
+	if err != nil {
+		return nil, fmt.Errorf("mutation %s: %w", m.text, err)
+	}
+	return out, nil
+}
+
+// unknownMutationVariable returns the first variable a mutation reads other
+// than [MutationInput].
+func unknownMutationVariable(rule any) (string, bool) {
+	var unknown string
+	walkVars(rule, func(name string, _ bool) {
+		if unknown == "" && name != MutationInput {
+			unknown = name
+		}
+	})
+	return unknown, unknown != ""
+}
+
+// unknownDependency returns the first key the definition depends on that is
+// not known, and whether it is only listed, not read by the expression.
+func (n *node) unknownDependency(known func(string) bool) (name string, listed, ok bool) {
+	for _, dep := range n.deps {
+		if !known(dep) {
+			return dep, !slices.Contains(n.vars, dep), true
+		}
+	}
+	return "", false, false
 }
 
 // CheckDefinitions reports what would make definitions fail or resolve
 // nothing, so that they are rejected when saved rather than on every
 // message: an expression that is not JSON or names an unknown operator
-// (ErrInvalidExpression), a derived key defined twice or equal to a
-// parameter key (ErrDuplicateKey), a dependency on a key that is neither a
-// parameter nor a derived key (an [UnknownDependencyError]), and a
-// dependency cycle among derived definitions (a [CycleError] naming it, e.g.
-// "derived parameters form a cycle: a -> b -> a"). It returns nil, the one
-// problem found, or all of them joined, in definition order.
+// (ErrInvalidExpression), a mutation that reads a variable other than
+// [MutationInput] (an [UnknownVariableError]), a derived key defined twice or
+// equal to a parameter key (ErrDuplicateKey), a derived expression that
+// reads or lists a key that is neither a parameter nor a derived key (an
+// [UnknownDependencyError]), and a dependency cycle among derived
+// definitions (a [CycleError] naming it, e.g. "derived parameters form a
+// cycle: a -> b -> a"). It returns nil, the one problem found, or all of
+// them joined, in definition order.
+//
+// Vars inside the logic of filter, map, reduce, all, none and some read the
+// current element and are not checked, nor is a var whose name is computed.
 func CheckDefinitions(params []catalog.Parameter, derived []catalog.Derived) error {
 	var errs []error
 	known := make(map[string]bool, len(params)+len(derived))
@@ -365,6 +495,8 @@ func CheckDefinitions(params []catalog.Parameter, derived []catalog.Derived) err
 		}
 		if op, ok := unknownOperator(rule); ok {
 			errs = append(errs, fmt.Errorf("parameter %q: mutation: %w: unknown operator %q", prm.Key, ErrInvalidExpression, op))
+		} else if name, ok := unknownMutationVariable(rule); ok {
+			errs = append(errs, &UnknownVariableError{Parameter: prm.Key, Expression: expressionText(prm.Mutation), Name: name})
 		}
 	}
 
@@ -386,14 +518,15 @@ func CheckDefinitions(params []catalog.Parameter, derived []catalog.Derived) err
 			errs = append(errs, fmt.Errorf("derived parameter %q: %w: unknown operator %q", d.Key, ErrInvalidExpression, op))
 		}
 		n := &node{def: d}
-		n.deps, n.required = dependencies(d, rule)
+		n.deps, n.required, n.vars = dependencies(d, rule)
 		nodes = append(nodes, n)
 		byKey[d.Key] = n
 	}
 	for _, n := range nodes {
 		for _, dep := range n.deps {
 			if !known[dep] && byKey[dep] == nil {
-				errs = append(errs, &UnknownDependencyError{Key: n.def.Key, Dependency: dep})
+				errs = append(errs, &UnknownDependencyError{Key: n.def.Key, Dependency: dep,
+					Expression: expressionText(n.def.Expression), Listed: !slices.Contains(n.vars, dep)})
 			}
 		}
 	}
@@ -428,37 +561,46 @@ func Dependencies(d catalog.Derived) []string {
 			return nil
 		}
 	}
-	deps, _ := dependencies(d, rule)
+	deps, _, _ := dependencies(d, rule)
 	return deps
 }
 
-// dependencies returns all dependencies of a definition and the required
-// ones. Explicit dependencies are all required; an inferred one is optional
-// only when every var reading it gives a default, since then the
-// expression's author has said what absence means.
-func dependencies(d catalog.Derived, rule any) (all, required []string) {
+// dependencies returns all dependencies of a definition, the required ones
+// and the keys its expression reads. Explicit dependencies are all
+// required; an inferred one is optional only when every var reading it
+// gives a default, since then the expression's author has said what absence
+// means. A key the expression reads beyond its explicit dependencies is a
+// dependency too, though not a required one: leaving it out would order the
+// definition without it and evaluate the var as null.
+func dependencies(d catalog.Derived, rule any) (all, required, vars []string) {
+	needed := map[string]bool{}
+	walkVars(rule, func(name string, hasDefault bool) {
+		if _, seen := needed[name]; !seen {
+			vars = append(vars, name)
+		}
+		needed[name] = needed[name] || !hasDefault
+	})
 	if len(d.Dependencies) > 0 {
-		all = make([]string, 0, len(d.Dependencies))
+		all = make([]string, 0, len(d.Dependencies)+len(vars))
 		for _, dep := range d.Dependencies {
 			if dep != "" && !slices.Contains(all, dep) {
 				all = append(all, dep)
 			}
 		}
-		return all, all
-	}
-	needed := map[string]bool{}
-	walkVars(rule, func(name string, hasDefault bool) {
-		if _, seen := needed[name]; !seen {
-			all = append(all, name)
+		required = slices.Clone(all)
+		for _, name := range vars {
+			if !slices.Contains(all, name) {
+				all = append(all, name)
+			}
 		}
-		needed[name] = needed[name] || !hasDefault
-	})
-	for _, name := range all {
+		return all, required, vars
+	}
+	for _, name := range vars {
 		if needed[name] {
 			required = append(required, name)
 		}
 	}
-	return all, required
+	return slices.Clone(vars), required, vars
 }
 
 // walkVars calls visit for each var of a rule that reads the message. It
@@ -750,22 +892,149 @@ func decode(expr json.RawMessage) (any, error) {
 	return rule, nil
 }
 
-// evaluate runs a rule. ApplyInterface recovers the library's own panics,
-// but re-panics on a panic value that is not an error, so a malformed rule
-// is recovered here as well and stays that key's problem alone.
+// evaluate runs a rule. The library reports most failures by panicking
+// with a Go runtime error (a failed type assertion on a null or a boolean,
+// an index out of range), which ApplyInterface turns into an error whose
+// text speaks of Go, not of the expression; it re-panics on a panic value
+// that is not an error. Both are caught, and the failure is explained by
+// the operation that failed and the values it was given (see [explain]), so
+// a recorded reason reads like `"*" cannot be applied to null and 1.02`.
 // ApplyInterface only reads the rule and the data, which is what lets one
 // decoded rule serve every message and every goroutine.
-func evaluate(rule any, data map[string]any) (out any, err error) {
+func evaluate(rule any, data map[string]any) (any, error) {
+	if out, ok := try(rule, data); ok {
+		return out, nil
+	}
+	return nil, explain(rule, data)
+}
+
+// try evaluates a rule and reports whether it succeeded.
+func try(rule any, data map[string]any) (out any, ok bool) {
 	defer func() {
 		if r := recover(); r != nil {
-			out, err = nil, fmt.Errorf("expression failed: %v", r)
+			out, ok = nil, false
 		}
 	}()
-	out, err = jsonlogic.ApplyInterface(rule, data)
-	if err != nil {
-		return nil, fmt.Errorf("expression failed: %w", err)
+	out, err := jsonlogic.ApplyInterface(rule, data)
+	return out, err == nil
+}
+
+// iterating are the operators whose logic argument runs once per element of
+// their first argument, with the element as its data.
+var iterating = map[string]bool{"filter": true, "map": true, "reduce": true, "all": true, "none": true, "some": true}
+
+// explain says why a rule that failed failed, naming the operation that
+// failed and its arguments' values.
+func explain(rule any, data map[string]any) error {
+	if op, args, ok := failing(rule, data); ok {
+		return fmt.Errorf("%q cannot be applied to %s", op, describeValues(args))
 	}
-	return out, nil
+	// Not expected: every failure is some operation's.
+	return errors.New("the expression cannot be evaluated with these values")
+}
+
+// failing returns the innermost operation of a rule that fails although
+// each of its arguments evaluates, with the arguments' values. The library
+// evaluates every argument before its operation, even the branches of if
+// and the operands of and and or, so the first failure in that order is the
+// one that stopped the evaluation. Of an iterating operator only the first
+// argument reads the data; a failure in its per-element logic names the
+// operator itself.
+func failing(rule any, data map[string]any) (op string, args []any, ok bool) {
+	switch t := rule.(type) {
+	case []any:
+		for _, e := range t {
+			if op, args, ok := failing(e, data); ok {
+				return op, args, true
+			}
+		}
+	case map[string]any:
+		if len(t) != 1 {
+			return "", nil, false
+		}
+		for name, a := range t {
+			list, isList := a.([]any)
+			if !isList {
+				list = []any{a}
+			}
+			if iterating[name] && len(list) > 1 {
+				list = list[:1]
+			}
+			values := make([]any, 0, len(list))
+			for _, arg := range list {
+				if op, args, ok := failing(arg, data); ok {
+					return op, args, true
+				}
+				v, _ := try(arg, data)
+				values = append(values, v)
+			}
+			if _, ok := try(t, data); !ok {
+				return name, values, true
+			}
+		}
+	}
+	return "", nil, false
+}
+
+// describeValues lists values for a reason: "no arguments", "null",
+// "null and 1.02", "1, 2 and 3".
+func describeValues(vs []any) string {
+	if len(vs) == 0 {
+		return "no arguments"
+	}
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = describeValue(v)
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
+}
+
+// maxValueText bounds a value quoted in a reason, so that a large document
+// does not become the reason.
+const maxValueText = 64
+
+// describeValue writes a value as JSON, shortened when long; a non-finite
+// number, which JSON cannot hold, as Go formats it (+Inf, NaN).
+func describeValue(v any) string {
+	if f, ok := v.(float64); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
+		return strconv.FormatFloat(f, 'g', -1, 64)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "a value that has no JSON form"
+	}
+	return shorten(string(b), maxValueText)
+}
+
+// maxExpressionText bounds an expression quoted in a reason or an error.
+const maxExpressionText = 200
+
+// expressionText returns an expression as compact JSON for a reason,
+// shortened when long; text that is not JSON is quoted as it is.
+func expressionText(expr json.RawMessage) string {
+	if strings.TrimSpace(string(expr)) == "" {
+		return `""`
+	}
+	var b bytes.Buffer
+	if err := json.Compact(&b, expr); err != nil {
+		return shorten(strings.TrimSpace(string(expr)), maxExpressionText)
+	}
+	return shorten(b.String(), maxExpressionText)
+}
+
+// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // toLogic converts a value to what JSON-Logic computes with: it knows only
@@ -881,9 +1150,5 @@ func notA(v any, want string) error {
 	if v == nil {
 		return fmt.Errorf("result is null, not %s", want)
 	}
-	b, err := json.Marshal(v)
-	if err != nil || len(b) > 64 {
-		return fmt.Errorf("result of type %T is not %s", v, want)
-	}
-	return fmt.Errorf("result %s is not %s", b, want)
+	return fmt.Errorf("result %s is not %s", describeValue(v), want)
 }

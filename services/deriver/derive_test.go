@@ -102,38 +102,68 @@ func TestCompile(t *testing.T) {
 	}
 }
 
+// goRuntimeText are fragments of Go runtime and library messages, which no
+// recorded reason may contain: an operator reads the reason, not a stack.
+var goRuntimeText = []string{"interface conversion", "runtime error", "interface {}", "panic", "goroutine", "expression failed", "not supported"}
+
+// checkReason fails t when reason reads like a Go runtime message.
+func checkReason(t *testing.T, what, reason string) {
+	t.Helper()
+	for _, bad := range goRuntimeText {
+		if strings.Contains(reason, bad) {
+			t.Errorf("%s = %q, which contains the Go text %q", what, reason, bad)
+		}
+	}
+}
+
 func TestApplyMutation(t *testing.T) {
 	tests := []struct {
-		name     string
-		param    catalog.Parameter
-		in       any
-		want     any
-		wantErr  string // substring of the mutation error; empty for none
-		noExtras bool
+		name    string
+		param   catalog.Parameter
+		in      any
+		want    any    // the mutated value; unused when wantErr is set
+		wantErr string // substring of the mutation error; empty for none
 	}{
 		{name: "calibration offset (behaviour test 1)", param: param("temp_c", "decimal", `{"+":[{"var":"val"},2]}`), in: 10.0, want: 12.0},
 		{name: "no mutation copies the value", param: param("temp_c", "decimal", ""), in: 10.5, want: 10.5},
 		{name: "integer stays int64", param: param("count", "integer", `{"*":[{"var":"val"},2]}`), in: int64(21), want: int64(42)},
-		{name: "integer from a non-integral result fails", param: param("count", "integer", `{"/":[{"var":"val"},2]}`), in: int64(5), want: int64(5), wantErr: "result 2.5 is not an integer"},
-		{name: "integer out of range fails", param: param("count", "integer", `{"*":[{"var":"val"},1e30]}`), in: int64(5), want: int64(5), wantErr: "out of the integer range"},
+		{name: "integer from a non-integral result fails", param: param("count", "integer", `{"/":[{"var":"val"},2]}`), in: int64(5),
+			wantErr: `mutation {"/":[{"var":"val"},2]}: result 2.5 is not an integer`},
+		{name: "integer out of range fails", param: param("count", "integer", `{"*":[{"var":"val"},1e30]}`), in: int64(5), wantErr: "out of the integer range"},
 		{name: "decimal from an integer input", param: param("ratio", "decimal", `{"/":[{"var":"val"},4]}`), in: int64(1), want: 0.25},
-		{name: "division by zero fails and keeps the value", param: param("temp_c", "decimal", `{"/":[{"var":"val"},0]}`), in: 10.0, want: 10.0, wantErr: "+Inf"},
-		{name: "zero by zero fails", param: param("temp_c", "decimal", `{"/":[{"var":"val"},0]}`), in: 0.0, want: 0.0, wantErr: "NaN"},
+		{name: "division by zero fails", param: param("temp_c", "decimal", `{"/":[{"var":"val"},0]}`), in: 10.0, wantErr: "+Inf"},
+		{name: "zero by zero fails", param: param("temp_c", "decimal", `{"/":[{"var":"val"},0]}`), in: 0.0, wantErr: "NaN"},
 		{name: "string mutation", param: param("label", "string", `{"cat":[{"var":"val"},"-x"]}`), in: "a", want: "a-x"},
 		{name: "boolean mutation", param: param("on", "boolean", `{"!":{"var":"val"}}`), in: true, want: false},
 		{name: "json mutation reads into the document", param: param("doc", "json", `{"var":"val.a"}`), in: json.RawMessage(`{"a":[1,2]}`), want: json.RawMessage(`[1,2]`)},
-		{name: "wrong result type fails", param: param("label", "string", `{"+":[{"var":"val"},1]}`), in: "a", want: "a", wantErr: "result 1 is not a string"},
-		{name: "unknown operator fails instead of returning truthiness", param: param("temp_c", "decimal", `{"round":{"var":"val"}}`), in: 1.5, want: 1.5, wantErr: `unknown operator "round"`},
-		{name: "library panic is recovered", param: param("temp_c", "decimal", `{"-":[]}`), in: 1.5, want: 1.5, wantErr: "expression failed"},
-		{name: "arithmetic on a boolean is recovered", param: param("temp_c", "decimal", `{"+":[{"var":"val"},true]}`), in: 1.5, want: 1.5, wantErr: "expression failed"},
-		{name: "null result fails", param: param("temp_c", "decimal", `{"var":"other"}`), in: 1.5, want: 1.5, wantErr: "result is null, not a decimal"},
+		{name: "whole data reads val", param: param("temp_c", "decimal", `{"+":[{"var":""},{"var":"val"}]}`), in: 1.5, wantErr: `"+" cannot be applied to {"val":1.5} and 1.5`},
+		{name: "wrong result type fails", param: param("label", "string", `{"+":[{"var":"val"},1]}`), in: "a", wantErr: "result 1 is not a string"},
+		{name: "unknown operator fails instead of returning truthiness", param: param("temp_c", "decimal", `{"round":{"var":"val"}}`), in: 1.5, wantErr: `unknown operator "round"`},
+		{name: "unknown variable, as the old system named the value", param: param("temp_c", "decimal", `{"*":[{"var":"value"},1.02]}`), in: 10.0,
+			wantErr: `mutation {"*":[{"var":"value"},1.02]} reads "value", which is not defined`},
+		{name: "another parameter is not readable", param: param("temp_c", "decimal", `{"+":[{"var":"val"},{"var":"untouched"}]}`), in: 10.0,
+			wantErr: `reads "untouched", which is not defined`},
+		{name: "library panic is explained", param: param("temp_c", "decimal", `{"-":[]}`), in: 1.5, wantErr: `mutation {"-":[]}: "-" cannot be applied to no arguments`},
+		{name: "arithmetic on a boolean is explained", param: param("temp_c", "decimal", `{"+":[{"var":"val"},true]}`), in: 1.5,
+			wantErr: `"+" cannot be applied to 1.5 and true`},
+		{name: "arithmetic on a null inside a document is explained", param: param("doc", "json", `{"*":[{"var":"val.a"},2]}`), in: json.RawMessage(`{"a":null}`),
+			wantErr: `"*" cannot be applied to null and 2`},
+		{name: "a failing inner operation is the one named", param: param("temp_c", "decimal", `{"+":[1,{"*":[{"var":"val"},{"in":[1,2]}]}]}`), in: 1.5,
+			wantErr: `"in" cannot be applied to 1 and 2`},
+		{name: "null result fails", param: param("temp_c", "decimal", `{"if":[false,1]}`), in: 1.5, wantErr: "result is null, not a decimal"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := mustCompile(t, []catalog.Parameter{tt.param}, nil)
 			res := p.Apply(map[string]any{tt.param.Key: tt.in, "untouched": "x"})
-			if got := res.Mutated[tt.param.Key]; !sameValue(got, tt.want) {
+			got, present := res.Mutated[tt.param.Key]
+			if tt.wantErr == "" && !sameValue(got, tt.want) {
 				t.Errorf("Mutated[%s] = %#v, want %#v", tt.param.Key, got, tt.want)
+			}
+			if tt.wantErr != "" && present {
+				// A value whose mutation failed is not the mutated value:
+				// passing the raw value on would store it as if mutated.
+				t.Errorf("Mutated[%s] = %#v, want it left out after a failed mutation", tt.param.Key, got)
 			}
 			if got := res.Mutated["untouched"]; got != "x" {
 				t.Errorf("Mutated[untouched] = %#v, want it copied", got)
@@ -145,10 +175,51 @@ func TestApplyMutation(t *testing.T) {
 			case tt.wantErr != "" && !strings.Contains(gotErr, tt.wantErr):
 				t.Errorf("mutation error = %q, want it to contain %q", gotErr, tt.wantErr)
 			}
+			checkReason(t, "mutation error", gotErr)
 			if tt.wantErr == "" && res.MutationErrors != nil {
 				t.Errorf("MutationErrors = %v, want nil", res.MutationErrors)
 			}
 		})
+	}
+}
+
+// TestApplyFailedMutationFeedsNoDerivation shows that a value whose mutation
+// failed is neither kept as if mutated nor read by a derivation: what
+// depends on it is unresolved, the rest is computed.
+func TestApplyFailedMutationFeedsNoDerivation(t *testing.T) {
+	params := []catalog.Parameter{
+		param("temp_c", "decimal", `{"*":[{"var":"value"},1.02]}`),
+		param("humidity", "decimal", `{"/":[{"var":"val"},{"-":[{"var":"val"},50]}]}`),
+		param("pressure", "decimal", `{"+":[{"var":"val"},1]}`),
+	}
+	defs := []catalog.Derived{
+		derived("temp_f", "decimal", tempF, 1),
+		derived("h2", "decimal", `{"*":[{"var":"humidity"},2]}`, 2),
+		derived("p2", "decimal", `{"*":[{"var":"pressure"},2]}`, 3),
+	}
+	p := mustCompile(t, params, defs)
+	res := p.Apply(map[string]any{"temp_c": 10.0, "humidity": 50.0, "pressure": 1000.0})
+	for _, k := range []string{"temp_c", "humidity"} {
+		if v, ok := res.Mutated[k]; ok {
+			t.Errorf("Mutated[%s] = %v, want it left out", k, v)
+		}
+		checkReason(t, "MutationErrors["+k+"]", res.MutationErrors[k])
+	}
+	if want := `mutation {"*":[{"var":"value"},1.02]} reads "value", which is not defined`; res.MutationErrors["temp_c"] != want {
+		t.Errorf("MutationErrors[temp_c] = %q, want %q", res.MutationErrors["temp_c"], want)
+	}
+	if !strings.Contains(res.MutationErrors["humidity"], "+Inf (such as a division by zero)") {
+		t.Errorf("MutationErrors[humidity] = %q, want the division by zero", res.MutationErrors["humidity"])
+	}
+	if res.Mutated["pressure"] != 1001.0 || res.Derived["p2"] != 2002.0 {
+		t.Errorf("pressure %v, p2 %v; want 1001 and 2002", res.Mutated["pressure"], res.Derived["p2"])
+	}
+	want := map[string]Unresolved{
+		"temp_f": {Reason: ReasonMissingInput, MissingInputs: []string{"temp_c"}},
+		"h2":     {Reason: ReasonMissingInput, MissingInputs: []string{"humidity"}},
+	}
+	if !reflect.DeepEqual(res.Unresolved, want) {
+		t.Errorf("Unresolved = %+v, want %+v", res.Unresolved, want)
 	}
 }
 
@@ -186,10 +257,11 @@ func TestApplyDerived(t *testing.T) {
 		{name: "missing input leaves that value unresolved, the rest kept (behaviour test 9)",
 			derived: []catalog.Derived{
 				derived("temp_f", "decimal", tempF, 1),
-				derived("dew", "decimal", `{"-":[{"var":"temp_c"},{"/":[{"-":[100,{"var":"rh"}]},5]}]}`, 2),
+				derived("dew", "decimal", `{"-":[{"var":"temp_c"},{"/":[{"-":[100,{"var":"humidity"}]},5]}]}`, 2),
 			},
+			extracted:  map[string]any{"temp_c": 10.0},
 			want:       map[string]any{"temp_f": 53.6},
-			unresolved: map[string]Unresolved{"dew": {Reason: ReasonMissingInput, MissingInputs: []string{"rh"}}}},
+			unresolved: map[string]Unresolved{"dew": {Reason: ReasonMissingInput, MissingInputs: []string{"humidity"}}}},
 		{name: "absent extracted value is a missing input",
 			derived:    []catalog.Derived{derived("temp_f", "decimal", tempF, 1), derived("h2", "decimal", `{"*":[{"var":"humidity"},2]}`, 2)},
 			extracted:  map[string]any{"humidity": 40.0},
@@ -197,14 +269,34 @@ func TestApplyDerived(t *testing.T) {
 			unresolved: map[string]Unresolved{"temp_f": {Reason: ReasonMissingInput, MissingInputs: []string{"temp_c"}}}},
 		{name: "unresolved dependency propagates as missing input",
 			derived: []catalog.Derived{
+				derived("a", "decimal", `{"var":"humidity"}`, 1),
+				derived("b", "decimal", `{"+":[{"var":"a"},{"var":"temp_c"}]}`, 2),
+			},
+			extracted: map[string]any{"temp_c": 10.0},
+			want:      map[string]any{},
+			unresolved: map[string]Unresolved{
+				"a": {Reason: ReasonMissingInput, MissingInputs: []string{"humidity"}},
+				"b": {Reason: ReasonMissingInput, MissingInputs: []string{"a"}},
+			}},
+		{name: "a name that is not defined is an evaluation error, not a missing input",
+			derived: []catalog.Derived{
 				derived("a", "decimal", `{"var":"nope"}`, 1),
 				derived("b", "decimal", `{"+":[{"var":"a"},{"var":"temp_c"}]}`, 2),
+				derived("c", "decimal", `{"var":"temp_c"}`, 3, "temp_c", "pressure"),
 			},
 			want: map[string]any{},
 			unresolved: map[string]Unresolved{
-				"a": {Reason: ReasonMissingInput, MissingInputs: []string{"nope"}},
+				"a": {Reason: ReasonEvaluationError},
 				"b": {Reason: ReasonMissingInput, MissingInputs: []string{"a"}},
+				"c": {Reason: ReasonEvaluationError},
+			},
+			detail: map[string]string{
+				"a": `expression {"var":"nope"} reads "nope", which is not defined`,
+				"c": `expression {"var":"temp_c"} lists dependency "pressure", which is not defined`,
 			}},
+		{name: "a var beyond the explicit dependencies is still read",
+			derived: []catalog.Derived{derived("t", "decimal", `{"+":[{"var":"temp_c"},{"var":"humidity"}]}`, 1, "temp_c")},
+			want:    map[string]any{"t": 52.0}},
 		{name: "two-key cycle, dependants missing, the rest kept (behaviour test 10)",
 			derived: []catalog.Derived{
 				derived("a", "decimal", `{"+":[{"var":"b"},1]}`, 1),
@@ -234,15 +326,17 @@ func TestApplyDerived(t *testing.T) {
 				"y": {Reason: ReasonCycle, Cycle: []string{"z", "x", "y", "z"}},
 				"z": {Reason: ReasonCycle, Cycle: []string{"z", "x", "y", "z"}},
 			}},
-		{name: "explicit dependencies replace inferred ones",
-			derived: []catalog.Derived{derived("t", "decimal", `{"+":[{"var":"temp_c"},1]}`, 1, "temp_c", "pressure")},
-			want:    map[string]any{},
+		{name: "explicit dependencies are required even when not read",
+			derived:   []catalog.Derived{derived("t", "decimal", `{"+":[{"var":"temp_c"},1]}`, 1, "temp_c", "humidity")},
+			extracted: map[string]any{"temp_c": 10.0},
+			want:      map[string]any{},
 			unresolved: map[string]Unresolved{
-				"t": {Reason: ReasonMissingInput, MissingInputs: []string{"pressure"}},
+				"t": {Reason: ReasonMissingInput, MissingInputs: []string{"humidity"}},
 			}},
 		{name: "var with a default tolerates absence",
-			derived: []catalog.Derived{derived("p", "decimal", `{"+":[{"var":["pressure",1000]},{"var":"temp_c"}]}`, 1)},
-			want:    map[string]any{"p": 1012.0}},
+			derived:   []catalog.Derived{derived("p", "decimal", `{"+":[{"var":["humidity",1000]},{"var":"temp_c"}]}`, 1)},
+			extracted: map[string]any{"temp_c": 10.0},
+			want:      map[string]any{"p": 1012.0}},
 		{name: "dotted path reads into a json value",
 			derived: []catalog.Derived{derived("floor", "integer", `{"var":"doc.site.floor"}`, 1)},
 			want:    map[string]any{"floor": int64(2)}},
@@ -303,7 +397,7 @@ func TestApplyDerived(t *testing.T) {
 				"half":    "result 1.5 is not an integer",
 				"notbool": "result 13 is not a boolean",
 				"null":    "result is null, not a decimal",
-				"panics":  "expression failed",
+				"panics":  `"?:" cannot be applied to 12, 1 and 2`,
 				"badop":   `unknown operator "sqrt"`,
 				"badop2":  `unknown operator "pow"`,
 			}},
@@ -355,6 +449,7 @@ func TestApplyDerived(t *testing.T) {
 				if d := tt.detail[k]; !strings.Contains(g.Detail, d) {
 					t.Errorf("Unresolved[%s].Detail = %q, want it to contain %q", k, g.Detail, d)
 				}
+				checkReason(t, "Unresolved["+k+"].Detail", g.Detail)
 			}
 			for k := range res.Derived {
 				if _, ok := res.Unresolved[k]; ok {
@@ -476,9 +571,29 @@ func TestCheckDefinitions(t *testing.T) {
 		}, want: []error{ErrCycle}, text: "derived parameters form a cycle: a -> c -> b -> a", cycle: []string{"a", "c", "b", "a"}},
 		{name: "self cycle", params: params, derived: []catalog.Derived{derived("a", "decimal", `{"var":"a"}`, 1)},
 			want: []error{ErrCycle}, text: "derived parameters form a cycle: a -> a", cycle: []string{"a", "a"}},
-		{name: "unknown dependency names the key", params: params, derived: []catalog.Derived{derived("temp_f", "decimal", `{"var":"temp_x"}`, 1)},
-			want: []error{ErrUnknownDependency}, text: `derived parameter "temp_f": unknown dependency "temp_x": neither a parameter nor a derived parameter`,
-			unknown: &UnknownDependencyError{Key: "temp_f", Dependency: "temp_x"}},
+		{name: "unknown dependency names the key, the expression and the name", params: params, derived: []catalog.Derived{derived("temp_f", "decimal", `{"var": "temp_x"}`, 1)},
+			want: []error{ErrUnknownDependency},
+			text: `derived parameter "temp_f": expression {"var":"temp_x"} reads "temp_x", which is not defined (an expression reads the topic's parameters and derived parameters)`},
+		{name: "unknown listed dependency", params: params, derived: []catalog.Derived{derived("t", "decimal", `{"var":"temp_c"}`, 1, "temp_c", "pressure")},
+			want: []error{ErrUnknownDependency},
+			text: `derived parameter "t": expression {"var":"temp_c"} lists dependency "pressure", which is not defined (an expression reads the topic's parameters and derived parameters)`},
+		{name: "a var beyond the listed dependencies is checked", params: params, derived: []catalog.Derived{derived("t", "decimal", `{"+":[{"var":"temp_c"},{"var":"nope"}]}`, 1, "temp_c")},
+			want: []error{ErrUnknownDependency}, text: `derived parameter "t": expression {"+":[{"var":"temp_c"},{"var":"nope"}]} reads "nope", which is not defined (an expression reads the topic's parameters and derived parameters)`},
+		{name: "a mutation that reads an unknown variable names parameter, expression and name", params: []catalog.Parameter{param("temp_c", "decimal", `{"*": [{"var": "value"}, 1.02]}`)},
+			want: []error{ErrUnknownVariable},
+			text: `parameter "temp_c": mutation {"*":[{"var":"value"},1.02]} reads "value", which is not defined (a mutation reads only "val", the extracted value)`},
+		{name: "a mutation may not read another parameter", params: []catalog.Parameter{param("temp_c", "decimal", `{"+":[{"var":"val"},{"var":"rh"}]}`), param("rh", "decimal", "")},
+			want: []error{ErrUnknownVariable}, text: `parameter "temp_c": mutation {"+":[{"var":"val"},{"var":"rh"}]} reads "rh", which is not defined (a mutation reads only "val", the extracted value)`},
+		{name: "a mutation may read into val, the whole data and list elements", params: []catalog.Parameter{
+			param("doc", "json", `{"var":"val.a.b"}`),
+			param("whole", "json", `{"var":""}`),
+			param("list", "json", `{"map":[{"var":["val",[]]},{"*":[{"var":""},2]}]}`),
+			param("sum", "json", `{"reduce":[{"var":"val"},{"+":[{"var":"current"},{"var":"accumulator"}]},0]}`),
+		}},
+		{name: "a derived expression may read parameters with a default and derived keys", params: params, derived: []catalog.Derived{
+			derived("a", "decimal", `{"+":[{"var":["rh",0]},{"var":"b.x"}]}`, 1),
+			derived("b", "json", `{"var":""}`, 2),
+		}},
 		{name: "expression that is not JSON", params: params, derived: []catalog.Derived{derived("temp_f", "decimal", `{`, 1)},
 			want: []error{ErrInvalidExpression}},
 		{name: "mutation that is not JSON", params: []catalog.Parameter{param("temp_c", "decimal", `{"+"`)},
@@ -489,11 +604,11 @@ func TestCheckDefinitions(t *testing.T) {
 			want: []error{ErrDuplicateKey}},
 		{name: "derived key equal to a parameter key", params: params, derived: []catalog.Derived{derived("rh", "decimal", `1`, 1)},
 			want: []error{ErrDuplicateKey}},
-		{name: "every problem is reported", params: params, derived: []catalog.Derived{
+		{name: "every problem is reported", params: append(slices.Clone(params), param("x", "decimal", `{"var":"y"}`)), derived: []catalog.Derived{
 			derived("a", "decimal", `{"var":"b"}`, 1),
 			derived("b", "decimal", `{"+":[{"var":"a"},{"var":"nope"}]}`, 2),
-		}, want: []error{ErrCycle, ErrUnknownDependency}, cycle: []string{"a", "b", "a"},
-			unknown: &UnknownDependencyError{Key: "b", Dependency: "nope"}},
+		}, want: []error{ErrCycle, ErrUnknownDependency, ErrUnknownVariable}, cycle: []string{"a", "b", "a"},
+			unknown: &UnknownDependencyError{Key: "b", Dependency: "nope", Expression: `{"+":[{"var":"a"},{"var":"nope"}]}`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -543,7 +658,9 @@ var allOperators = []catalog.Derived{
 }
 
 func TestApplyLeavesRulesIntact(t *testing.T) {
-	params := []catalog.Parameter{param("temp_c", "decimal", `{"set":[{"a":{"var":"val"},"b":2},"a",3]}`)}
+	// The mutation yields val itself, so the derivations read 12, after
+	// set has built a new object around a var.
+	params := []catalog.Parameter{param("temp_c", "decimal", `{"var":["val",{"set":[{"a":{"var":"val"},"b":2},"a",3]}]}`)}
 	p := mustCompile(t, params, allOperators)
 	for range 3 {
 		res := p.Apply(map[string]any{"temp_c": 12.0})
@@ -662,9 +779,17 @@ func FuzzApply(f *testing.F) {
 		}
 		res := p.Apply(extracted)
 		for k := range extracted {
-			if _, ok := res.Mutated[k]; !ok {
-				t.Errorf("Mutated lacks %s", k)
+			_, ok1 := res.Mutated[k]
+			_, ok2 := res.MutationErrors[k]
+			if ok1 == ok2 {
+				t.Errorf("%s: mutated %v, mutation error %v; want exactly one", k, ok1, ok2)
 			}
+		}
+		for k, why := range res.MutationErrors {
+			checkReason(t, "MutationErrors["+k+"]", why)
+		}
+		for k, u := range res.Unresolved {
+			checkReason(t, "Unresolved["+k+"].Detail", u.Detail)
 		}
 		for _, d := range defs {
 			_, ok1 := res.Derived[d.Key]
@@ -681,7 +806,10 @@ func FuzzApply(f *testing.F) {
 	})
 }
 
-func TestCompileTopicLeavesOutBrokenDefinitions(t *testing.T) {
+// TestCompileTopicReportsBrokenDefinitions compiles definitions that never
+// passed a check, as rows written with SQL may be: each broken one costs its
+// own value, never the topic's messages.
+func TestCompileTopicReportsBrokenDefinitions(t *testing.T) {
 	params := []catalog.Parameter{
 		{Key: "temp_c", DataType: "decimal", Mutation: json.RawMessage(`{"+": [{"var": "val"}, 2]}`)},
 		{Key: "humidity", DataType: "decimal", Mutation: json.RawMessage(`{"+": [`)},
@@ -689,19 +817,23 @@ func TestCompileTopicLeavesOutBrokenDefinitions(t *testing.T) {
 	derived := []catalog.Derived{
 		{Key: "temp_f", DataType: "decimal", Expression: json.RawMessage(`{"+": [{"*": [{"var": "temp_c"}, 1.8]}, 32]}`)},
 		{Key: "broken", DataType: "decimal", Expression: json.RawMessage(`{"*": [`)},
+		{Key: "uses_broken", DataType: "decimal", Expression: json.RawMessage(`{"var": "broken"}`)},
+		{Key: "uses_humidity", DataType: "decimal", Expression: json.RawMessage(`{"var": "humidity"}`)},
 	}
-	c, err := compileTopic(params, derived)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := c.apply(map[string]any{"temp_c": 10.0, "humidity": 40.0})
+	res := compileTopic(params, derived).Apply(map[string]any{"temp_c": 10.0, "humidity": 40.0})
 	if res.Derived["temp_f"] != 53.6 {
 		t.Errorf("temp_f = %v, want 53.6", res.Derived["temp_f"])
 	}
 	if u, ok := res.Unresolved["broken"]; !ok || u.Reason != ReasonEvaluationError {
 		t.Errorf("broken = %+v, want evaluation_error", res.Unresolved["broken"])
 	}
-	if res.MutationErrors["humidity"] == "" || res.Mutated["humidity"] != 40.0 {
-		t.Errorf("humidity: mutated %v, errors %v; want kept with a mutation error", res.Mutated["humidity"], res.MutationErrors)
+	if v, ok := res.Mutated["humidity"]; ok || res.MutationErrors["humidity"] != `mutation {"+": [ is not valid JSON` {
+		t.Errorf("humidity: mutated %v, errors %q; want left out with a mutation error", v, res.MutationErrors)
+	}
+	if u := res.Unresolved["uses_broken"]; u.Reason != ReasonMissingInput || !slices.Equal(u.MissingInputs, []string{"broken"}) {
+		t.Errorf("uses_broken = %+v, want missing input broken", u)
+	}
+	if u := res.Unresolved["uses_humidity"]; u.Reason != ReasonMissingInput || !slices.Equal(u.MissingInputs, []string{"humidity"}) {
+		t.Errorf("uses_humidity = %+v, want missing input humidity", u)
 	}
 }

@@ -5,10 +5,10 @@ package deriver
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,69 +36,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	compiled *catalog.Snapshot
-	programs map[uuid.UUID]*compiled
-}
-
-// compiled is a topic's program and the definitions it had to leave out
-// because they are not valid JSON, with the reason.
-type compiled struct {
-	program         *Program
-	brokenDerived   map[string]string
-	brokenMutations map[string]string
-}
-
-// apply runs the program and reports the left-out definitions, so one
-// broken definition costs its own value, never the topic's messages.
-func (c *compiled) apply(extracted map[string]any) Result {
-	res := c.program.Apply(extracted)
-	for k, why := range c.brokenDerived {
-		if res.Unresolved == nil {
-			res.Unresolved = map[string]Unresolved{}
-		}
-		res.Unresolved[k] = Unresolved{Reason: ReasonEvaluationError, Detail: why}
-	}
-	for k, why := range c.brokenMutations {
-		if _, ok := extracted[k]; !ok {
-			continue
-		}
-		if res.MutationErrors == nil {
-			res.MutationErrors = map[string]string{}
-		}
-		res.MutationErrors[k] = why
-	}
-	return res
-}
-
-// compile compiles a topic's definitions, leaving out the ones whose
-// expressions are not JSON.
-func compileTopic(params []catalog.Parameter, derived []catalog.Derived) (*compiled, error) {
-	c := &compiled{}
-	p, err := Compile(params, derived)
-	if err == nil {
-		c.program = p
-		return c, nil
-	}
-	c.brokenDerived, c.brokenMutations = map[string]string{}, map[string]string{}
-	var okParams []catalog.Parameter
-	for _, prm := range params {
-		if len(prm.Mutation) > 0 && !json.Valid(prm.Mutation) {
-			c.brokenMutations[prm.Key] = "mutation expression is not valid JSON"
-			prm.Mutation = nil
-		}
-		okParams = append(okParams, prm)
-	}
-	var okDerived []catalog.Derived
-	for _, d := range derived {
-		if !json.Valid(d.Expression) {
-			c.brokenDerived[d.Key] = "expression is not valid JSON"
-			continue
-		}
-		okDerived = append(okDerived, d)
-	}
-	if c.program, err = Compile(okParams, okDerived); err != nil {
-		return nil, err
-	}
-	return c, nil
+	programs map[uuid.UUID]*Program
 }
 
 // New returns the deriver.
@@ -113,7 +51,7 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 
 // program returns the compiled definitions of a topic, compiling them once
 // per catalog snapshot.
-func (srv *Server) program(topicID uuid.UUID) (*compiled, error) {
+func (srv *Server) program(topicID uuid.UUID) (*Program, error) {
 	snap := srv.catalog.Snapshot()
 	if snap == nil {
 		return nil, errCatalogNotLoaded
@@ -121,22 +59,16 @@ func (srv *Server) program(topicID uuid.UUID) (*compiled, error) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	if srv.compiled != snap {
-		srv.compiled, srv.programs = snap, map[uuid.UUID]*compiled{}
+		srv.compiled, srv.programs = snap, map[uuid.UUID]*Program{}
 	}
 	if p, ok := srv.programs[topicID]; ok {
 		return p, nil
 	}
-	var (
-		p   *compiled
-		err error
-	)
+	var p *Program
 	if t := snap.Topics[topicID]; t != nil {
-		p, err = compileTopic(t.Parameters, t.Derived)
+		p = compileTopic(t.Parameters, t.Derived)
 	} else {
-		p, err = compileTopic(nil, nil)
-	}
-	if err != nil {
-		return nil, err
+		p = compileTopic(nil, nil)
 	}
 	srv.programs[topicID] = p
 	return p, nil
@@ -154,33 +86,8 @@ func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*d
 			return nil, fmt.Errorf("topic %s: %w", e.GetTopicId(), err)
 		}
 		extracted := value.MapFromProto(e.GetExtracted())
-		res := p.apply(extracted)
-		e.Mutated = value.MapToProto(res.Mutated)
-		e.Derived = make(map[string]*telemetryv1.DerivedValue, len(res.Derived)+len(res.Unresolved))
-		for k, v := range res.Derived {
-			e.Derived[k] = &telemetryv1.DerivedValue{Result: &telemetryv1.DerivedValue_Value{Value: value.ToProto(v)}}
-		}
-		for k, u := range res.Unresolved {
-			e.Derived[k] = &telemetryv1.DerivedValue{Result: &telemetryv1.DerivedValue_Unresolved{Unresolved: unresolvedProto(u)}}
-		}
-		took := time.Since(start)
-		id := envelope.ParseUUID(e.GetMessageId())
-		mutate := stagelog.Entry{MessageID: id, DedupeKey: e.GetDedupeKey(), Stage: envelope.StageMutate,
-			Status: stagelog.StatusCompleted, Duration: took / 2, Attempt: int(e.GetDeliveryAttempt()),
-			ChangeSet: changed(extracted, res.Mutated)}
-		if len(res.MutationErrors) > 0 {
-			mutate.Status = stagelog.StatusFailed
-			mutate.Errors = res.MutationErrors
-			mutate.Input = jsonValues(extracted)
-		}
-		derive := stagelog.Entry{MessageID: id, DedupeKey: e.GetDedupeKey(), Stage: envelope.StageDerive,
-			Status: stagelog.StatusCompleted, Duration: took / 2, Attempt: int(e.GetDeliveryAttempt()),
-			ChangeSet: jsonValues(res.Derived)}
-		if len(res.Unresolved) > 0 {
-			derive.Status = stagelog.StatusUnresolved
-			derive.Errors = unresolvedJSON(res.Unresolved)
-			derive.Input = jsonValues(res.Mutated)
-		}
+		res := p.Apply(extracted)
+		mutate, derive := record(e, extracted, res, time.Since(start))
 		entries = append(entries, mutate, derive)
 	}
 	if !req.GetDryRun() {
@@ -193,6 +100,88 @@ func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*d
 		return nil, fmt.Errorf("persister: %w", err)
 	}
 	return &deriverv1.DeriveResponse{Outcomes: resp.GetOutcomes()}, nil
+}
+
+// record writes a message's result into its envelope and returns its
+// mutate and derive stage-log entries.
+//
+// A value whose mutation failed is carried as an unresolved entry of the
+// envelope's derived values, with reason evaluation_error and the failure
+// as the detail, and is absent from the mutated values. The persister
+// stores those entries in unresolved_values beside the unresolved derived
+// values, so one column answers "which values of this message are missing,
+// and why", and the publisher sends them in the event's unresolved values.
+// Keeping the extracted value instead would store, publish and derive from
+// a value the definition says is wrong (an uncalibrated reading) with
+// nothing to tell it apart, which is the silent pass-through this avoids.
+// The message still completes: its other values are good and stored, and
+// the failure belongs to the definition, so its reason (error_summary)
+// names each failed mutation and the mutate stage is logged as failed.
+func record(e *telemetryv1.Envelope, extracted map[string]any, res Result, took time.Duration) (mutate, derive stagelog.Entry) {
+	e.Mutated = value.MapToProto(res.Mutated)
+	e.Derived = make(map[string]*telemetryv1.DerivedValue, len(res.Derived)+len(res.Unresolved)+len(res.MutationErrors))
+	for k, v := range res.Derived {
+		e.Derived[k] = &telemetryv1.DerivedValue{Result: &telemetryv1.DerivedValue_Value{Value: value.ToProto(v)}}
+	}
+	for k, u := range res.Unresolved {
+		e.Derived[k] = &telemetryv1.DerivedValue{Result: &telemetryv1.DerivedValue_Unresolved{Unresolved: unresolvedProto(u)}}
+	}
+	failed := mutationFailures(res.MutationErrors)
+	for k, u := range failed {
+		e.Derived[k] = &telemetryv1.DerivedValue{Result: &telemetryv1.DerivedValue_Unresolved{Unresolved: unresolvedProto(u)}}
+	}
+
+	id := envelope.ParseUUID(e.GetMessageId())
+	mutate = stagelog.Entry{MessageID: id, DedupeKey: e.GetDedupeKey(), Stage: envelope.StageMutate,
+		Status: stagelog.StatusCompleted, Duration: took / 2, Attempt: int(e.GetDeliveryAttempt()),
+		ChangeSet: changed(extracted, res.Mutated)}
+	if len(failed) > 0 {
+		reason := mutationReason(res.MutationErrors)
+		if e.GetReason() != "" {
+			reason = e.GetReason() + "; " + reason
+		}
+		e.Reason = reason
+		mutate.Status = stagelog.StatusFailed
+		mutate.Errors = map[string]any{"reason": reason, "parameters": unresolvedJSON(failed)}
+		mutate.Input = jsonValues(extracted)
+	}
+	derive = stagelog.Entry{MessageID: id, DedupeKey: e.GetDedupeKey(), Stage: envelope.StageDerive,
+		Status: stagelog.StatusCompleted, Duration: took / 2, Attempt: int(e.GetDeliveryAttempt()),
+		ChangeSet: jsonValues(res.Derived)}
+	if len(res.Unresolved) > 0 {
+		derive.Status = stagelog.StatusUnresolved
+		derive.Errors = unresolvedJSON(res.Unresolved)
+		derive.Input = jsonValues(res.Mutated)
+	}
+	return mutate, derive
+}
+
+// mutationFailures turns failed mutations into unresolved values.
+func mutationFailures(errs map[string]string) map[string]Unresolved {
+	if len(errs) == 0 {
+		return nil
+	}
+	out := make(map[string]Unresolved, len(errs))
+	for k, why := range errs {
+		out[k] = Unresolved{Reason: ReasonEvaluationError, Detail: why}
+	}
+	return out
+}
+
+// mutationReason is one line naming each failed mutation, by key, such as
+// `temp_c: mutation {"*":[{"var":"value"},1.02]} reads "value", which is
+// not defined`.
+func mutationReason(errs map[string]string) string {
+	keys := make([]string, 0, len(errs))
+	for k := range errs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + ": " + errs[k]
+	}
+	return strings.Join(parts, "; ")
 }
 
 func unresolvedProto(u Unresolved) *telemetryv1.Unresolved {

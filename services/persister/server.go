@@ -239,7 +239,10 @@ func toMessage(e *telemetryv1.Envelope) Message {
 		recorded = m.ReceivedAt
 	}
 	mutated := envelope.Values(e.GetMutated())
-	if len(mutated) == 0 {
+	// A halted message never reached the deriver, so its extracted values
+	// are what it has. One that did is stored with what the deriver gave,
+	// even nothing: a value whose mutation failed is left out on purpose.
+	if len(mutated) == 0 && envelope.Halted(e) {
 		mutated = envelope.Values(e.GetExtracted())
 	}
 	transformed := make(map[string]any, len(mutated)+len(e.GetDerived()))

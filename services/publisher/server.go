@@ -233,7 +233,9 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 func itemFromEnvelope(e *telemetryv1.Envelope) Item {
 	derived, unresolved := envelope.Derived(e.GetDerived())
 	values := envelope.Values(e.GetMutated())
-	if len(values) == 0 {
+	// As the persister stores them: the extracted values only for a
+	// message that never reached the deriver.
+	if len(values) == 0 && envelope.Halted(e) {
 		values = envelope.Values(e.GetExtracted())
 	}
 	for k, v := range derived {
