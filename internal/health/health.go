@@ -105,13 +105,32 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// The states of a mesh, as [Report.State] reads them.
+const (
+	// StateHealthy is a mesh with nothing wrong and the pipeline on.
+	StateHealthy = "healthy"
+	// StatePaused is a mesh with nothing wrong whose global pipeline switch
+	// is off: consumption stopped on purpose and the stream keeps the
+	// backlog. It is neither healthy nor a fault.
+	StatePaused = "paused"
+	// StateUnhealthy is a mesh with at least one problem.
+	StateUnhealthy = "unhealthy"
+)
+
 // Report is the state of a mesh at one moment.
 type Report struct {
-	At       time.Time     `json:"at"`
-	Minutes  int           `json:"minutes"`
-	Stages   []StageHealth `json:"stages"`
-	Stream   *StreamInfo   `json:"stream,omitempty"`
-	Consumer *ConsumerInfo `json:"consumer,omitempty"`
+	At      time.Time `json:"at"`
+	Minutes int       `json:"minutes"`
+	// State is [StateHealthy], [StatePaused] or [StateUnhealthy].
+	State string `json:"state"`
+	// Pause is set while the global pipeline switch is off.
+	Pause *Pause `json:"pause,omitempty"`
+	// OrganizationsOff are the organizations whose own pipeline switch is
+	// off, with their parked messages. They do not pause the mesh.
+	OrganizationsOff []OrganizationOff `json:"organizations_off,omitempty"`
+	Stages           []StageHealth     `json:"stages"`
+	Stream           *StreamInfo       `json:"stream,omitempty"`
+	Consumer         *ConsumerInfo     `json:"consumer,omitempty"`
 	// BucketPresent and AnalyticsPresent say whether the publisher's KV
 	// bucket and analytics stream exist.
 	BucketPresent    bool `json:"bucket_present"`
@@ -128,8 +147,12 @@ type Report struct {
 	PublishFailedReasons []ReasonCount     `json:"publish_failed_reasons,omitempty"`
 	Parked               int               `json:"parked"`
 	Errors               map[string]string `json:"errors,omitempty"`
-	// Problems lists, one line each, what makes the mesh unhealthy.
+	// Problems lists, one line each, what makes the mesh unhealthy. A
+	// pause is not a problem.
 	Problems []string `json:"problems,omitempty"`
+
+	// parkedBy counts the parked messages per organization name.
+	parkedBy map[string]int
 }
 
 // StageHealth is one stage's gRPC health over every address of its target.
@@ -170,10 +193,33 @@ type ConsumerInfo struct {
 
 // Switch is one row of pipeline_switches.
 type Switch struct {
-	Organization         string `json:"organization"`
-	PipelineEnabled      bool   `json:"pipeline_enabled"`
-	PublishAnalytics     bool   `json:"publish_analytics"`
-	PublishInvalidEvents bool   `json:"publish_invalid_events"`
+	Organization         string    `json:"organization"`
+	PipelineEnabled      bool      `json:"pipeline_enabled"`
+	PublishAnalytics     bool      `json:"publish_analytics"`
+	PublishInvalidEvents bool      `json:"publish_invalid_events"`
+	UpdatedAt            time.Time `json:"updated_at"`
+	UpdatedBy            string    `json:"updated_by,omitempty"`
+}
+
+// Pause is a pipeline switched off on purpose: since when, by whom, and
+// how many messages wait for it in the stream.
+type Pause struct {
+	// Since and By are when the global switch row last changed and who
+	// changed it.
+	Since time.Time `json:"since"`
+	By    string    `json:"by,omitempty"`
+	// Backlog is the gateway consumer's pending count: the messages in the
+	// stream not delivered yet, taken when the pipeline is switched on.
+	Backlog uint64 `json:"backlog"`
+}
+
+// OrganizationOff is an organization whose pipeline switch is off: its
+// messages are parked, kept and resumed when it is switched back on.
+type OrganizationOff struct {
+	Organization string    `json:"organization"`
+	Since        time.Time `json:"since"`
+	By           string    `json:"by,omitempty"`
+	Parked       int       `json:"parked"`
 }
 
 // StageCount is how many stage-log rows one stage wrote with one status
@@ -191,8 +237,23 @@ type ReasonCount struct {
 	Count  int    `json:"count"`
 }
 
-// Healthy reports whether nothing in the report is wrong.
-func (r *Report) Healthy() bool { return len(r.Problems) == 0 }
+// Healthy reports whether nothing in the report is wrong and the pipeline
+// runs; a paused pipeline is not healthy, nor is it a fault.
+func (r *Report) Healthy() bool { return r.state() == StateHealthy }
+
+// state reads the report: any problem makes it unhealthy, even while
+// paused, since a pause must not hide a fault; otherwise a global switch
+// that is off makes it paused.
+func (r *Report) state() string {
+	switch {
+	case len(r.Problems) > 0:
+		return StateUnhealthy
+	case r.Pause != nil:
+		return StatePaused
+	default:
+		return StateHealthy
+	}
+}
 
 // Stage returns the health of the named stage, or nil.
 func (r *Report) Stage(name string) *StageHealth {
@@ -247,8 +308,33 @@ func Gather(ctx context.Context, cfg Config) (*Report, error) {
 	} else {
 		r.Errors["database"] = "no database URL given"
 	}
+	r.Pause, r.OrganizationsOff = pauses(r)
 	r.Problems = problems(r, cfg)
+	r.State = r.state()
 	return r, nil
+}
+
+// pauses reads the switches that are off: the global one pauses the mesh,
+// an organization's parks its messages.
+func pauses(r *Report) (*Pause, []OrganizationOff) {
+	var (
+		p    *Pause
+		orgs []OrganizationOff
+	)
+	for _, s := range r.Switches {
+		switch {
+		case s.PipelineEnabled:
+		case s.Organization == globalSwitch:
+			p = &Pause{Since: s.UpdatedAt, By: s.UpdatedBy}
+			if r.Consumer != nil {
+				p.Backlog = r.Consumer.Pending
+			}
+		default:
+			orgs = append(orgs, OrganizationOff{Organization: s.Organization, Since: s.UpdatedAt, By: s.UpdatedBy,
+				Parked: r.parkedBy[s.Organization]})
+		}
+	}
+	return p, orgs
 }
 
 // connectNATS opens a NATS connection and its JetStream context.
@@ -359,7 +445,7 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 	ctx, cancel := context.WithTimeout(ctx, 4*cfg.Timeout)
 	defer cancel()
 	rows, err := pool.Query(ctx, `select coalesce(s.organization_id::text, ''), coalesce(o.slug, ''), s.pipeline_enabled,
-			s.publish_analytics, s.publish_invalid_events
+			s.publish_analytics, s.publish_invalid_events, s.updated_at, coalesce(s.updated_by, '')
 		from pipeline_switches s left join organizations o on o.id = s.organization_id
 		order by s.organization_id nulls first`)
 	if err != nil {
@@ -368,18 +454,13 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 	for rows.Next() {
 		var id, slug string
 		var s Switch
-		if err := rows.Scan(&id, &slug, &s.PipelineEnabled, &s.PublishAnalytics, &s.PublishInvalidEvents); err != nil {
+		if err := rows.Scan(&id, &slug, &s.PipelineEnabled, &s.PublishAnalytics, &s.PublishInvalidEvents,
+			&s.UpdatedAt, &s.UpdatedBy); err != nil {
 			rows.Close()
 			return fmt.Errorf("pipeline switches: %w", err)
 		}
-		switch {
-		case id == "":
-			s.Organization = "(global)"
-		case slug != "":
-			s.Organization = slug
-		default:
-			s.Organization = id
-		}
+		s.UpdatedAt = s.UpdatedAt.UTC()
+		s.Organization = organizationName(id, slug)
 		r.Switches = append(r.Switches, s)
 	}
 	rows.Close()
@@ -436,10 +517,46 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 			return fmt.Errorf("publish_failed reasons: %w", err)
 		}
 	}
-	if err := pool.QueryRow(ctx, `select count(*) from ingestion_messages where status = 'parked'`).Scan(&r.Parked); err != nil {
+	rows, err = pool.Query(ctx, `select coalesce(m.organization_id::text, ''), coalesce(o.slug, ''), count(*)
+		from ingestion_messages m left join organizations o on o.id = m.organization_id
+		where m.status = 'parked' group by 1, 2`)
+	if err != nil {
+		return fmt.Errorf("parked messages: %w", err)
+	}
+	r.parkedBy = map[string]int{}
+	for rows.Next() {
+		var (
+			id, slug string
+			n        int
+		)
+		if err := rows.Scan(&id, &slug, &n); err != nil {
+			rows.Close()
+			return fmt.Errorf("parked messages: %w", err)
+		}
+		r.parkedBy[organizationName(id, slug)] += n
+		r.Parked += n
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
 		return fmt.Errorf("parked messages: %w", err)
 	}
 	return nil
+}
+
+// globalSwitch names the global row of pipeline_switches in a report.
+const globalSwitch = "(global)"
+
+// organizationName names an organization by its slug, else its id; no id
+// is the global switch.
+func organizationName(id, slug string) string {
+	switch {
+	case id == "":
+		return globalSwitch
+	case slug != "":
+		return slug
+	default:
+		return id
+	}
 }
 
 // problems lists what is wrong in r.
@@ -460,11 +577,6 @@ func problems(r *Report, cfg Config) []string {
 	}
 	if r.Consumer != nil && r.Consumer.Stream != cfg.Stream {
 		out = append(out, fmt.Sprintf("consumer %s is bound to stream %s, not %s", r.Consumer.Name, r.Consumer.Stream, cfg.Stream))
-	}
-	for _, s := range r.Switches {
-		if s.Organization == "(global)" && !s.PipelineEnabled {
-			out = append(out, "the global pipeline switch is off: consumption is paused")
-		}
 	}
 	if r.PublishFailedRecent > 0 {
 		out = append(out, fmt.Sprintf("%d publish_failed rows in the last %d minutes", r.PublishFailedRecent, r.Minutes))

@@ -23,6 +23,10 @@ const (
 	BadgeHighRisk = "High Risk"
 )
 
+// BadgePaused is the badge while the global pipeline switch is off: a
+// pause on purpose, neither a failure rate nor a fault.
+const BadgePaused = "Paused"
+
 // Badge returns the badge of a failure rate in percent: [BadgeHighRisk]
 // from 25 %, [BadgeWatch] from 10 %, else [BadgeStable].
 func Badge(percent float64) string {
@@ -71,6 +75,12 @@ var chainOrder = func() map[string]int {
 // Health is the health panel at one moment.
 type Health struct {
 	At time.Time `json:"at"`
+	// Badge is what the page's badge shows: [BadgePaused] while the global
+	// pipeline switch is off, else the five-minute failure rate's badge.
+	Badge string `json:"badge"`
+	// Pause is set while the global pipeline switch is off: since when, by
+	// whom, and the backlog waiting in the stream.
+	Pause *health.Pause `json:"pause,omitempty"`
 	// Stages is what each stage logged over the last five minutes.
 	Stages []StageStats `json:"stages"`
 	// Rate5m and Rate1h are the failure rates of the messages received in
@@ -289,6 +299,11 @@ func (hc *healthCache) compute(ctx context.Context) (*Health, error) {
 		hc.slow.at = time.Now().UTC()
 	}
 	h.Rate1h, h.Failures1h, h.StageHealth, h.SlowAt = hc.slow.rate, hc.slow.failures, hc.slow.stageHealth, hc.slow.at
+	h.Pause = pause(h.Switches, h.Backlog)
+	h.Badge = h.Rate5m.Badge
+	if h.Pause != nil {
+		h.Badge = BadgePaused
+	}
 	for k, v := range hc.slow.errs {
 		h.Errors[k] = v
 	}
@@ -296,6 +311,22 @@ func (hc *healthCache) compute(ctx context.Context) (*Health, error) {
 		h.Errors = nil
 	}
 	return h, nil
+}
+
+// pause returns the pause of the global switch row (the first of rows),
+// or nil while the pipeline is on.
+func pause(rows []ops.SwitchRow, backlog *Backlog) *health.Pause {
+	if len(rows) == 0 || rows[0].OrganizationID != nil || rows[0].Switches.PipelineEnabled {
+		return nil
+	}
+	p := &health.Pause{By: rows[0].UpdatedBy}
+	if rows[0].UpdatedAt != nil {
+		p.Since = rows[0].UpdatedAt.UTC()
+	}
+	if backlog != nil {
+		p.Backlog = backlog.Pending
+	}
+	return p
 }
 
 // stageStats summarises the stage logs of the last minutes.
