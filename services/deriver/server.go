@@ -21,6 +21,7 @@ import (
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/value"
 )
@@ -171,6 +172,7 @@ func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*d
 		if len(res.MutationErrors) > 0 {
 			mutate.Status = stagelog.StatusFailed
 			mutate.Errors = res.MutationErrors
+			mutate.Code = reason.EvaluationError
 			mutate.Input = jsonValues(extracted)
 		}
 		derive := stagelog.Entry{MessageID: id, DedupeKey: e.GetDedupeKey(), Stage: envelope.StageDerive,
@@ -179,6 +181,7 @@ func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*d
 		if len(res.Unresolved) > 0 {
 			derive.Status = stagelog.StatusUnresolved
 			derive.Errors = unresolvedJSON(res.Unresolved)
+			derive.Code = unresolvedCode(res.Unresolved)
 			derive.Input = jsonValues(res.Mutated)
 		}
 		entries = append(entries, mutate, derive)
