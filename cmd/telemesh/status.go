@@ -101,8 +101,14 @@ func newStatusCmd(e env) *cobra.Command {
 		Short: "Show the health of every stage, the stream and consumer, the switches and recent throughput",
 		Long: `status asks every stage for its gRPC health, reads the JetStream stream and
 the gateway's consumer, the pipeline switches, what each stage did over the
-last --minutes (from ingestion_stage_logs, by status and reason) and the
-publish_failed and parked counts.
+last --minutes (from ingestion_stage_logs, by status and reason code, with
+the text of the latest of each) and the publish_failed and parked counts.
+
+Failures are grouped by a stable reason code (invalid_json, unknown_device,
+unknown_topic, required, max, inactive, duplicate, parked, missing_input,
+kv_unavailable, ...), so one cause is one line however its texts differ; the
+full text stays on each stage-log row. Rows written before codes were
+recorded show as unclassified.
 
 A global pipeline switch that is off (telemesh flags set pipeline.enabled off)
 is a pause, not a fault: status says since when, by whom and how many messages
@@ -187,14 +193,14 @@ func printReport(w io.Writer, r *health.Report) error {
 		}
 		fmt.Fprintln(tw)
 	}
-	fmt.Fprintf(tw, "LAST %d MIN\tSTATUS\tCOUNT\tREASON\n", r.Minutes)
+	fmt.Fprintf(tw, "LAST %d MIN\tSTATUS\tCOUNT\tREASON\tEXAMPLE\n", r.Minutes)
 	for _, c := range r.Throughput {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Stage, c.Status, c.Count, c.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.Stage, c.Status, c.Count, c.Code, c.Example)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "PUBLISH FAILED\t%d (%d in the last %d min)\nPARKED\t%d\n", r.PublishFailed, r.PublishFailedRecent, r.Minutes, r.Parked)
 	for _, rc := range r.PublishFailedReasons {
-		fmt.Fprintf(tw, "  %d\t%s\n", rc.Count, rc.Reason)
+		fmt.Fprintf(tw, "  %s\n", health.ReasonLine(rc))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/app"
@@ -261,5 +262,77 @@ func TestStatusAndDoctorWhilePaused(t *testing.T) {
 	if code != 6 || !strings.Contains(out, "verdict: paused") || !strings.Contains(out, "by ops-oncall") ||
 		!strings.Contains(out, "telemesh flags set pipeline.enabled on") {
 		t.Errorf("doctor while paused: exit %d, want 6 with verdict paused, who paused it and how to resume", code)
+	}
+}
+
+// tableLines returns the lines of out that begin with prefix, spaces
+// squeezed.
+func tableLines(out, prefix string) []string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.Join(strings.Fields(l), " ")
+		if strings.HasPrefix(l, prefix) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// status and doctor group failures by cause, whatever their texts:
+// payloads cut at different offsets, unknown devices and topics on
+// different subjects, rule violations of different parameters, and
+// publishes that failed for different devices.
+func TestStatusAndDoctorGroupFailuresByCode(t *testing.T) {
+	lm := startLiveMesh(t, nil)
+	publish := func(subject, id, payload string) {
+		t.Helper()
+		msg := nats.NewMsg(subject)
+		msg.Data = []byte(payload)
+		msg.Header.Set("Nats-Msg-Id", id)
+		if _, err := lm.js.PublishMsg(t.Context(), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, p := range []string{`{"temp_c": 1`, `{"temp_c": 12, "x": [1, 2`, `{"temp_c": 123, "note": "cut here`} {
+		publish("devices.thermo-01.telemetry", fmt.Sprintf("cut-%d", i), p)
+	}
+	for i := range 3 {
+		publish(fmt.Sprintf("devices.ghost-%d.telemetry", i), fmt.Sprintf("ghost-%d", i), `{"temp_c": 1}`)
+	}
+	for _, d := range []string{"thermo-01", "thermo-02"} {
+		publish("devices."+d+".nosuchtopic", "topic-"+d, `{"temp_c": 1}`)
+	}
+	publish("devices.thermo-01.telemetry", "max-1", `{"temp_c": 500}`)
+	publish("devices.thermo-02.telemetry", "max-2", `{"temp_c": 20, "humidity": 150}`)
+	lm.waitCount(t, 30*time.Second, 10, `select count(*) from ingestion_messages where status in ('failed_terminal', 'failed_validation')`)
+
+	out, stderr, code := lm.run(t, "status")
+	t.Logf("status: exit %d\n%s%s", code, out, stderr)
+	if ingress := tableLines(out, "ingress halted"); len(ingress) != 3 {
+		t.Errorf("ingress halted in %d lines, want 3: the cut payloads, the unknown devices, the unknown topics", len(ingress))
+	}
+	for _, want := range []string{
+		"ingress halted 3 invalid_json payload is not a JSON object: unexpected end of JSON input at offset ",
+		`ingress halted 3 unknown_device subject "devices.ghost-`,
+		`ingress halted 2 unknown_topic subject "devices.thermo-0`,
+	} {
+		if len(tableLines(out, want)) != 1 {
+			t.Errorf("status lacks a line beginning %q", want)
+		}
+	}
+	if validate := tableLines(out, "validate halted"); len(validate) != 1 || !strings.HasPrefix(validate[0], "validate halted 2 max validation failed: ") {
+		t.Errorf("validate halted in %v, want one line of 2: the maxima", validate)
+	}
+
+	if err := lm.js.DeleteKeyValue(t.Context(), "device-states"); err != nil {
+		t.Fatal(err)
+	}
+	publish("devices.thermo-01.telemetry", "kv-1", `{"temp_c": 20}`)
+	publish("devices.thermo-02.telemetry", "kv-2", `{"temp_c": 21}`)
+	lm.waitCount(t, 30*time.Second, 2, countPubFailed)
+	out, _, code = lm.run(t, "doctor", "--window", "300ms")
+	t.Logf("doctor: exit %d\n%s", code, out)
+	if reasons := tableLines(out, "2 × kv_unavailable (e.g. "); code != 5 || len(reasons) != 1 || len(tableLines(out, "1 ×")) != 0 {
+		t.Errorf("doctor: exit %d, publish failures in %v; want exit 5 and one line of 2 × kv_unavailable", code, reasons)
 	}
 }

@@ -185,7 +185,7 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 		pubProblems = append(pubProblems, fmt.Sprintf("%d publish_failed rows in the last %d minutes (%d in all)",
 			rep.PublishFailedRecent, cfg.Minutes, rep.PublishFailed))
 		for _, r := range rep.PublishFailedReasons {
-			pubProblems = append(pubProblems, fmt.Sprintf("  %d × %s", r.Count, r.Reason))
+			pubProblems = append(pubProblems, "  "+ReasonLine(r))
 		}
 	}
 	if !rep.BucketPresent {
@@ -292,4 +292,14 @@ func probeBucket(ctx context.Context, cfg Config, js jetstream.JetStream) error 
 		return err
 	}
 	return kv.Purge(ctx, probeKey)
+}
+
+// ReasonLine says, in one line, how many messages one reason code hit and
+// the text of the latest: "2 × kv_unavailable (e.g. kv ...: nats: ...)".
+func ReasonLine(r ReasonCount) string {
+	line := fmt.Sprintf("%d × %s", r.Count, r.Code)
+	if r.Example != "" {
+		line += " (e.g. " + r.Example + ")"
+	}
+	return line
 }

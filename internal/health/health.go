@@ -24,6 +24,8 @@ import (
 
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/reason"
+	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
@@ -140,8 +142,9 @@ type Report struct {
 	// Throughput is what each stage did over the last Minutes.
 	Throughput []StageCount `json:"throughput"`
 	// PublishFailed counts every publish_failed telemetry row;
-	// PublishFailedRecent those changed in the last Minutes, with their
-	// most frequent reasons.
+	// PublishFailedRecent those changed in the last Minutes.
+	// PublishFailedReasons are the publish failures of the last Minutes by
+	// reason code, the most frequent first.
 	PublishFailed        int               `json:"publish_failed"`
 	PublishFailedRecent  int               `json:"publish_failed_recent"`
 	PublishFailedReasons []ReasonCount     `json:"publish_failed_reasons,omitempty"`
@@ -223,18 +226,24 @@ type OrganizationOff struct {
 }
 
 // StageCount is how many stage-log rows one stage wrote with one status
-// and reason.
+// and reason code, with the full text of one of them.
 type StageCount struct {
 	Stage  string `json:"stage"`
 	Status string `json:"status"`
-	Reason string `json:"reason,omitempty"`
-	Count  int    `json:"count"`
+	// Code is the rows' reason code (package reason); empty for completed
+	// rows, reason.Unclassified for rows written without one.
+	Code  string `json:"code,omitempty"`
+	Count int    `json:"count"`
+	// Example is the reason of the latest of the rows, as written.
+	Example string `json:"example,omitempty"`
 }
 
-// ReasonCount is one failure reason and how often it occurred.
+// ReasonCount is one reason code of failures, how many messages it hit,
+// and the full text of the latest.
 type ReasonCount struct {
-	Reason string `json:"reason"`
-	Count  int    `json:"count"`
+	Code    string `json:"code"`
+	Count   int    `json:"count"`
+	Example string `json:"example,omitempty"`
 }
 
 // Healthy reports whether nothing in the report is wrong and the pipeline
@@ -265,8 +274,39 @@ func (r *Report) Stage(name string) *StageHealth {
 	return nil
 }
 
-// reasonWidth truncates failure reasons so similar ones group together.
-const reasonWidth = 120
+// exampleWidth bounds the example reason shown beside a reason code.
+const exampleWidth = 160
+
+// stageCounts groups the stage logs of the last minutes by stage, status
+// and reason code. The example of each group is found apart, by the index
+// on (stage, status, created_at), so the grouping reads no jsonb.
+const stageCounts = `
+with g as (
+	select stage, status, reason_code, count(*) as n from ingestion_stage_logs
+	where created_at > now() - make_interval(mins => $1)
+	group by 1, 2, 3)
+select g.stage, g.status, coalesce(g.reason_code, ''), g.n, coalesce(left(x.example, $2), '')
+from g left join lateral (
+	select coalesce(l.errors->>'reason', l.errors::text) as example from ingestion_stage_logs l
+	where g.status <> 'completed' and l.stage = g.stage and l.status = g.status
+	  and l.reason_code is not distinct from g.reason_code and l.created_at > now() - make_interval(mins => $1)
+	order by l.created_at desc limit 1) x on true
+order by 1, 2, 4 desc, 3`
+
+// publishFailures groups the publish failures of the last minutes by
+// reason code, counting each message once however often it was retried.
+const publishFailures = `
+with g as (
+	select reason_code, count(distinct message_id) as n from ingestion_stage_logs
+	where stage = 'publish' and status = 'failed' and created_at > now() - make_interval(mins => $1)
+	group by 1)
+select coalesce(g.reason_code, ''), g.n, coalesce(left(x.example, $2), '')
+from g left join lateral (
+	select l.errors->>'reason' as example from ingestion_stage_logs l
+	where l.stage = 'publish' and l.status = 'failed' and l.reason_code is not distinct from g.reason_code
+	  and l.created_at > now() - make_interval(mins => $1)
+	order by l.created_at desc limit 1) x on true
+order by 2 desc, 1 limit 5`
 
 // Gather connects to the mesh described by cfg and builds a report. A part
 // that cannot be reached is recorded in the report's Errors and Problems;
@@ -468,17 +508,18 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 		return fmt.Errorf("pipeline switches: %w", err)
 	}
 
-	rows, err = pool.Query(ctx, `select stage, status, coalesce(left(errors->>'reason', $2), ''), count(*)
-		from ingestion_stage_logs where created_at > now() - make_interval(mins => $1)
-		group by 1, 2, 3 order by 1, 2, 4 desc`, cfg.Minutes, reasonWidth)
+	rows, err = pool.Query(ctx, stageCounts, cfg.Minutes, exampleWidth)
 	if err != nil {
 		return fmt.Errorf("stage logs: %w", err)
 	}
 	for rows.Next() {
 		var c StageCount
-		if err := rows.Scan(&c.Stage, &c.Status, &c.Reason, &c.Count); err != nil {
+		if err := rows.Scan(&c.Stage, &c.Status, &c.Code, &c.Count, &c.Example); err != nil {
 			rows.Close()
 			return fmt.Errorf("stage logs: %w", err)
+		}
+		if c.Code == "" && c.Status != stagelog.StatusCompleted {
+			c.Code = reason.Unclassified
 		}
 		r.Throughput = append(r.Throughput, c)
 	}
@@ -498,17 +539,18 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 		return fmt.Errorf("publish_failed rows: %w", err)
 	}
 	if r.PublishFailedRecent > 0 {
-		rows, err = pool.Query(ctx, `select coalesce(left(failure_reason, $2), ''), count(*) from device_telemetry_logs
-			where processing_state = 'publish_failed' and updated_at > now() - make_interval(mins => $1)
-			group by 1 order by 2 desc limit 5`, cfg.Minutes, reasonWidth)
+		rows, err = pool.Query(ctx, publishFailures, cfg.Minutes, exampleWidth)
 		if err != nil {
 			return fmt.Errorf("publish_failed reasons: %w", err)
 		}
 		for rows.Next() {
 			var c ReasonCount
-			if err := rows.Scan(&c.Reason, &c.Count); err != nil {
+			if err := rows.Scan(&c.Code, &c.Count, &c.Example); err != nil {
 				rows.Close()
 				return fmt.Errorf("publish_failed reasons: %w", err)
+			}
+			if c.Code == "" {
+				c.Code = reason.Unclassified
 			}
 			r.PublishFailedReasons = append(r.PublishFailedReasons, c)
 		}

@@ -30,7 +30,7 @@ func (m *mesh) waitPaused(t *testing.T) {
 func TestPausedIsNotUnhealthy(t *testing.T) {
 	m := startMesh(t)
 	m.publish(t, 2, "before")
-	eventually(t, 15*time.Second, "2 rows processed", func() bool {
+	eventually(t, 30*time.Second, "2 rows processed", func() bool {
 		return m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'processed'`) == 2
 	})
 	if _, err := m.db.Pool.Exec(t.Context(), `update pipeline_switches set pipeline_enabled = false, updated_by = 'ops-oncall'
@@ -39,7 +39,7 @@ func TestPausedIsNotUnhealthy(t *testing.T) {
 	}
 	m.waitPaused(t)
 	m.publish(t, 4, "while-paused")
-	eventually(t, 15*time.Second, "4 messages pending in the consumer", func() bool {
+	eventually(t, 30*time.Second, "4 messages pending in the consumer", func() bool {
 		c, err := m.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway")
 		if err != nil {
 			return false
@@ -100,7 +100,7 @@ func TestOrganizationOffIsShownNotPaused(t *testing.T) {
 			t.Fatal("no three messages parked after 200 tries")
 		}
 		m.publish(t, 1, fmt.Sprintf("org-off-%d", i))
-		eventually(t, 15*time.Second, "the message recorded", func() bool {
+		eventually(t, 30*time.Second, "the message recorded", func() bool {
 			return m.count(t, fmt.Sprintf(`select count(*) from ingestion_messages where source_message_id = 'org-off-%d-0'`, i)) == 1
 		})
 	}

@@ -35,7 +35,7 @@ func TestHealthBadgePaused(t *testing.T) {
 
 	e.exec(`update pipeline_switches set pipeline_enabled = false, updated_by = 'ops-oncall' where organization_id is null`)
 	var h Health
-	eventually(t, 5*time.Second, "the badge paused", func() bool {
+	eventually(t, 15*time.Second, "the badge paused", func() bool {
 		h = Health{}
 		e.do(http.MethodGet, "/api/health", "", nil, &h)
 		return h.Badge == BadgePaused
@@ -49,7 +49,7 @@ func TestHealthBadgePaused(t *testing.T) {
 	}
 
 	e.exec(`update pipeline_switches set pipeline_enabled = true, updated_by = 'ops-oncall' where organization_id is null`)
-	eventually(t, 5*time.Second, "the badge back to the failure rate", func() bool {
+	eventually(t, 15*time.Second, "the badge back to the failure rate", func() bool {
 		h = Health{}
 		e.do(http.MethodGet, "/api/health", "", nil, &h)
 		return h.Badge == BadgeStable && h.Pause == nil

@@ -706,7 +706,9 @@
     }
 
     const failRows = (list) => (list && list.length ? list.map((f) => el('tr', {},
-      el('td', {}, f.stage), el('td', {}, el('span', { class: 'state ' + f.status }, f.status)), el('td', {}, f.reason), el('td', { class: 'num' }, f.count)))
+      el('td', {}, f.stage), el('td', {}, el('span', { class: 'state ' + f.status }, f.status)),
+      el('td', { dataset: { code: f.code } }, el('b', { class: 'mono' }, f.code), f.example ? el('div', { class: 'hint', title: f.example }, 'e.g. ' + f.example) : null),
+      el('td', { class: 'num' }, f.count)))
       : [el('tr', {}, el('td', { colspan: 4, class: 'hint' }, 'No failures.'))]);
     if (changed('fail5', h.failures_5m, force)) $('h-fail5').tBodies[0].replaceChildren(...failRows(h.failures_5m));
     if (changed('fail60', h.failures_1h, force)) $('h-fail60').tBodies[0].replaceChildren(...failRows(h.failures_1h));
