@@ -15,6 +15,7 @@ import (
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/catalog"
+	"github.com/telemesh/telemesh/internal/reason"
 )
 
 // Incoming is one message as it arrived, before it is an envelope.
@@ -57,7 +58,7 @@ func payloadMessageID(payload []byte) (string, error) {
 	case len(trimmed) == 0:
 		return "", errors.New("it is empty")
 	case trimmed[0] != '{' && json.Valid(trimmed):
-		return "", fmt.Errorf("it is a JSON %s", jsonKind(trimmed[0]))
+		return "", notObjectError{kind: jsonKind(trimmed[0])}
 	}
 	var ids payloadIDs
 	if err := json.Unmarshal(payload, &ids); err != nil {
@@ -159,21 +160,22 @@ func BuildEnvelope(in Incoming, snap *catalog.Snapshot, switches *catalog.Switch
 		ContentType:     "application/json",
 		Status:          telemetryv1.MessageStatus_MESSAGE_STATUS_PROCESSING,
 	}
-	halt := func(reason string) *telemetryv1.Envelope {
+	halt := func(code, reason string) *telemetryv1.Envelope {
 		e.Status = telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL
 		e.HaltedStage = telemetryv1.Stage_STAGE_INGRESS
 		e.Reason = reason
+		e.ReasonCode = code
 		return e
 	}
 	if subjectProblem != "" {
-		return halt(subjectProblem)
+		return halt(reason.InvalidSubject, subjectProblem)
 	}
 	if snap == nil {
-		return halt("catalog not loaded")
+		return halt(reason.CatalogUnavailable, "catalog not loaded")
 	}
 	res, err := snap.Resolve(in.Subject)
 	if err != nil {
-		return halt(err.Error())
+		return halt(resolveCode(err), err.Error())
 	}
 	e.DeviceUuid = res.Device.ID.String()
 	e.DeviceExternalId = res.Device.ExternalID
@@ -186,15 +188,39 @@ func BuildEnvelope(in Incoming, snap *catalog.Snapshot, switches *catalog.Switch
 		e.OrganizationSlug = res.Organization.Slug
 	}
 	if idProblem != "" {
-		return halt(idProblem)
+		return halt(reason.InvalidMessageID, idProblem)
 	}
 	if payloadErr != nil {
-		return halt("payload is not a JSON object: " + payloadErr.Error())
+		return halt(payloadCode(payloadErr), "payload is not a JSON object: "+payloadErr.Error())
 	}
 	if res.Organization != nil && !switches.OrgEnabled(res.Organization.ID) {
 		e.Status = telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED
 		e.HaltedStage = telemetryv1.Stage_STAGE_INGRESS
 		e.Reason = fmt.Sprintf("organization %s has pipeline.enabled off; parked until it is on", res.Organization.Slug)
+		e.ReasonCode = reason.Parked
 	}
 	return e
+}
+
+// notObjectError is a payload that is valid JSON but not an object.
+type notObjectError struct{ kind string }
+
+func (e notObjectError) Error() string { return "it is a JSON " + e.kind }
+
+// payloadCode is the reason code of a payload [payloadMessageID] refused:
+// JSON that is not an object, or not JSON at all.
+func payloadCode(err error) string {
+	if errors.As(err, new(notObjectError)) {
+		return reason.NotAnObject
+	}
+	return reason.InvalidJSON
+}
+
+// resolveCode is the reason code of a subject the catalog cannot resolve.
+func resolveCode(err error) string {
+	var re *catalog.ResolveError
+	if errors.As(err, &re) && re.Code != "" {
+		return re.Code
+	}
+	return reason.InvalidSubject
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
 
@@ -338,7 +339,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered, start time.Time) 
 			g.send(ctx, batch[mid:], start)
 			return
 		}
-		g.deadLetter(ctx, batch[0], fmt.Sprintf("rejected by the chain: %v", err))
+		g.deadLetter(ctx, batch[0], reason.Rejected, fmt.Sprintf("rejected by the chain: %v", err))
 		return
 	}
 	for i, o := range resp.GetOutcomes() {
@@ -368,7 +369,7 @@ func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error
 	for _, d := range batch {
 		attempt := int(d.env.GetDeliveryAttempt())
 		if g.cfg.MaxDeliver > 0 && attempt >= g.cfg.MaxDeliver {
-			g.deadLetter(ctx, d, fmt.Sprintf("dead-lettered after %d deliveries: %v", attempt, cause))
+			g.deadLetter(ctx, d, reason.DeadLettered, fmt.Sprintf("dead-lettered after %d deliveries: %v", attempt, cause))
 			continue
 		}
 		delay := time.Second
@@ -381,9 +382,10 @@ func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error
 }
 
 // deadLetter records a message that cannot be processed as failed_terminal
-// with its reason and raw payload, then terminates its delivery. If even the
-// record cannot be written the message is NAKed, never dropped.
-func (g *Gateway) deadLetter(ctx context.Context, d delivered, reason string) {
+// with its reason, the reason's code and its raw payload, then terminates
+// its delivery. If even the record cannot be written the message is NAKed,
+// never dropped.
+func (g *Gateway) deadLetter(ctx context.Context, d delivered, code, why string) {
 	e := d.env
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -394,11 +396,11 @@ func (g *Gateway) deadLetter(ctx context.Context, d delivered, reason string) {
 		on conflict (dedupe_key) do nothing`,
 		e.GetMessageId(), nullUUID(e.GetOrganizationId()), nullUUID(e.GetDeviceUuid()), e.GetSourceSubject(),
 		e.GetSourceMessageId(), e.GetDedupeKey(), int64(e.GetStreamSequence()), int32(e.GetDeliveryAttempt()),
-		e.GetPayload(), e.GetContentType(), reason, envelope.Time(e.GetReceivedAt()))
+		e.GetPayload(), e.GetContentType(), why, envelope.Time(e.GetReceivedAt()))
 	if err == nil {
 		err = g.logs.Write(dctx, g.pool, []stagelog.Entry{{
 			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StageIngress,
-			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: map[string]any{"reason": reason},
+			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: map[string]any{"reason": why}, Code: code,
 			Input: map[string]any{"subject": e.GetSourceSubject(), "payload_bytes": len(e.GetPayload())},
 		}})
 	}
@@ -408,7 +410,7 @@ func (g *Gateway) deadLetter(ctx context.Context, d delivered, reason string) {
 		return
 	}
 	g.metrics.deadLettered.Inc()
-	g.logger.Warn("message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", e.GetDedupeKey(), "reason", reason)
+	g.logger.Warn("message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", e.GetDedupeKey(), "reason", why)
 	_ = d.msg.Term()
 }
 
@@ -432,10 +434,12 @@ func (g *Gateway) writeIngressLogs(ctx context.Context, envs []*telemetryv1.Enve
 		case telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL:
 			entries[i].Status = stagelog.StatusHalted
 			entries[i].Errors = map[string]any{"reason": e.GetReason()}
+			entries[i].Code = e.GetReasonCode()
 			entries[i].Input = map[string]any{"subject": e.GetSourceSubject(), "payload": string(e.GetPayload())}
 		case telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED:
 			entries[i].Status = stagelog.StatusParked
 			entries[i].Errors = map[string]any{"reason": e.GetReason()}
+			entries[i].Code = e.GetReasonCode()
 		}
 	}
 	return g.logs.Write(ctx, g.pool, entries)

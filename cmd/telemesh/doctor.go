@@ -30,7 +30,21 @@ func newDoctorCmd(e env) *cobra.Command {
   3. Are rows processed? No publish_failed rows in the last --minutes, the KV
      bucket and the analytics stream exist. If not: exit 5.
 
-It prints the branch, the evidence and the fix; exit 0 when healthy.`,
+A global pipeline switch that is off is a pause, not a fault: when nothing
+else is wrong the verdict is "paused", with since when, by whom and the
+backlog waiting in the stream, and exit 6. Organizations switched off are
+listed with their parked messages.
+
+It prints the branch, the evidence and the fix.
+
+Exit codes:
+  0  healthy
+  1  doctor could not run (e.g. the database URL is unusable)
+  2  a bad flag or setting
+  3  no telemetry on the captured subjects
+  4  telemetry is not being stored (a stage, the consumer or the database)
+  5  publishing failing
+  6  paused: the global pipeline switch is off and nothing is wrong`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
@@ -64,6 +78,9 @@ It prints the branch, the evidence and the fix; exit 0 when healthy.`,
 			if v.Fix != "" {
 				fmt.Fprintf(e.stdout, "\nfix: %s\n", v.Fix)
 			}
+		}
+		if v.ExitCode == health.ExitPaused {
+			return &exitCodeError{code: v.ExitCode, err: fmt.Errorf("doctor: %w", errPaused)}
 		}
 		if v.ExitCode != 0 {
 			return &exitCodeError{code: v.ExitCode, err: fmt.Errorf("doctor: %s", v.Branch)}

@@ -22,6 +22,10 @@ import (
 // the command exits 1.
 var errUnhealthy = errors.New("unhealthy")
 
+// errPaused is returned, with exit code [health.ExitPaused], by status and
+// doctor when the global pipeline switch is off and nothing is wrong.
+var errPaused = errors.New("paused")
+
 // meshFlags are the connection flags status and doctor share.
 type meshFlags struct {
 	cfg     health.Config
@@ -97,8 +101,25 @@ func newStatusCmd(e env) *cobra.Command {
 		Short: "Show the health of every stage, the stream and consumer, the switches and recent throughput",
 		Long: `status asks every stage for its gRPC health, reads the JetStream stream and
 the gateway's consumer, the pipeline switches, what each stage did over the
-last --minutes (from ingestion_stage_logs, by status and reason) and the
-publish_failed and parked counts. It exits 1 when anything is unhealthy.`,
+last --minutes (from ingestion_stage_logs, by status and reason code, with
+the text of the latest of each) and the publish_failed and parked counts.
+
+Failures are grouped by a stable reason code (invalid_json, unknown_device,
+unknown_topic, required, max, inactive, duplicate, parked, missing_input,
+kv_unavailable, ...), so one cause is one line however its texts differ; the
+full text stays on each stage-log row. Rows written before codes were
+recorded show as unclassified.
+
+A global pipeline switch that is off (telemesh flags set pipeline.enabled off)
+is a pause, not a fault: status says since when, by whom and how many messages
+wait in the stream. An organization switched off is listed with its parked
+messages; it does not pause the mesh.
+
+Exit codes:
+  0  healthy
+  1  unhealthy: at least one problem, listed (also while paused)
+  2  a bad flag or setting
+  6  paused: the global pipeline switch is off and nothing is wrong`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
@@ -125,8 +146,11 @@ publish_failed and parked counts. It exits 1 when anything is unhealthy.`,
 		} else if err := printReport(e.stdout, rep); err != nil {
 			return fmt.Errorf("status: %w", err)
 		}
-		if !rep.Healthy() {
+		switch rep.State {
+		case health.StateUnhealthy:
 			return fmt.Errorf("%w: %d problem(s)", errUnhealthy, len(rep.Problems))
+		case health.StatePaused:
+			return &exitCodeError{code: health.ExitPaused, err: fmt.Errorf("status: %w", errPaused)}
 		}
 		return nil
 	}
@@ -159,31 +183,45 @@ func printReport(w io.Writer, r *health.Report) error {
 	}
 	fmt.Fprintf(tw, "KV BUCKET PRESENT\t%t\nANALYTICS STREAM PRESENT\t%t\n\n", r.BucketPresent, r.AnalyticsPresent)
 	if len(r.Switches) > 0 {
-		fmt.Fprintln(tw, "SWITCH\tPIPELINE\tANALYTICS\tINVALID EVENTS")
+		fmt.Fprintln(tw, "SWITCH\tPIPELINE\tANALYTICS\tINVALID EVENTS\tCHANGED")
 		for _, s := range r.Switches {
-			fmt.Fprintf(tw, "%s\t%t\t%t\t%t\n", s.Organization, s.PipelineEnabled, s.PublishAnalytics, s.PublishInvalidEvents)
+			changed := s.UpdatedAt.UTC().Format(time.RFC3339)
+			if s.UpdatedBy != "" {
+				changed += " by " + s.UpdatedBy
+			}
+			fmt.Fprintf(tw, "%s\t%t\t%t\t%t\t%s\n", s.Organization, s.PipelineEnabled, s.PublishAnalytics, s.PublishInvalidEvents, changed)
 		}
 		fmt.Fprintln(tw)
 	}
-	fmt.Fprintf(tw, "LAST %d MIN\tSTATUS\tCOUNT\tREASON\n", r.Minutes)
+	fmt.Fprintf(tw, "LAST %d MIN\tSTATUS\tCOUNT\tREASON\tEXAMPLE\n", r.Minutes)
 	for _, c := range r.Throughput {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Stage, c.Status, c.Count, c.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.Stage, c.Status, c.Count, c.Code, c.Example)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "PUBLISH FAILED\t%d (%d in the last %d min)\nPARKED\t%d\n", r.PublishFailed, r.PublishFailedRecent, r.Minutes, r.Parked)
 	for _, rc := range r.PublishFailedReasons {
-		fmt.Fprintf(tw, "  %d\t%s\n", rc.Count, rc.Reason)
+		fmt.Fprintf(tw, "  %s\n", health.ReasonLine(rc))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if r.Healthy() {
-		_, err := fmt.Fprintln(w, "\nhealthy")
-		return err
+	fmt.Fprintln(w)
+	switch r.State {
+	case health.StateUnhealthy:
+		fmt.Fprintln(w, "unhealthy:")
+		for _, p := range r.Problems {
+			fmt.Fprintln(w, "  "+p)
+		}
+	case health.StateHealthy:
+		fmt.Fprintln(w, "healthy")
 	}
-	fmt.Fprintln(w, "\nunhealthy:")
-	for _, p := range r.Problems {
-		fmt.Fprintln(w, "  "+p)
+	// A pause is said after the problems, so a fault is read first.
+	if r.Pause != nil {
+		fmt.Fprintln(w, health.PauseLine(r.Pause))
+		fmt.Fprintln(w, "  resume with: telemesh flags set pipeline.enabled on")
+	}
+	for _, o := range r.OrganizationsOff {
+		fmt.Fprintln(w, health.OrganizationOffLine(o))
 	}
 	return nil
 }

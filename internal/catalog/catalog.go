@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/telemesh/telemesh/internal/reason"
 )
 
 // Organization is a tenant.
@@ -238,6 +240,9 @@ type Resolution struct {
 type ResolveError struct {
 	Subject string
 	Reason  string
+	// Code is the stable code of Reason: reason.InvalidSubject,
+	// reason.UnknownDevice or reason.UnknownTopic.
+	Code string
 }
 
 func (e *ResolveError) Error() string { return fmt.Sprintf("subject %q: %s", e.Subject, e.Reason) }
@@ -247,7 +252,7 @@ func (e *ResolveError) Error() string { return fmt.Sprintf("subject %q: %s", e.S
 func (s *Snapshot) Resolve(subject string) (*Resolution, error) {
 	parts := strings.Split(subject, ".")
 	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
-		return nil, &ResolveError{Subject: subject, Reason: "not of the form <base>.<device>.<topic>"}
+		return nil, &ResolveError{Subject: subject, Reason: "not of the form <base>.<device>.<topic>", Code: reason.InvalidSubject}
 	}
 	base, id, suffix := parts[0], parts[1], parts[2]
 	dev := s.DevicesByExternalID[id]
@@ -257,18 +262,19 @@ func (s *Snapshot) Resolve(subject string) (*Resolution, error) {
 		}
 	}
 	if dev == nil {
-		return nil, &ResolveError{Subject: subject, Reason: fmt.Sprintf("unknown device %q", id)}
+		return nil, &ResolveError{Subject: subject, Reason: fmt.Sprintf("unknown device %q", id), Code: reason.UnknownDevice}
 	}
 	dt := s.DeviceTypes[dev.DeviceTypeID]
 	if dt == nil {
-		return nil, &ResolveError{Subject: subject, Reason: fmt.Sprintf("device %q has no device type", id)}
+		return nil, &ResolveError{Subject: subject, Reason: fmt.Sprintf("device %q has no device type", id), Code: reason.UnknownTopic}
 	}
 	if dt.BaseTopic != base {
-		return nil, &ResolveError{Subject: subject, Reason: fmt.Sprintf("unknown topic: device type %q publishes under %q, not %q", dt.Name, dt.BaseTopic, base)}
+		return nil, &ResolveError{Subject: subject, Reason: fmt.Sprintf("unknown topic: device type %q publishes under %q, not %q", dt.Name, dt.BaseTopic, base),
+			Code: reason.UnknownTopic}
 	}
 	t := dt.Topics[suffix]
 	if t == nil {
-		return nil, &ResolveError{Subject: subject, Reason: fmt.Sprintf("unknown topic %q for device type %q", suffix, dt.Name)}
+		return nil, &ResolveError{Subject: subject, Reason: fmt.Sprintf("unknown topic %q for device type %q", suffix, dt.Name), Code: reason.UnknownTopic}
 	}
 	return &Resolution{Organization: s.Organizations[dev.OrganizationID], DeviceType: dt, Device: dev, Topic: t}, nil
 }

@@ -15,6 +15,9 @@ const (
 	BranchNoTelemetry = "no telemetry on the captured subjects"
 	BranchPublishing  = "publishing failing"
 	BranchHealthy     = "healthy"
+	// BranchPaused is a mesh with nothing wrong whose global pipeline
+	// switch is off: consumption stopped on purpose.
+	BranchPaused = "paused"
 	// BranchStagePrefix begins the branch of an unreachable stage:
 	// "stage validator unreachable".
 	BranchStagePrefix = "stage "
@@ -22,6 +25,9 @@ const (
 	ExitNoTelemetry = 3
 	ExitNotStored   = 4
 	ExitPublishing  = 5
+	// ExitPaused is the exit code of a paused pipeline, for status and
+	// doctor alike: neither healthy (0) nor a fault.
+	ExitPaused = 6
 )
 
 // DoctorOptions tune the walk of the decision tree.
@@ -122,6 +128,9 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 	if grew == 0 && !recent {
 		v.Branch, v.ExitCode = BranchNoTelemetry, ExitNoTelemetry
 		v.Evidence = append(v.Evidence, fmt.Sprintf("nothing arrived in %s nor in the last %d minutes", opts.Window, cfg.Minutes))
+		if rep.Pause != nil {
+			v.Evidence = append(v.Evidence, PauseLine(rep.Pause))
+		}
 		v.Fix = "check that devices or `telemesh simulate` publish to this NATS server, on a subject the stream captures (--expect-subject checks one)"
 		return v, nil
 	}
@@ -159,15 +168,12 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 		v.Fix = "check --database-url and that Postgres is up; the stages cannot write rows without it"
 		return v, nil
 	}
-	for _, s := range rep.Switches {
-		if s.Organization == "(global)" && !s.PipelineEnabled {
-			v.Branch, v.ExitCode = "pipeline switched off", ExitNotStored
-			v.Evidence = append(v.Evidence, "the global row of pipeline_switches has pipeline_enabled = false")
-			v.Fix = "switch the pipeline back on: telemesh flags set pipeline.enabled on"
-			return v, nil
-		}
-	}
-	if consBefore != nil && consAfter.Pending > 0 && consAfter.DeliveredSeq == consBefore.DeliveredSeq {
+	// A paused gateway delivers nothing on purpose: the consumer is not
+	// stuck. Publishing is still checked, since the retry loop runs while
+	// paused and a fault there is a fault.
+	if rep.Pause != nil {
+		v.Evidence = append(v.Evidence, PauseLine(rep.Pause))
+	} else if consBefore != nil && consAfter.Pending > 0 && consAfter.DeliveredSeq == consBefore.DeliveredSeq {
 		v.Branch, v.ExitCode = "consumer stuck", ExitNotStored
 		v.Evidence = append(v.Evidence, fmt.Sprintf("%d messages pending and nothing delivered in %s", consAfter.Pending, opts.Window))
 		v.Fix = "check the gateway's logs; it is not pulling from the consumer"
@@ -180,7 +186,7 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 		pubProblems = append(pubProblems, fmt.Sprintf("%d publish_failed rows in the last %d minutes (%d in all)",
 			rep.PublishFailedRecent, cfg.Minutes, rep.PublishFailed))
 		for _, r := range rep.PublishFailedReasons {
-			pubProblems = append(pubProblems, fmt.Sprintf("  %d × %s", r.Count, r.Reason))
+			pubProblems = append(pubProblems, "  "+ReasonLine(r))
 		}
 	}
 	if !rep.BucketPresent {
@@ -203,10 +209,40 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 		}
 		return v, nil
 	}
-	v.Branch, v.ExitCode = BranchHealthy, 0
 	v.Evidence = append(v.Evidence, fmt.Sprintf("no publish_failed rows in the last %d minutes; KV bucket %s and stream %s present",
 		cfg.Minutes, cfg.Bucket, cfg.AnalyticsStream))
+	for _, o := range rep.OrganizationsOff {
+		v.Evidence = append(v.Evidence, OrganizationOffLine(o))
+	}
+	if rep.Pause != nil {
+		v.Branch, v.ExitCode = BranchPaused, ExitPaused
+		v.Fix = "nothing is wrong; when the pause is over, switch the pipeline back on: telemesh flags set pipeline.enabled on"
+		return v, nil
+	}
+	v.Branch, v.ExitCode = BranchHealthy, 0
 	return v, nil
+}
+
+// PauseLine says, in one line, since when and by whom the pipeline is
+// paused and what waits for it.
+func PauseLine(p *Pause) string {
+	by := p.By
+	if by == "" {
+		by = "an unnamed operator"
+	}
+	return fmt.Sprintf("paused since %s by %s: the global pipeline switch is off; %d messages wait in the stream and are taken when it is switched back on",
+		p.Since.UTC().Format(time.RFC3339), by, p.Backlog)
+}
+
+// OrganizationOffLine says, in one line, that an organization is switched
+// off, since when, by whom and how many of its messages are parked.
+func OrganizationOffLine(o OrganizationOff) string {
+	by := o.By
+	if by == "" {
+		by = "an unnamed operator"
+	}
+	return fmt.Sprintf("organization %s switched off since %s by %s: %d parked messages, resumed when it is switched back on",
+		o.Organization, o.Since.UTC().Format(time.RFC3339), by, o.Parked)
 }
 
 // coveredByAny reports whether any of the stream's subject patterns
@@ -315,4 +351,14 @@ func kvRebuildCommand(ctx context.Context, cfg Config, js jetstream.JetStream) s
 		cmd += " --nats-user " + cfg.NATSAuth.User
 	}
 	return cmd
+}
+
+// ReasonLine says, in one line, how many messages one reason code hit and
+// the text of the latest: "2 × kv_unavailable (e.g. kv ...: nats: ...)".
+func ReasonLine(r ReasonCount) string {
+	line := fmt.Sprintf("%d × %s", r.Count, r.Code)
+	if r.Example != "" {
+		line += " (e.g. " + r.Example + ")"
+	}
+	return line
 }

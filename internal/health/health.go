@@ -24,6 +24,8 @@ import (
 
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/reason"
+	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
@@ -105,13 +107,32 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// The states of a mesh, as [Report.State] reads them.
+const (
+	// StateHealthy is a mesh with nothing wrong and the pipeline on.
+	StateHealthy = "healthy"
+	// StatePaused is a mesh with nothing wrong whose global pipeline switch
+	// is off: consumption stopped on purpose and the stream keeps the
+	// backlog. It is neither healthy nor a fault.
+	StatePaused = "paused"
+	// StateUnhealthy is a mesh with at least one problem.
+	StateUnhealthy = "unhealthy"
+)
+
 // Report is the state of a mesh at one moment.
 type Report struct {
-	At       time.Time     `json:"at"`
-	Minutes  int           `json:"minutes"`
-	Stages   []StageHealth `json:"stages"`
-	Stream   *StreamInfo   `json:"stream,omitempty"`
-	Consumer *ConsumerInfo `json:"consumer,omitempty"`
+	At      time.Time `json:"at"`
+	Minutes int       `json:"minutes"`
+	// State is [StateHealthy], [StatePaused] or [StateUnhealthy].
+	State string `json:"state"`
+	// Pause is set while the global pipeline switch is off.
+	Pause *Pause `json:"pause,omitempty"`
+	// OrganizationsOff are the organizations whose own pipeline switch is
+	// off, with their parked messages. They do not pause the mesh.
+	OrganizationsOff []OrganizationOff `json:"organizations_off,omitempty"`
+	Stages           []StageHealth     `json:"stages"`
+	Stream           *StreamInfo       `json:"stream,omitempty"`
+	Consumer         *ConsumerInfo     `json:"consumer,omitempty"`
 	// BucketPresent and AnalyticsPresent say whether the publisher's KV
 	// bucket and analytics stream exist.
 	BucketPresent    bool `json:"bucket_present"`
@@ -121,15 +142,20 @@ type Report struct {
 	// Throughput is what each stage did over the last Minutes.
 	Throughput []StageCount `json:"throughput"`
 	// PublishFailed counts every publish_failed telemetry row;
-	// PublishFailedRecent those changed in the last Minutes, with their
-	// most frequent reasons.
+	// PublishFailedRecent those changed in the last Minutes.
+	// PublishFailedReasons are the publish failures of the last Minutes by
+	// reason code, the most frequent first.
 	PublishFailed        int               `json:"publish_failed"`
 	PublishFailedRecent  int               `json:"publish_failed_recent"`
 	PublishFailedReasons []ReasonCount     `json:"publish_failed_reasons,omitempty"`
 	Parked               int               `json:"parked"`
 	Errors               map[string]string `json:"errors,omitempty"`
-	// Problems lists, one line each, what makes the mesh unhealthy.
+	// Problems lists, one line each, what makes the mesh unhealthy. A
+	// pause is not a problem.
 	Problems []string `json:"problems,omitempty"`
+
+	// parkedBy counts the parked messages per organization name.
+	parkedBy map[string]int
 }
 
 // StageHealth is one stage's gRPC health over every address of its target.
@@ -170,29 +196,73 @@ type ConsumerInfo struct {
 
 // Switch is one row of pipeline_switches.
 type Switch struct {
-	Organization         string `json:"organization"`
-	PipelineEnabled      bool   `json:"pipeline_enabled"`
-	PublishAnalytics     bool   `json:"publish_analytics"`
-	PublishInvalidEvents bool   `json:"publish_invalid_events"`
+	Organization         string    `json:"organization"`
+	PipelineEnabled      bool      `json:"pipeline_enabled"`
+	PublishAnalytics     bool      `json:"publish_analytics"`
+	PublishInvalidEvents bool      `json:"publish_invalid_events"`
+	UpdatedAt            time.Time `json:"updated_at"`
+	UpdatedBy            string    `json:"updated_by,omitempty"`
+}
+
+// Pause is a pipeline switched off on purpose: since when, by whom, and
+// how many messages wait for it in the stream.
+type Pause struct {
+	// Since and By are when the global switch row last changed and who
+	// changed it.
+	Since time.Time `json:"since"`
+	By    string    `json:"by,omitempty"`
+	// Backlog is the gateway consumer's pending count: the messages in the
+	// stream not delivered yet, taken when the pipeline is switched on.
+	Backlog uint64 `json:"backlog"`
+}
+
+// OrganizationOff is an organization whose pipeline switch is off: its
+// messages are parked, kept and resumed when it is switched back on.
+type OrganizationOff struct {
+	Organization string    `json:"organization"`
+	Since        time.Time `json:"since"`
+	By           string    `json:"by,omitempty"`
+	Parked       int       `json:"parked"`
 }
 
 // StageCount is how many stage-log rows one stage wrote with one status
-// and reason.
+// and reason code, with the full text of one of them.
 type StageCount struct {
 	Stage  string `json:"stage"`
 	Status string `json:"status"`
-	Reason string `json:"reason,omitempty"`
-	Count  int    `json:"count"`
+	// Code is the rows' reason code (package reason); empty for completed
+	// rows, reason.Unclassified for rows written without one.
+	Code  string `json:"code,omitempty"`
+	Count int    `json:"count"`
+	// Example is the reason of the latest of the rows, as written.
+	Example string `json:"example,omitempty"`
 }
 
-// ReasonCount is one failure reason and how often it occurred.
+// ReasonCount is one reason code of failures, how many messages it hit,
+// and the full text of the latest.
 type ReasonCount struct {
-	Reason string `json:"reason"`
-	Count  int    `json:"count"`
+	Code    string `json:"code"`
+	Count   int    `json:"count"`
+	Example string `json:"example,omitempty"`
 }
 
-// Healthy reports whether nothing in the report is wrong.
-func (r *Report) Healthy() bool { return len(r.Problems) == 0 }
+// Healthy reports whether nothing in the report is wrong and the pipeline
+// runs; a paused pipeline is not healthy, nor is it a fault.
+func (r *Report) Healthy() bool { return r.state() == StateHealthy }
+
+// state reads the report: any problem makes it unhealthy, even while
+// paused, since a pause must not hide a fault; otherwise a global switch
+// that is off makes it paused.
+func (r *Report) state() string {
+	switch {
+	case len(r.Problems) > 0:
+		return StateUnhealthy
+	case r.Pause != nil:
+		return StatePaused
+	default:
+		return StateHealthy
+	}
+}
 
 // Stage returns the health of the named stage, or nil.
 func (r *Report) Stage(name string) *StageHealth {
@@ -204,8 +274,39 @@ func (r *Report) Stage(name string) *StageHealth {
 	return nil
 }
 
-// reasonWidth truncates failure reasons so similar ones group together.
-const reasonWidth = 120
+// exampleWidth bounds the example reason shown beside a reason code.
+const exampleWidth = 160
+
+// stageCounts groups the stage logs of the last minutes by stage, status
+// and reason code. The example of each group is found apart, by the index
+// on (stage, status, created_at), so the grouping reads no jsonb.
+const stageCounts = `
+with g as (
+	select stage, status, reason_code, count(*) as n from ingestion_stage_logs
+	where created_at > now() - make_interval(mins => $1)
+	group by 1, 2, 3)
+select g.stage, g.status, coalesce(g.reason_code, ''), g.n, coalesce(left(x.example, $2), '')
+from g left join lateral (
+	select coalesce(l.errors->>'reason', l.errors::text) as example from ingestion_stage_logs l
+	where g.status <> 'completed' and l.stage = g.stage and l.status = g.status
+	  and l.reason_code is not distinct from g.reason_code and l.created_at > now() - make_interval(mins => $1)
+	order by l.created_at desc limit 1) x on true
+order by 1, 2, 4 desc, 3`
+
+// publishFailures groups the publish failures of the last minutes by
+// reason code, counting each message once however often it was retried.
+const publishFailures = `
+with g as (
+	select reason_code, count(distinct message_id) as n from ingestion_stage_logs
+	where stage = 'publish' and status = 'failed' and created_at > now() - make_interval(mins => $1)
+	group by 1)
+select coalesce(g.reason_code, ''), g.n, coalesce(left(x.example, $2), '')
+from g left join lateral (
+	select l.errors->>'reason' as example from ingestion_stage_logs l
+	where l.stage = 'publish' and l.status = 'failed' and l.reason_code is not distinct from g.reason_code
+	  and l.created_at > now() - make_interval(mins => $1)
+	order by l.created_at desc limit 1) x on true
+order by 2 desc, 1 limit 5`
 
 // Gather connects to the mesh described by cfg and builds a report. A part
 // that cannot be reached is recorded in the report's Errors and Problems;
@@ -247,8 +348,33 @@ func Gather(ctx context.Context, cfg Config) (*Report, error) {
 	} else {
 		r.Errors["database"] = "no database URL given"
 	}
+	r.Pause, r.OrganizationsOff = pauses(r)
 	r.Problems = problems(r, cfg)
+	r.State = r.state()
 	return r, nil
+}
+
+// pauses reads the switches that are off: the global one pauses the mesh,
+// an organization's parks its messages.
+func pauses(r *Report) (*Pause, []OrganizationOff) {
+	var (
+		p    *Pause
+		orgs []OrganizationOff
+	)
+	for _, s := range r.Switches {
+		switch {
+		case s.PipelineEnabled:
+		case s.Organization == globalSwitch:
+			p = &Pause{Since: s.UpdatedAt, By: s.UpdatedBy}
+			if r.Consumer != nil {
+				p.Backlog = r.Consumer.Pending
+			}
+		default:
+			orgs = append(orgs, OrganizationOff{Organization: s.Organization, Since: s.UpdatedAt, By: s.UpdatedBy,
+				Parked: r.parkedBy[s.Organization]})
+		}
+	}
+	return p, orgs
 }
 
 // connectNATS opens a NATS connection and its JetStream context.
@@ -359,7 +485,7 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 	ctx, cancel := context.WithTimeout(ctx, 4*cfg.Timeout)
 	defer cancel()
 	rows, err := pool.Query(ctx, `select coalesce(s.organization_id::text, ''), coalesce(o.slug, ''), s.pipeline_enabled,
-			s.publish_analytics, s.publish_invalid_events
+			s.publish_analytics, s.publish_invalid_events, s.updated_at, coalesce(s.updated_by, '')
 		from pipeline_switches s left join organizations o on o.id = s.organization_id
 		order by s.organization_id nulls first`)
 	if err != nil {
@@ -368,18 +494,13 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 	for rows.Next() {
 		var id, slug string
 		var s Switch
-		if err := rows.Scan(&id, &slug, &s.PipelineEnabled, &s.PublishAnalytics, &s.PublishInvalidEvents); err != nil {
+		if err := rows.Scan(&id, &slug, &s.PipelineEnabled, &s.PublishAnalytics, &s.PublishInvalidEvents,
+			&s.UpdatedAt, &s.UpdatedBy); err != nil {
 			rows.Close()
 			return fmt.Errorf("pipeline switches: %w", err)
 		}
-		switch {
-		case id == "":
-			s.Organization = "(global)"
-		case slug != "":
-			s.Organization = slug
-		default:
-			s.Organization = id
-		}
+		s.UpdatedAt = s.UpdatedAt.UTC()
+		s.Organization = organizationName(id, slug)
 		r.Switches = append(r.Switches, s)
 	}
 	rows.Close()
@@ -387,17 +508,18 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 		return fmt.Errorf("pipeline switches: %w", err)
 	}
 
-	rows, err = pool.Query(ctx, `select stage, status, coalesce(left(errors->>'reason', $2), ''), count(*)
-		from ingestion_stage_logs where created_at > now() - make_interval(mins => $1)
-		group by 1, 2, 3 order by 1, 2, 4 desc`, cfg.Minutes, reasonWidth)
+	rows, err = pool.Query(ctx, stageCounts, cfg.Minutes, exampleWidth)
 	if err != nil {
 		return fmt.Errorf("stage logs: %w", err)
 	}
 	for rows.Next() {
 		var c StageCount
-		if err := rows.Scan(&c.Stage, &c.Status, &c.Reason, &c.Count); err != nil {
+		if err := rows.Scan(&c.Stage, &c.Status, &c.Code, &c.Count, &c.Example); err != nil {
 			rows.Close()
 			return fmt.Errorf("stage logs: %w", err)
+		}
+		if c.Code == "" && c.Status != stagelog.StatusCompleted {
+			c.Code = reason.Unclassified
 		}
 		r.Throughput = append(r.Throughput, c)
 	}
@@ -417,17 +539,18 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 		return fmt.Errorf("publish_failed rows: %w", err)
 	}
 	if r.PublishFailedRecent > 0 {
-		rows, err = pool.Query(ctx, `select coalesce(left(failure_reason, $2), ''), count(*) from device_telemetry_logs
-			where processing_state = 'publish_failed' and updated_at > now() - make_interval(mins => $1)
-			group by 1 order by 2 desc limit 5`, cfg.Minutes, reasonWidth)
+		rows, err = pool.Query(ctx, publishFailures, cfg.Minutes, exampleWidth)
 		if err != nil {
 			return fmt.Errorf("publish_failed reasons: %w", err)
 		}
 		for rows.Next() {
 			var c ReasonCount
-			if err := rows.Scan(&c.Reason, &c.Count); err != nil {
+			if err := rows.Scan(&c.Code, &c.Count, &c.Example); err != nil {
 				rows.Close()
 				return fmt.Errorf("publish_failed reasons: %w", err)
+			}
+			if c.Code == "" {
+				c.Code = reason.Unclassified
 			}
 			r.PublishFailedReasons = append(r.PublishFailedReasons, c)
 		}
@@ -436,10 +559,46 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 			return fmt.Errorf("publish_failed reasons: %w", err)
 		}
 	}
-	if err := pool.QueryRow(ctx, `select count(*) from ingestion_messages where status = 'parked'`).Scan(&r.Parked); err != nil {
+	rows, err = pool.Query(ctx, `select coalesce(m.organization_id::text, ''), coalesce(o.slug, ''), count(*)
+		from ingestion_messages m left join organizations o on o.id = m.organization_id
+		where m.status = 'parked' group by 1, 2`)
+	if err != nil {
+		return fmt.Errorf("parked messages: %w", err)
+	}
+	r.parkedBy = map[string]int{}
+	for rows.Next() {
+		var (
+			id, slug string
+			n        int
+		)
+		if err := rows.Scan(&id, &slug, &n); err != nil {
+			rows.Close()
+			return fmt.Errorf("parked messages: %w", err)
+		}
+		r.parkedBy[organizationName(id, slug)] += n
+		r.Parked += n
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
 		return fmt.Errorf("parked messages: %w", err)
 	}
 	return nil
+}
+
+// globalSwitch names the global row of pipeline_switches in a report.
+const globalSwitch = "(global)"
+
+// organizationName names an organization by its slug, else its id; no id
+// is the global switch.
+func organizationName(id, slug string) string {
+	switch {
+	case id == "":
+		return globalSwitch
+	case slug != "":
+		return slug
+	default:
+		return id
+	}
 }
 
 // problems lists what is wrong in r.
@@ -460,11 +619,6 @@ func problems(r *Report, cfg Config) []string {
 	}
 	if r.Consumer != nil && r.Consumer.Stream != cfg.Stream {
 		out = append(out, fmt.Sprintf("consumer %s is bound to stream %s, not %s", r.Consumer.Name, r.Consumer.Stream, cfg.Stream))
-	}
-	for _, s := range r.Switches {
-		if s.Organization == "(global)" && !s.PipelineEnabled {
-			out = append(out, "the global pipeline switch is off: consumption is paused")
-		}
 	}
 	if r.PublishFailedRecent > 0 {
 		out = append(out, fmt.Sprintf("%d publish_failed rows in the last %d minutes", r.PublishFailedRecent, r.Minutes))

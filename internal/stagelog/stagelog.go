@@ -70,6 +70,10 @@ type Entry struct {
 	ChangeSet any
 	// Errors holds the reasons of a failure.
 	Errors any
+	// Code is the stable code of why the stage did not complete the
+	// message (a constant of package reason), set by the stage that decided
+	// it; empty for a completed entry. Operators group failures by it.
+	Code string
 	// At is when the stage finished; zero means now.
 	At time.Time
 }
@@ -128,7 +132,7 @@ func Sampled(dedupeKey string, rate float64) bool {
 
 var columns = []string{
 	"id", "message_id", "dedupe_key", "stage", "status", "duration_us", "attempt", "instance",
-	"input_snapshot", "output_snapshot", "change_set", "errors", "created_at",
+	"input_snapshot", "output_snapshot", "change_set", "errors", "created_at", "reason_code",
 }
 
 // Write writes the entries the mode keeps with one COPY. q is a pool, or the
@@ -164,7 +168,7 @@ func (w *Writer) Write(ctx context.Context, q Querier, entries []Entry) error {
 			}
 			row = append(row, j)
 		}
-		rows = append(rows, append(row, at))
+		rows = append(rows, append(row, at, nullable(e.Code)))
 	}
 	if len(rows) == 0 {
 		return nil

@@ -21,6 +21,7 @@ import (
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/envelope"
+	reasoncode "github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/value"
 )
@@ -143,6 +144,7 @@ func record(e *telemetryv1.Envelope, extracted map[string]any, res Result, took 
 		e.Reason = reason
 		mutate.Status = stagelog.StatusFailed
 		mutate.Errors = map[string]any{"reason": reason, "parameters": unresolvedJSON(failed)}
+		mutate.Code = reasoncode.EvaluationError
 		mutate.Input = jsonValues(extracted)
 	}
 	derive = stagelog.Entry{MessageID: id, DedupeKey: e.GetDedupeKey(), Stage: envelope.StageDerive,
@@ -151,6 +153,7 @@ func record(e *telemetryv1.Envelope, extracted map[string]any, res Result, took 
 	if len(res.Unresolved) > 0 {
 		derive.Status = stagelog.StatusUnresolved
 		derive.Errors = unresolvedJSON(res.Unresolved)
+		derive.Code = unresolvedCode(res.Unresolved)
 		derive.Input = jsonValues(res.Mutated)
 	}
 	return mutate, derive

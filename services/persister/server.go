@@ -16,6 +16,7 @@ import (
 	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
 
@@ -75,6 +76,7 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 			if results[i].Disposition == Duplicate {
 				entries[i].Status = stagelog.StatusDuplicate
 				entries[i].Errors = map[string]any{"duplicate_of": results[i].OriginalID, "original_status": results[i].OriginalStatus}
+				entries[i].Code = reason.Duplicate
 			}
 		}
 		return entries
@@ -152,7 +154,7 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 	if err == nil {
 		err = fmt.Errorf("publisher answered %d outcomes for %d envelopes", len(resp.GetOutcomes()), len(envs))
 	}
-	reason := "publisher unreachable: " + err.Error()
+	why := "publisher unreachable: " + err.Error()
 	srv.logger.WarnContext(ctx, "publish after persist failed; rows are publish_failed and will be retried", "rows", len(envs), "err", err)
 	var (
 		pending  []uuid.UUID
@@ -165,7 +167,7 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 		}
 		outcomes[i].ProcessingState = telemetryv1.ProcessingState_PROCESSING_STATE_PUBLISH_FAILED
 		outcomes[i].HaltedStage = telemetryv1.Stage_STAGE_PUBLISH
-		outcomes[i].Reason = reason
+		outcomes[i].Reason = why
 		if id, perr := uuid.Parse(e.GetMessageId()); perr == nil {
 			pending = append(pending, id)
 			at := envelope.Time(e.GetRecordedAt())
@@ -187,11 +189,34 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 	// marked so an operator sees why they are not processed.
 	mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer mcancel()
-	if err := srv.store.MarkPublishFailed(mctx, pending, from, to, reason, time.Now().Add(srv.cfg.RetryDelay)); err != nil {
+	if err := srv.store.MarkPublishFailed(mctx, pending, from, to, why, time.Now().Add(srv.cfg.RetryDelay)); err != nil {
 		// The rows stay pending; the retry loop takes them once their lease
 		// ends, so nothing is lost.
 		srv.logger.ErrorContext(ctx, "could not mark rows publish_failed; they stay pending for the retry loop", "err", err)
+		return
 	}
+	// The publish stage's row for this attempt, which the publisher never
+	// saw: without it the message's trail would not say why it is
+	// publish_failed until the retry loop takes it.
+	if err := srv.logs.Write(mctx, srv.store.pool, publishFailedLogs(envs, why)); err != nil {
+		srv.logger.ErrorContext(ctx, "could not write the publish stage logs of rows left publish_failed", "err", err)
+	}
+}
+
+// publishFailedLogs are the publish stage's rows of the pending envelopes
+// the publisher could not be reached for.
+func publishFailedLogs(envs []*telemetryv1.Envelope, why string) []stagelog.Entry {
+	entries := make([]stagelog.Entry, 0, len(envs))
+	for _, e := range envs {
+		if e.GetProcessingState() != telemetryv1.ProcessingState_PROCESSING_STATE_PENDING {
+			continue
+		}
+		entries = append(entries, stagelog.Entry{
+			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StagePublish,
+			Status: stagelog.StatusFailed, Attempt: 1, Errors: map[string]any{"reason": why}, Code: reason.PublisherUnreachable,
+		})
+	}
+	return entries
 }
 
 // toMessage maps an envelope to what is stored for it.

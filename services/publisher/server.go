@@ -131,6 +131,7 @@ func (srv *Server) record(ctx context.Context, items []Item, results []ItemResul
 		case r.Err != nil:
 			e.Status = stagelog.StatusFailed
 			e.Errors = map[string]any{"reason": r.Err.Error()}
+			e.Code = failureCode(it, r)
 			if !it.Invalid {
 				failed = append(failed, Failure{Row: Row{it.MessageID, it.RecordedAt}, Reason: r.Err.Error(),
 					RetryAt: time.Now().Add(Backoff(max(it.Attempt, 1), srv.cfg.RetryBase, srv.cfg.RetryMax))})

@@ -22,6 +22,7 @@ import (
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/value"
 )
@@ -84,6 +85,7 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 			}
 			entry.Status = stagelog.StatusDuplicate
 			entry.Errors = map[string]any{"duplicate_of": d.id, "original_status": d.status}
+			entry.Code = reason.Duplicate
 			entries = append(entries, entry)
 			continue
 		}
@@ -95,6 +97,7 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 			entry.ChangeSet = map[string]any{"extracted": valuesJSON(e.GetExtracted())}
 			entry.Status = stagelog.StatusHalted
 			entry.Errors = map[string]any{"reason": e.GetReason(), "validation_errors": envelope.ValidationErrors(e.GetValidationErrors())}
+			entry.Code = e.GetReasonCode()
 			entry.Input = map[string]any{"subject": e.GetSourceSubject(), "payload": string(e.GetPayload())}
 			toPersist = append(toPersist, i)
 		} else {
@@ -145,6 +148,7 @@ func (srv *Server) check(e *telemetryv1.Envelope, snap *catalog.Snapshot) {
 		e.Status = telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL
 		e.HaltedStage = telemetryv1.Stage_STAGE_VALIDATE
 		e.Reason = fmt.Sprintf("topic %q of %s is no longer defined", e.GetTopic(), e.GetSourceSubject())
+		e.ReasonCode = reason.UnknownTopic
 		return
 	}
 	values, issues := srv.checker.Check(e.GetPayload(), topic.Parameters)
@@ -157,6 +161,7 @@ func (srv *Server) check(e *telemetryv1.Envelope, snap *catalog.Snapshot) {
 		e.ProcessingState = telemetryv1.ProcessingState_PROCESSING_STATE_INACTIVE_SKIPPED
 		e.HaltedStage = telemetryv1.Stage_STAGE_VALIDATE
 		e.Reason = fmt.Sprintf("device %s is inactive", deviceName(e))
+		e.ReasonCode = reason.Inactive
 		return
 	}
 	if len(issues) == 0 {
@@ -180,6 +185,19 @@ func (srv *Server) check(e *telemetryv1.Envelope, snap *catalog.Snapshot) {
 	e.ProcessingState = telemetryv1.ProcessingState_PROCESSING_STATE_INVALID
 	e.HaltedStage = telemetryv1.Stage_STAGE_VALIDATE
 	e.Reason = "validation failed: " + strings.Join(reasons, "; ")
+	e.ReasonCode = primaryCode(issues)
+}
+
+// primaryCode is the code a message that broke several rules is counted
+// under: the first critical issue's, else the first issue's. Every issue
+// keeps its own code in the validation errors.
+func primaryCode(issues []Issue) string {
+	for _, is := range issues {
+		if is.Critical {
+			return is.Code
+		}
+	}
+	return issues[0].Code
 }
 
 func deviceName(e *telemetryv1.Envelope) string {

@@ -13,46 +13,47 @@ import (
 	"unicode/utf8"
 
 	"github.com/telemesh/telemesh/internal/catalog"
+	"github.com/telemesh/telemesh/internal/reason"
 )
 
 // Issue codes. They are stable: they are stored with invalid telemetry,
 // name the reason token of invalid-event subjects, and operators filter on
-// them.
+// them. They are the codes of package reason, which defines each once.
 const (
 	// CodePayloadTooLarge is a payload longer than Limits.MaxBytes.
-	CodePayloadTooLarge = "payload_too_large"
+	CodePayloadTooLarge = reason.PayloadTooLarge
 	// CodeTooManyKeys is a payload with more than Limits.MaxKeys object keys,
 	// counted over the whole document.
-	CodeTooManyKeys = "too_many_keys"
+	CodeTooManyKeys = reason.TooManyKeys
 	// CodeTooDeep is a payload nested deeper than Limits.MaxDepth.
-	CodeTooDeep = "too_deep"
+	CodeTooDeep = reason.TooDeep
 	// CodeInvalidJSON is a payload that is not one JSON document, including
 	// the NaN and Infinity literals JSON does not have.
-	CodeInvalidJSON = "invalid_json"
+	CodeInvalidJSON = reason.InvalidJSON
 	// CodeNotAnObject is a JSON document whose top level is not an object.
-	CodeNotAnObject = "not_an_object"
+	CodeNotAnObject = reason.NotAnObject
 	// CodeInvalidNumber is a number a parameter reads that is beyond the
 	// range of a 64-bit float.
-	CodeInvalidNumber = "invalid_number"
+	CodeInvalidNumber = reason.InvalidNumber
 	// CodeInvalidUTF8 is a payload that is not valid UTF-8.
-	CodeInvalidUTF8 = "invalid_utf8"
+	CodeInvalidUTF8 = reason.InvalidUTF8
 	// CodeRequired is a required parameter that is absent or null.
-	CodeRequired = "required"
+	CodeRequired = reason.Required
 	// CodeType is a value of the wrong JSON type for its parameter, or a
 	// number that is not an integer for an integer parameter.
-	CodeType = "type"
+	CodeType = reason.Type
 	// CodeMin is a number below its parameter's minimum.
-	CodeMin = "min"
+	CodeMin = reason.Min
 	// CodeMax is a number above its parameter's maximum.
-	CodeMax = "max"
+	CodeMax = reason.Max
 	// CodeRegex is a string that does not match its parameter's pattern.
-	CodeRegex = "regex"
+	CodeRegex = reason.Regex
 	// CodeEnum is a value that is none of its parameter's enum entries.
-	CodeEnum = "enum"
+	CodeEnum = reason.Enum
 	// CodeRuleInvalid is a parameter definition the checker cannot apply: a
 	// malformed json_path, an unknown data type, a pattern that does not
 	// compile, or a rule that does not fit the data type.
-	CodeRuleInvalid = "rule_invalid"
+	CodeRuleInvalid = reason.RuleInvalid
 )
 
 // Data types of parameter definitions.

@@ -125,6 +125,17 @@ func TestHealthPanel(t *testing.T) {
 				nullif($5, ''), now() - $6::interval)`, id, acme, d1, status, summary, ago.String(), id.String())
 		return id
 	}
+	// stageLog is the stage-log row of a failure, with its reason code.
+	stageLog := func(id uuid.UUID, stage, status, code, reason string, ago time.Duration) {
+		e.exec(`insert into ingestion_stage_logs (message_id, stage, status, duration_us, instance, errors, reason_code, created_at)
+			values ($1, $2, $3, 1, 'test', jsonb_build_object('reason', $5::text), $4, now() - $6::interval)`,
+			id, stage, status, code, reason, ago.String())
+	}
+	failed := func(status, code, summary string, ago time.Duration) {
+		id := msg(status, summary, ago)
+		stage := map[string]string{"failed_validation": "validate", "failed_terminal": "ingress"}[status]
+		stageLog(id, stage, "halted", code, summary, ago)
+	}
 	telemetry := func(id uuid.UUID, state, reason string, ago time.Duration) {
 		e.exec(`insert into device_telemetry_logs (id, recorded_at, received_at, organization_id, device_id, topic,
 				ingestion_message_id, validation_status, processing_state, failure_reason, updated_at)
@@ -138,19 +149,20 @@ func TestHealthPanel(t *testing.T) {
 		state, reason := "processed", ""
 		if i == 0 {
 			state, reason = "publish_failed", "kv "+d1.String()+": nats: stream not found"
+			stageLog(id, "publish", "failed", "kv_unavailable", reason, time.Minute)
 		}
 		telemetry(id, state, reason, time.Minute)
 	}
-	msg("failed_validation", "validation failed: t: max (critical)", 2*time.Minute)
-	msg("failed_validation", "validation failed: t: max (critical)", 2*time.Minute)
-	msg("failed_terminal", "payload is not a JSON object: unexpected end of JSON input at offset 49", time.Minute)
-	msg("failed_terminal", "payload is not a JSON object: unexpected end of JSON input at offset 51", time.Minute)
+	failed("failed_validation", "max", "validation failed: t: max (critical)", 2*time.Minute)
+	failed("failed_validation", "max", "validation failed: u: max", 2*time.Minute)
+	failed("failed_terminal", "invalid_json", "payload is not a JSON object: unexpected end of JSON input at offset 49", time.Minute)
+	failed("failed_terminal", "invalid_json", "payload is not a JSON object: unexpected end of JSON input at offset 51", time.Minute)
 	msg("parked", "", time.Minute)
 	for i := 0; i < 10; i++ {
 		msg("completed", "", 40*time.Minute)
 	}
 	for i := 0; i < 5; i++ {
-		msg("failed_validation", "validation failed: t: max (critical)", 40*time.Minute)
+		failed("failed_validation", "max", "validation failed: t: max (critical)", 40*time.Minute)
 	}
 	for i, d := range []int64{100, 200, 300, 400, 10000} {
 		e.exec(`insert into ingestion_stage_logs (message_id, stage, status, duration_us, instance, created_at)
@@ -174,12 +186,18 @@ func TestHealthPanel(t *testing.T) {
 	}
 	reasons := map[string]int64{}
 	for _, f := range h.Failures5m {
-		reasons[f.Stage+"/"+f.Status+"/"+f.Reason] = f.Count
+		reasons[f.Stage+"/"+f.Status+"/"+f.Code] = f.Count
+		if f.Code == "invalid_json" && !strings.HasPrefix(f.Example, "payload is not a JSON object: unexpected end of JSON input at offset ") {
+			t.Errorf("example of invalid_json %q", f.Example)
+		}
 	}
+	// One line per cause whatever the texts; the persist row written
+	// without a code is still counted, as unclassified.
 	want := map[string]int64{
-		"validate/failed_validation/validation failed: t: max (critical)":                                2,
-		"ingress/failed_terminal/payload is not a JSON object: unexpected end of JSON input at offset N": 2,
-		"publish/publish_failed/kv <id>: nats: stream not found":                                         1,
+		"validate/halted/max":           2,
+		"ingress/halted/invalid_json":   2,
+		"publish/failed/kv_unavailable": 1,
+		"persist/failed/unclassified":   1,
 	}
 	if len(reasons) != len(want) {
 		t.Errorf("failures in 5 minutes %v, want %v", reasons, want)

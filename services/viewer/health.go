@@ -14,6 +14,7 @@ import (
 
 	"github.com/telemesh/telemesh/internal/health"
 	"github.com/telemesh/telemesh/internal/ops"
+	"github.com/telemesh/telemesh/internal/reason"
 )
 
 // The failure-rate badges, as the old viewer named them.
@@ -22,6 +23,10 @@ const (
 	BadgeWatch    = "Watch"
 	BadgeHighRisk = "High Risk"
 )
+
+// BadgePaused is the badge while the global pipeline switch is off: a
+// pause on purpose, neither a failure rate nor a fault.
+const BadgePaused = "Paused"
 
 // Badge returns the badge of a failure rate in percent: [BadgeHighRisk]
 // from 25 %, [BadgeWatch] from 10 %, else [BadgeStable].
@@ -42,15 +47,37 @@ const (
 	longWindow  = 60
 )
 
-// reasonWidth truncates failure reasons so that similar ones group together.
-const reasonWidth = 120
+// exampleWidth bounds the example reason shown beside a reason code.
+const exampleWidth = 160
 
-// groupedReason is the SQL expression that makes a failure reason a group:
-// the ids and numbers in it (a device's uuid, an offset, a count) would
-// split one reason into as many groups as there are devices or offsets.
-const groupedReason = `regexp_replace(regexp_replace(reason,
-	'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '<id>', 'g'),
-	' -?[0-9]+([.][0-9]+)?\M', ' N', 'g')`
+// failedMessages counts the messages received in the last minutes that
+// failed: halted by validation, failed terminally, or left publish_failed.
+const failedMessages = `select
+	(select count(*) from ingestion_messages
+	 where status in ('failed_validation', 'failed_terminal') and received_at > now() - make_interval(mins => $1)) +
+	(select count(*) from device_telemetry_logs
+	 where processing_state = 'publish_failed' and received_at > now() - make_interval(mins => $1))`
+
+// failuresByCode groups the failures the stages logged in the last minutes
+// by stage, status and reason code (the code the stage set where it decided
+// the failure), counting each message once however often it was retried.
+// An inactive device's message is evidence kept on purpose, not a failure.
+// The example of each group is found apart, by the index on (stage,
+// status, created_at), so the grouping reads no jsonb.
+const failuresByCode = `
+with g as (
+	select stage, status, reason_code, count(distinct message_id) as n from ingestion_stage_logs
+	where status in ('halted', 'failed') and reason_code is distinct from 'inactive'
+	  and created_at > now() - make_interval(mins => $1)
+	group by 1, 2, 3)
+select g.stage, g.status, coalesce(g.reason_code, ''), g.n, coalesce(left(x.example, $2), '')
+from g left join lateral (
+	select coalesce(l.errors->>'reason', l.errors::text) as example from ingestion_stage_logs l
+	where l.stage = g.stage and l.status = g.status and l.reason_code is not distinct from g.reason_code
+	  and l.created_at > now() - make_interval(mins => $1)
+	order by l.created_at desc limit 1) x on true
+order by 4 desc, 3, 1
+limit 15`
 
 // latestPublishFailed is how many publish_failed rows the panel lists.
 const latestPublishFailed = 10
@@ -71,6 +98,12 @@ var chainOrder = func() map[string]int {
 // Health is the health panel at one moment.
 type Health struct {
 	At time.Time `json:"at"`
+	// Badge is what the page's badge shows: [BadgePaused] while the global
+	// pipeline switch is off, else the five-minute failure rate's badge.
+	Badge string `json:"badge"`
+	// Pause is set while the global pipeline switch is off: since when, by
+	// whom, and the backlog waiting in the stream.
+	Pause *health.Pause `json:"pause,omitempty"`
 	// Stages is what each stage logged over the last five minutes.
 	Stages []StageStats `json:"stages"`
 	// Rate5m and Rate1h are the failure rates of the messages received in
@@ -121,12 +154,16 @@ type FailureRate struct {
 	Badge    string  `json:"badge"`
 }
 
-// Failure is how many failures of one kind a window had.
+// Failure is how many messages one cause failed in a window: a stage, its
+// stage-log status and the reason code, with the text of the latest.
 type Failure struct {
 	Stage  string `json:"stage"`
 	Status string `json:"status"`
-	Reason string `json:"reason"`
-	Count  int64  `json:"count"`
+	// Code is the reason code (package reason); reason.Unclassified for
+	// rows written before codes were recorded.
+	Code    string `json:"code"`
+	Count   int64  `json:"count"`
+	Example string `json:"example"`
 }
 
 // PublishFailed is the publish outbox's failed rows.
@@ -289,6 +326,11 @@ func (hc *healthCache) compute(ctx context.Context) (*Health, error) {
 		hc.slow.at = time.Now().UTC()
 	}
 	h.Rate1h, h.Failures1h, h.StageHealth, h.SlowAt = hc.slow.rate, hc.slow.failures, hc.slow.stageHealth, hc.slow.at
+	h.Pause = pause(h.Switches, h.Backlog)
+	h.Badge = h.Rate5m.Badge
+	if h.Pause != nil {
+		h.Badge = BadgePaused
+	}
 	for k, v := range hc.slow.errs {
 		h.Errors[k] = v
 	}
@@ -296,6 +338,22 @@ func (hc *healthCache) compute(ctx context.Context) (*Health, error) {
 		h.Errors = nil
 	}
 	return h, nil
+}
+
+// pause returns the pause of the global switch row (the first of rows),
+// or nil while the pipeline is on.
+func pause(rows []ops.SwitchRow, backlog *Backlog) *health.Pause {
+	if len(rows) == 0 || rows[0].OrganizationID != nil || rows[0].Switches.PipelineEnabled {
+		return nil
+	}
+	p := &health.Pause{By: rows[0].UpdatedBy}
+	if rows[0].UpdatedAt != nil {
+		p.Since = rows[0].UpdatedAt.UTC()
+	}
+	if backlog != nil {
+		p.Backlog = backlog.Pending
+	}
+	return p
 }
 
 // stageStats summarises the stage logs of the last minutes.
@@ -332,31 +390,26 @@ func (s *Server) stageStats(ctx context.Context, minutes int) ([]StageStats, err
 }
 
 // failures returns the failure rate of the messages received in the last
-// minutes and their failures grouped by reason.
+// minutes and their failures grouped by reason code.
 func (s *Server) failures(ctx context.Context, minutes int) (FailureRate, []Failure, error) {
 	rate := FailureRate{Minutes: minutes, Badge: BadgeStable}
-	rows, err := s.pool.Query(ctx, `select stage, status, `+groupedReason+`, count(*) from (
-			select coalesce(halted_stage, 'ingress') as stage, status, coalesce(left(error_summary, $2), '') as reason
-			from ingestion_messages
-			where status in ('failed_validation', 'failed_terminal') and received_at > now() - make_interval(mins => $1)
-			union all
-			select 'publish', 'publish_failed', coalesce(left(failure_reason, $2), '')
-			from device_telemetry_logs
-			where processing_state = 'publish_failed' and received_at > now() - make_interval(mins => $1)
-		) f group by 1, 2, 3 order by 4 desc, 3`, minutes, reasonWidth)
+	rows, err := s.pool.Query(ctx, failuresByCode, minutes, exampleWidth)
 	if err != nil {
 		return rate, nil, fmt.Errorf("failures: %w", err)
 	}
 	all, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Failure, error) {
 		var f Failure
-		err := r.Scan(&f.Stage, &f.Status, &f.Reason, &f.Count)
+		err := r.Scan(&f.Stage, &f.Status, &f.Code, &f.Count, &f.Example)
+		if f.Code == "" {
+			f.Code = reason.Unclassified
+		}
 		return f, err
 	})
 	if err != nil {
 		return rate, nil, fmt.Errorf("failures: %w", err)
 	}
-	for _, f := range all {
-		rate.Failed += f.Count
+	if err := s.pool.QueryRow(ctx, failedMessages, minutes).Scan(&rate.Failed); err != nil {
+		return rate, nil, fmt.Errorf("failed messages: %w", err)
 	}
 	if err := s.pool.QueryRow(ctx, `select count(*) from ingestion_messages where received_at > now() - make_interval(mins => $1)`,
 		minutes).Scan(&rate.Messages); err != nil {
@@ -366,7 +419,7 @@ func (s *Server) failures(ctx context.Context, minutes int) (FailureRate, []Fail
 		rate.Percent = min(100, 100*float64(rate.Failed)/float64(rate.Messages))
 	}
 	rate.Badge = Badge(rate.Percent)
-	return rate, all[:min(len(all), 15)], nil
+	return rate, all, nil
 }
 
 // publishFailed returns how many rows are publish_failed and the latest.

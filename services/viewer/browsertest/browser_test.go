@@ -444,6 +444,11 @@ func TestViewerInBrowser(t *testing.T) {
 		}
 		b.do(t, 5*time.Second, chromedp.Click(chromedp.ID("confirm-ok")))
 		b.waitJS(t, 5*time.Second, "the switch off", `document.querySelector('`+global+`')?.dataset.on === 'false'`)
+		// A pause on purpose is neither a failure rate nor a fault.
+		b.waitJS(t, 15*time.Second, "the badge Paused", `document.getElementById('badge').dataset.badge === 'Paused' &&
+			document.getElementById('badge').classList.contains('paused') && !document.getElementById('badge').classList.contains('high-risk') &&
+			document.getElementById('h-badge').textContent === 'Paused' && !document.getElementById('h-pause').hidden &&
+			document.getElementById('h-pause').textContent.startsWith('Paused since ')`)
 		taken := m.count(t, `select count(*) from ingestion_messages`)
 		time.Sleep(1500 * time.Millisecond) // the gateway sees the switch within a second
 		for i := 0; i < 12; i++ {
@@ -466,6 +471,8 @@ func TestViewerInBrowser(t *testing.T) {
 			chromedp.Click(chromedp.ID("confirm-ok")),
 		)
 		b.waitJS(t, 5*time.Second, "the switch on", `document.querySelector('`+global+`')?.dataset.on === 'true'`)
+		b.waitJS(t, 15*time.Second, "the badge back to the failure rate", `document.getElementById('badge').dataset.badge !== 'Paused' &&
+			document.getElementById('h-pause').hidden`)
 		b.waitJS(t, 10*time.Second, "the backlog drained", `document.getElementById('h-backlog-total')?.dataset.total === '0'`)
 		waitFor(t, 5*time.Second, "the 12 messages taken", func() bool {
 			return m.count(t, `select count(*) from ingestion_messages`) == taken+12

@@ -658,11 +658,19 @@
     if (!h) return;
     const r5 = h.rate_5m || { percent: 0, badge: 'Stable', failed: 0, messages: 0 };
     const r60 = h.rate_1h || { percent: 0, badge: 'Stable', failed: 0, messages: 0 };
+    // While the global switch is off the badge says Paused: a pause on
+    // purpose is neither a failure rate nor a fault.
+    const badge = h.badge || r5.badge;
     for (const b of [$('badge'), $('h-badge')]) {
-      b.textContent = r5.badge + (b.id === 'badge' ? ' · ' + fmtPct(r5.percent) : '');
-      b.className = 'badge ' + badgeClass(r5.badge) + (b.id === 'h-badge' ? ' big' : '');
-      b.dataset.badge = r5.badge;
+      b.textContent = badge + (b.id === 'badge' && !h.pause ? ' · ' + fmtPct(r5.percent) : '');
+      b.className = 'badge ' + badgeClass(badge) + (b.id === 'h-badge' ? ' big' : '');
+      b.dataset.badge = badge;
     }
+    const p = h.pause;
+    $('h-pause').hidden = !p;
+    $('h-pause').textContent = p ? 'Paused since ' + fmtDateTime(p.since) + (p.by ? ' by ' + p.by : '') + ': the global pipeline switch is off; ' +
+      p.backlog + (p.backlog === 1 ? ' message waits' : ' messages wait') + ' in the stream and will be taken when it is switched back on.' : '';
+    $('badge').title = p ? 'pipeline paused since ' + fmtDateTime(p.since) + (p.by ? ' by ' + p.by : '') : 'failure rate of the last 5 minutes';
     $('h-rate5').textContent = fmtPct(r5.percent) + ' (' + r5.failed + ' of ' + r5.messages + ')';
     $('h-rate60').textContent = fmtPct(r60.percent) + ' (' + r60.failed + ' of ' + r60.messages + ')';
     $('h-slow-at').textContent = h.slow_at ? 'one-hour figures as of ' + fmtTime(h.slow_at) : '';
@@ -698,7 +706,9 @@
     }
 
     const failRows = (list) => (list && list.length ? list.map((f) => el('tr', {},
-      el('td', {}, f.stage), el('td', {}, el('span', { class: 'state ' + f.status }, f.status)), el('td', {}, f.reason), el('td', { class: 'num' }, f.count)))
+      el('td', {}, f.stage), el('td', {}, el('span', { class: 'state ' + f.status }, f.status)),
+      el('td', { dataset: { code: f.code } }, el('b', { class: 'mono' }, f.code), f.example ? el('div', { class: 'hint', title: f.example }, 'e.g. ' + f.example) : null),
+      el('td', { class: 'num' }, f.count)))
       : [el('tr', {}, el('td', { colspan: 4, class: 'hint' }, 'No failures.'))]);
     if (changed('fail5', h.failures_5m, force)) $('h-fail5').tBodies[0].replaceChildren(...failRows(h.failures_5m));
     if (changed('fail60', h.failures_1h, force)) $('h-fail60').tBodies[0].replaceChildren(...failRows(h.failures_1h));

@@ -677,8 +677,13 @@ type Envelope struct {
 	Status           MessageStatus            `protobuf:"varint,23,opt,name=status,proto3,enum=telemesh.telemetry.v1.MessageStatus" json:"status,omitempty"`
 	ProcessingState  ProcessingState          `protobuf:"varint,24,opt,name=processing_state,json=processingState,proto3,enum=telemesh.telemetry.v1.ProcessingState" json:"processing_state,omitempty"`
 	// halted_stage and reason say where and why the message stopped, if it did.
-	HaltedStage   Stage  `protobuf:"varint,25,opt,name=halted_stage,json=haltedStage,proto3,enum=telemesh.telemetry.v1.Stage" json:"halted_stage,omitempty"`
-	Reason        string `protobuf:"bytes,26,opt,name=reason,proto3" json:"reason,omitempty"`
+	HaltedStage Stage  `protobuf:"varint,25,opt,name=halted_stage,json=haltedStage,proto3,enum=telemesh.telemetry.v1.Stage" json:"halted_stage,omitempty"`
+	Reason      string `protobuf:"bytes,26,opt,name=reason,proto3" json:"reason,omitempty"`
+	// reason_code is the stable code of reason, such as unknown_device or
+	// invalid_json, set with it by the stage that stopped the message; stage
+	// logs keep it (ingestion_stage_logs.reason_code) so failures group by
+	// cause whatever their texts say.
+	ReasonCode    string `protobuf:"bytes,27,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -895,6 +900,13 @@ func (x *Envelope) GetReason() string {
 	return ""
 }
 
+func (x *Envelope) GetReasonCode() string {
+	if x != nil {
+		return x.ReasonCode
+	}
+	return ""
+}
+
 // Outcome is the terminal result for one envelope, carried back up the chain.
 type Outcome struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -1018,7 +1030,7 @@ const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\tparameter\x18\x01 \x01(\tR\tparameter\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1a\n" +
-	"\bcritical\x18\x04 \x01(\bR\bcritical\"\x8e\f\n" +
+	"\bcritical\x18\x04 \x01(\bR\bcritical\"\xaf\f\n" +
 	"\bEnvelope\x12'\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\tmessageId\x12*\n" +
@@ -1051,7 +1063,9 @@ const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x06status\x18\x17 \x01(\x0e2$.telemesh.telemetry.v1.MessageStatusR\x06status\x12Q\n" +
 	"\x10processing_state\x18\x18 \x01(\x0e2&.telemesh.telemetry.v1.ProcessingStateR\x0fprocessingState\x12?\n" +
 	"\fhalted_stage\x18\x19 \x01(\x0e2\x1c.telemesh.telemetry.v1.StageR\vhaltedStage\x12\x16\n" +
-	"\x06reason\x18\x1a \x01(\tR\x06reason\x1aZ\n" +
+	"\x06reason\x18\x1a \x01(\tR\x06reason\x12\x1f\n" +
+	"\vreason_code\x18\x1b \x01(\tR\n" +
+	"reasonCode\x1aZ\n" +
 	"\x0eExtractedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
 	"\x05value\x18\x02 \x01(\v2\x1c.telemesh.telemetry.v1.ValueR\x05value:\x028\x01\x1aX\n" +
