@@ -149,7 +149,7 @@ func TestViewerOnMesh(t *testing.T) {
 			}
 			return false
 		})
-		if !strings.Contains(row.Reason, "kv") || row.Device != "aq-01" || row.Organization != "acme" {
+		if !strings.Contains(row.Reason, `KV bucket "device-states"`) || row.Device != "aq-01" || row.Organization != "acme" {
 			t.Errorf("row %+v", row)
 		}
 		if _, err := publisher.Setup(ctx, e.js, publisher.DefaultNATSConfig()); err != nil {
