@@ -341,7 +341,7 @@ func (g *Gateway) recordIngress(ctx context.Context, batch []delivered, per time
 		g.retryLater(ctx, batch, err)
 		return nil
 	case len(batch) == 1:
-		g.deadLetter(ctx, batch[0], fmt.Sprintf("rejected by the chain: its ingress stage row was refused: %v", err))
+		g.deadLetter(ctx, batch[0], "rejected by the chain: its ingress stage row was refused: "+pg.Reason(err))
 		return nil
 	}
 	mid := len(batch) / 2
@@ -437,7 +437,7 @@ func (g *Gateway) deadLetter(ctx context.Context, d delivered, reason string) {
 		// since the catalog was read): keep the record without it.
 		g.logger.Warn("dead letter refused; recording it without its organization and device", "dedupe_key", rec.key, "err", err)
 		rec.org, rec.device = nil, nil
-		rec.reason = bound.Text(rec.reason+fmt.Sprintf(" (recorded without organization and device: %v)", err), bound.MaxReasonBytes)
+		rec.reason = bound.Text(rec.reason+" (recorded without organization and device: "+pg.Reason(err)+")", bound.MaxReasonBytes)
 		err = g.insertDeadLetter(dctx, rec)
 	}
 	if err == nil {

@@ -24,3 +24,14 @@ func Refused(err error) bool {
 	}
 	return false
 }
+
+// Reason returns what Postgres said of a refused write, as one line for an
+// operator: its message without the SQLSTATE and the context it was
+// wrapped in. Other errors are returned as they read.
+func Reason(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Message
+	}
+	return err.Error()
+}

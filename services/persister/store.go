@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -161,7 +160,7 @@ func (s *Store) persistIsolating(ctx context.Context, msgs []Message, idx []int,
 // and no telemetry row, so it cannot be refused for what the message holds.
 func (s *Store) persistRefused(ctx context.Context, msgs []Message, i int, cause error, sl *stagelog.Writer, logs LogFunc, results []Result) error {
 	m := &msgs[i]
-	reason := "could not be stored: " + refusal(cause)
+	reason := "could not be stored: " + pg.Reason(cause)
 	rec := Message{
 		ID: m.ID, DedupeKey: bound.Key(m.DedupeKey, bound.MaxKeyBytes),
 		SourceMessageID: bound.Text(m.SourceMessageID, maxSourceIDBytes), SourceSubject: bound.Text(m.SourceSubject, maxSubjectBytes),
@@ -178,7 +177,7 @@ func (s *Store) persistRefused(ctx context.Context, msgs []Message, i int, cause
 		// Only the organization can still be refused (deleted since the
 		// catalog was read): keep the record without it.
 		recs[0].OrganizationID = uuid.Nil
-		recs[0].Reason = bound.Text(rec.Reason+fmt.Sprintf(" (recorded without its organization: %s)", refusal(err)), bound.MaxReasonBytes)
+		recs[0].Reason = bound.Text(rec.Reason+fmt.Sprintf(" (recorded without its organization: %s)", pg.Reason(err)), bound.MaxReasonBytes)
 		res, err = s.writeRefused(ctx, recs, i, sl, logs)
 	}
 	if err != nil {
@@ -221,15 +220,6 @@ func (s *Store) writeRefused(ctx context.Context, recs []Message, i int, sl *sta
 		return Result{}, fmt.Errorf("commit: %w", err)
 	}
 	return res, nil
-}
-
-// refusal is the reason Postgres gave, without its SQLSTATE.
-func refusal(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Message
-	}
-	return err.Error()
 }
 
 // persistTx writes the messages idx of msgs in one transaction and, once it
