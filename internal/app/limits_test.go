@@ -819,3 +819,41 @@ func deref[T any](p *T) any {
 	}
 	return *p
 }
+
+// TestRefusedIngressRowIsolatesItsMessage makes Postgres refuse the ingress
+// stage row of one message of a batch (a check constraint stands in for any
+// content it refuses). The gateway splits the batch until that message is
+// alone and dead-letters it with the reason; its neighbours are not held
+// back, NAKed or dead-lettered with it.
+func TestRefusedIngressRowIsolatesItsMessage(t *testing.T) {
+	f := newFixture(t, func(o *Options) {
+		o.Gateway.BatchSize = 6
+		o.Gateway.BatchAge = 5 * time.Second
+		o.Gateway.MaxDeliver = 3
+		o.Gateway.Backoff = []time.Duration{100 * time.Millisecond}
+	})
+	if _, err := f.db.Pool.Exec(t.Context(), `alter table ingestion_stage_logs add constraint refuse_poison_ingress
+		check (stage <> 'ingress' or status = 'failed' or dedupe_key not like '%poison%')`); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		id := fmt.Sprintf("neighbour-%d", i)
+		if i == 2 {
+			id = "poison-1"
+		}
+		f.publish("devices.meter-01.telemetry", `{"temp_c": 1}`, id)
+	}
+	f.waitMessages(5, "source_message_id like 'neighbour-%' and status = 'completed'")
+	f.waitMessages(1, `source_message_id = 'poison-1' and status = 'failed_terminal' and halted_stage = 'ingress'
+		and error_summary like 'rejected by the chain: its ingress stage row was refused: %violates check constraint "refuse_poison_ingress"'`)
+	f.waitIdle()
+	if n := f.count(`select count(*) from ingestion_stage_logs where stage = 'ingress' and status = 'completed'`); n != 5 {
+		t.Errorf("%d completed ingress rows, want one per neighbour", n)
+	}
+	if v := f.gatewayMetric("telemesh_gateway_naks_total"); v != 0 {
+		t.Errorf("telemesh_gateway_naks_total = %v, want 0", v)
+	}
+	if v := f.gatewayMetric("telemesh_gateway_dead_lettered_total"); v != 1 {
+		t.Errorf("telemesh_gateway_dead_lettered_total = %v, want the poison message alone", v)
+	}
+}
