@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
+	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/reason"
 )
@@ -101,12 +102,24 @@ func jsonKind(first byte) string {
 	return "number"
 }
 
+// MaxMessageIDBytes bounds a device's message id, as the Ingest call does:
+// a longer one cannot be part of an indexed dedupe key, so its message is
+// recorded failed_terminal with the id cut and hashed.
+const MaxMessageIDBytes = 256
+
+// MaxSubjectBytes bounds a subject, as the Ingest call does. No device's
+// subject is that long (an external id is at most 200 characters); a longer
+// one is recorded failed_terminal with the subject cut and hashed.
+const MaxSubjectBytes = 512
+
 // textProblem says why s, a subject or a message id, cannot be kept as
-// text: Postgres text and protobuf strings hold valid UTF-8 without NUL,
-// while NATS passes any byte but space in a subject or a header. It
-// returns "" when s is fine.
-func textProblem(what, s string) string {
+// text: longer than limit bytes, or not what Postgres text and protobuf
+// strings hold (valid UTF-8 without NUL), while NATS passes any byte but
+// space in a subject or a header. It returns "" when s is fine.
+func textProblem(what, s string, limit int) string {
 	switch {
+	case len(s) > limit:
+		return fmt.Sprintf("%s of %d bytes exceeds the limit of %d bytes", what, len(s), limit)
 	case !utf8.ValidString(s):
 		return fmt.Sprintf("%s %q is not valid UTF-8", what, s)
 	case strings.IndexByte(s, 0) >= 0:
@@ -115,18 +128,13 @@ func textProblem(what, s string) string {
 	return ""
 }
 
-// storableText replaces what [textProblem] refuses with U+FFFD, so the
-// message can be recorded with its reason; the reason quotes the exact
-// bytes.
-func storableText(s string) string {
-	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
-}
-
 // BuildEnvelope makes the envelope for one incoming message: it resolves
 // the subject against the catalog, computes the dedupe key, and marks the
-// message failed_terminal (unknown topic, not a JSON object) or parked (its
-// organization's switch is off) when it can go no further. Such messages
-// still travel to the persister so the evidence is kept.
+// message failed_terminal (unknown topic, not a JSON object, an id or a
+// subject too long or not text) or parked (its organization's switch is
+// off) when it can go no further. Such messages still travel to the
+// persister so the evidence is kept. Every field it takes from the message
+// is bounded, so the envelope can always be stored.
 func BuildEnvelope(in Incoming, snap *catalog.Snapshot, switches *catalog.Switches, streamEpoch string) *telemetryv1.Envelope {
 	id := in.MessageID
 	if id == uuid.Nil {
@@ -137,22 +145,26 @@ func BuildEnvelope(in Incoming, snap *catalog.Snapshot, switches *catalog.Switch
 	if srcID == "" {
 		srcID = payloadID
 	}
-	subjectProblem, idProblem := textProblem("subject", in.Subject), textProblem("message id", srcID)
+	subjectProblem := textProblem("subject", in.Subject, MaxSubjectBytes)
+	idProblem := textProblem("message id", srcID, MaxMessageIDBytes)
 	key := in.DedupeKey
 	switch {
 	case key != "":
-	case subjectProblem != "" || idProblem != "":
-		// Neither can be part of a key; the stream sequence still makes a
-		// redelivery a duplicate.
+	case bound.Clean(in.Subject) != in.Subject || bound.Clean(srcID) != srcID:
+		// Text that is not text cannot be part of a key; the stream
+		// sequence still makes a redelivery a duplicate.
 		key = DedupeKey("", "", streamEpoch, in.StreamSequence)
 	default:
-		key = DedupeKey(in.Subject, srcID, streamEpoch, in.StreamSequence)
+		// A subject or an id over its limit is cut and ends with its hash:
+		// the key stays within what an index holds, and a device sending
+		// the same long id again is still a duplicate.
+		key = DedupeKey(bound.Text(in.Subject, MaxSubjectBytes), bound.Text(srcID, MaxMessageIDBytes), streamEpoch, in.StreamSequence)
 	}
 	e := &telemetryv1.Envelope{
 		MessageId:       id.String(),
-		SourceMessageId: storableText(srcID),
-		DedupeKey:       key,
-		SourceSubject:   storableText(in.Subject),
+		SourceMessageId: bound.Text(srcID, MaxMessageIDBytes),
+		DedupeKey:       bound.Key(key, bound.MaxKeyBytes),
+		SourceSubject:   bound.Text(in.Subject, MaxSubjectBytes),
 		StreamSequence:  in.StreamSequence,
 		DeliveryAttempt: max(in.Delivery, 1),
 		ReceivedAt:      timestamppb.New(in.ReceivedAt),
@@ -163,7 +175,7 @@ func BuildEnvelope(in Incoming, snap *catalog.Snapshot, switches *catalog.Switch
 	halt := func(code, reason string) *telemetryv1.Envelope {
 		e.Status = telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL
 		e.HaltedStage = telemetryv1.Stage_STAGE_INGRESS
-		e.Reason = reason
+		e.Reason = bound.Text(reason, bound.MaxReasonBytes)
 		e.ReasonCode = code
 		return e
 	}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
+	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/catalog"
 )
 
@@ -62,10 +64,13 @@ func fuzzSnapshot() (*catalog.Snapshot, *catalog.Switches) {
 //     by external id and by uuid, resolves back to it;
 //   - the envelope can always be sent and stored: it marshals (valid UTF-8
 //     strings), passes the request rules every stage enforces, its subject
-//     and ids hold no NUL, and its dedupe key is the message id within its
-//     subject when there is a clean one, else the stream sequence;
-//   - a message goes on only when its subject resolved and its payload is a
-//     JSON object; every halt has a reason.
+//     and ids hold no NUL and are within their bounds (subject 512 bytes,
+//     message id 256, dedupe key 1024, reason 4096), and its dedupe key is
+//     the message id within its subject when there is a clean one (cut and
+//     hashed when longer than its limit), else the stream sequence;
+//   - a message goes on only when its subject resolved, its subject and id
+//     are within their limits and its payload is a JSON object; every halt
+//     has a reason.
 func FuzzSubject(f *testing.F) {
 	for _, s := range []struct{ subject, header, payload string }{
 		{"devices.meter-01.telemetry", "m-1", `{"temp_c": 1}`},
@@ -84,6 +89,11 @@ func FuzzSubject(f *testing.F) {
 		{"devices.a\x00b.telemetry", "", `{}`},
 		{"devices.meter-01.telemetry", "bad\xffid", `{}`},
 		{"devices.meter-01.telemetry", "", `{"message_id": "a\u0000b"}`},
+		{"devices.meter-01.telemetry", strings.Repeat("h", 257), `{}`},
+		{"devices.meter-01.telemetry", strings.Repeat("é", 128), `{}`},
+		{"devices.meter-01.telemetry", "", `{"message_id": "` + strings.Repeat("p", 300) + `"}`},
+		{"devices." + strings.Repeat("d", 600) + ".telemetry", "", `{}`},
+		{"devices." + strings.Repeat("d", 600) + ".telemetry", "m-1", `{}`},
 		{"devices.meter-01.telemetry", "", `{"temp_c": NaN}`},
 		{"devices.meter-01.telemetry", "", `[1]`},
 		{"devices.meter-01.telemetry", "", ``},
@@ -147,9 +157,15 @@ func FuzzSubject(f *testing.F) {
 		if err := validator.Validate(e); err != nil {
 			t.Fatalf("envelope of %q / %q breaks the request rules: %v", subject, header, err)
 		}
-		for name, s := range map[string]string{"subject": e.GetSourceSubject(), "source id": e.GetSourceMessageId(), "dedupe key": e.GetDedupeKey(), "reason": e.GetReason()} {
-			if !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0 {
-				t.Fatalf("%s %q cannot be stored as text", name, s)
+		for _, f := range []struct {
+			name, s string
+			max     int
+		}{
+			{"subject", e.GetSourceSubject(), MaxSubjectBytes}, {"source id", e.GetSourceMessageId(), MaxMessageIDBytes},
+			{"dedupe key", e.GetDedupeKey(), bound.MaxKeyBytes}, {"reason", e.GetReason(), bound.MaxReasonBytes},
+		} {
+			if !utf8.ValidString(f.s) || strings.IndexByte(f.s, 0) >= 0 || len(f.s) > f.max {
+				t.Fatalf("%s %.100q (%d bytes) cannot be stored as text within %d bytes", f.name, f.s, len(f.s), f.max)
 			}
 		}
 		id, isObject := PayloadMessageID(payload)
@@ -157,14 +173,32 @@ func FuzzSubject(f *testing.F) {
 			id = header
 		}
 		clean := utf8.ValidString(subject) && strings.IndexByte(subject, 0) < 0 && utf8.ValidString(id) && strings.IndexByte(id, 0) < 0
+		fits := len(subject) <= MaxSubjectBytes && len(id) <= MaxMessageIDBytes
+		// A subject or id over its limit is kept cut, ending with the
+		// SHA-256 of the whole.
+		cutSubject, cutID := subject, id
+		if len(subject) > MaxSubjectBytes {
+			cutSubject = subject[:MaxSubjectBytes-74]
+			for !utf8.RuneStart(subject[len(cutSubject)]) {
+				cutSubject = cutSubject[:len(cutSubject)-1]
+			}
+			cutSubject += bound.Hash(subject)
+		}
+		if len(id) > MaxMessageIDBytes {
+			cutID = id[:MaxMessageIDBytes-74]
+			for !utf8.RuneStart(id[len(cutID)]) {
+				cutID = cutID[:len(cutID)-1]
+			}
+			cutID += bound.Hash(id)
+		}
 		wantKey := "seq:TELEMETRY@1:7"
 		if clean && id != "" {
-			wantKey = "id:" + subject + ":" + id
+			wantKey = "id:" + cutSubject + ":" + cutID
 		}
 		if e.GetDedupeKey() != wantKey {
 			t.Fatalf("dedupe key %q, want %q", e.GetDedupeKey(), wantKey)
 		}
-		if clean && (e.GetSourceSubject() != subject || e.GetSourceMessageId() != id) {
+		if clean && (e.GetSourceSubject() != cutSubject || e.GetSourceMessageId() != cutID) {
 			t.Fatalf("clean subject %q and id %q stored as %q and %q", subject, id, e.GetSourceSubject(), e.GetSourceMessageId())
 		}
 		if isObject {
@@ -175,8 +209,8 @@ func FuzzSubject(f *testing.F) {
 		}
 		switch e.GetStatus() {
 		case telemetryv1.MessageStatus_MESSAGE_STATUS_PROCESSING, telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED:
-			if rerr != nil || !clean || !isObject || e.GetDeviceUuid() != res.Device.ID.String() || e.GetTopicId() != res.Topic.ID.String() {
-				t.Fatalf("%q / %q / %q goes on as %s: resolve %v, clean %v, object %v", subject, header, payload, e.GetStatus(), rerr, clean, isObject)
+			if rerr != nil || !clean || !fits || !isObject || e.GetDeviceUuid() != res.Device.ID.String() || e.GetTopicId() != res.Topic.ID.String() {
+				t.Fatalf("%q / %q / %q goes on as %s: resolve %v, clean %v, within limits %v, object %v", subject, header, payload, e.GetStatus(), rerr, clean, fits, isObject)
 			}
 			parked := !switches.OrgEnabled(res.Organization.ID)
 			if parked != (e.GetStatus() == telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED) {
@@ -186,8 +220,11 @@ func FuzzSubject(f *testing.F) {
 			if e.GetReason() == "" || e.GetHaltedStage() != telemetryv1.Stage_STAGE_INGRESS {
 				t.Fatalf("halted without a reason: %v", e)
 			}
-			if rerr == nil && clean && isObject {
+			if rerr == nil && clean && fits && isObject {
 				t.Fatalf("%q / %q halted: %s", subject, payload, e.GetReason())
+			}
+			if rerr == nil && clean && len(id) > MaxMessageIDBytes && e.GetReason() != fmt.Sprintf("message id of %d bytes exceeds the limit of 256 bytes", len(id)) {
+				t.Fatalf("id of %d bytes halted with %q", len(id), e.GetReason())
 			}
 		default:
 			t.Fatalf("status %s", e.GetStatus())

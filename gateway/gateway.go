@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -19,9 +21,11 @@ import (
 	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
+	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
@@ -58,6 +62,10 @@ type Config struct {
 	CallTimeout time.Duration
 	// OwnPrefixes are telemesh's output subjects, never consumed.
 	OwnPrefixes []string
+	// StoredPayloadBytes is the stored-payload limit of dead letters: of a
+	// longer payload only the first bytes, its size and its SHA-256 are
+	// kept.
+	StoredPayloadBytes int
 }
 
 // DefaultConfig returns the settings used when none are given.
@@ -78,6 +86,8 @@ func DefaultConfig() Config {
 		Concurrency:   8,
 		CallTimeout:   45 * time.Second,
 		OwnPrefixes:   []string{"iot.v1.analytics", "iot.v1.invalid"},
+
+		StoredPayloadBytes: 256 << 10,
 	}
 }
 
@@ -100,6 +110,9 @@ type Gateway struct {
 
 // New returns the gateway. Call [Gateway.Setup] before [Gateway.Run].
 func New(cfg Config, js jetstream.JetStream, validator validatorv1.ValidatorServiceClient, cat *catalog.Cache, pool *pgxpool.Pool, logs *stagelog.Writer, metrics *Metrics, logger *slog.Logger) *Gateway {
+	if cfg.StoredPayloadBytes <= 0 {
+		cfg.StoredPayloadBytes = DefaultConfig().StoredPayloadBytes
+	}
 	return &Gateway{
 		cfg: cfg, js: js, validator: validator, catalog: cat, pool: pool, logs: logs, logger: logger,
 		filter: NewSubjectFilter(cfg.OwnPrefixes...), metrics: metrics,
@@ -305,23 +318,51 @@ func (g *Gateway) handle(ctx context.Context, msgs []jetstream.Msg) {
 	if len(batch) == 0 {
 		return
 	}
-	g.send(ctx, batch, start)
+	// The ingress rows are written once per delivery, before the batch
+	// goes down the chain; resending part of a rejected batch does not
+	// write them again.
+	batch = g.recordIngress(ctx, batch, time.Since(start)/time.Duration(len(batch)))
+	if len(batch) > 0 {
+		g.send(ctx, batch)
+	}
 	g.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+}
+
+// recordIngress writes the ingress stage rows of the batch and returns the
+// messages whose rows were written. When Postgres refuses the rows for what
+// one message holds, the batch is split until that message is alone, and it
+// is dead-lettered while the rest go on; a failure that may pass NAKs the
+// messages for redelivery.
+func (g *Gateway) recordIngress(ctx context.Context, batch []delivered, per time.Duration) []delivered {
+	err := g.logs.Write(ctx, g.pool, ingressEntries(envelopes(batch), per))
+	switch {
+	case err == nil:
+		return batch
+	case !pg.Refused(err):
+		g.retryLater(ctx, batch, err)
+		return nil
+	case len(batch) == 1:
+		g.deadLetter(ctx, batch[0], reason.Rejected, "rejected by the chain: its ingress stage row was refused: "+pg.Reason(err))
+		return nil
+	}
+	mid := len(batch) / 2
+	return slices.Concat(g.recordIngress(ctx, batch[:mid], per), g.recordIngress(ctx, batch[mid:], per))
+}
+
+func envelopes(batch []delivered) []*telemetryv1.Envelope {
+	envs := make([]*telemetryv1.Envelope, len(batch))
+	for i, d := range batch {
+		envs[i] = d.env
+	}
+	return envs
 }
 
 // send calls the validator with the batch. A failure that may pass (a stage
 // or Postgres unreachable, a deadline) NAKs the batch for redelivery with
 // backoff; any other failure splits the batch so one bad message cannot hold
 // back the rest, and a message that fails alone is dead-lettered.
-func (g *Gateway) send(ctx context.Context, batch []delivered, start time.Time) {
-	envs := make([]*telemetryv1.Envelope, len(batch))
-	for i, d := range batch {
-		envs[i] = d.env
-	}
-	if err := g.writeIngressLogs(ctx, envs, start); err != nil {
-		g.retryLater(ctx, batch, err)
-		return
-	}
+func (g *Gateway) send(ctx context.Context, batch []delivered) {
+	envs := envelopes(batch)
 	cctx, cancel := context.WithTimeout(ctx, g.cfg.CallTimeout)
 	resp, err := g.validator.Validate(cctx, &validatorv1.ValidateRequest{Envelopes: envs})
 	cancel()
@@ -335,8 +376,8 @@ func (g *Gateway) send(ctx context.Context, batch []delivered, start time.Time) 
 		}
 		if len(batch) > 1 {
 			mid := len(batch) / 2
-			g.send(ctx, batch[:mid], start)
-			g.send(ctx, batch[mid:], start)
+			g.send(ctx, batch[:mid])
+			g.send(ctx, batch[mid:])
 			return
 		}
 		g.deadLetter(ctx, batch[0], reason.Rejected, fmt.Sprintf("rejected by the chain: %v", err))
@@ -383,35 +424,99 @@ func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error
 
 // deadLetter records a message that cannot be processed as failed_terminal
 // with its reason, the reason's code and its raw payload, then terminates
-// its delivery. If even the record cannot be written the message is NAKed,
-// never dropped.
+// its delivery. Every field
+// of the record is bounded and cleaned, so Postgres cannot refuse it for
+// what the message holds. If even the record cannot be written the message
+// is NAKed, never dropped.
 func (g *Gateway) deadLetter(ctx context.Context, d delivered, code, why string) {
 	e := d.env
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err := g.pool.Exec(dctx, `insert into ingestion_messages (id, organization_id, device_id, source_subject,
-			source_message_id, dedupe_key, stream_sequence, delivery_attempts, raw_payload, content_type,
-			status, halted_stage, error_summary, received_at, processed_at)
-		values ($1, $2, $3, $4, nullif($5, ''), $6, $7, $8, $9, $10, 'failed_terminal', 'ingress', $11, $12, now())
-		on conflict (dedupe_key) do nothing`,
-		e.GetMessageId(), nullUUID(e.GetOrganizationId()), nullUUID(e.GetDeviceUuid()), e.GetSourceSubject(),
-		e.GetSourceMessageId(), e.GetDedupeKey(), int64(e.GetStreamSequence()), int32(e.GetDeliveryAttempt()),
-		e.GetPayload(), e.GetContentType(), why, envelope.Time(e.GetReceivedAt()))
+	rec := g.deadLetterRecord(e, why)
+	err := g.insertDeadLetter(dctx, rec)
+	if pg.Refused(err) {
+		// Only a reference can still be refused (an organization deleted
+		// since the catalog was read): keep the record without it.
+		g.logger.Warn("dead letter refused; recording it without its organization and device", "dedupe_key", rec.key, "err", err)
+		rec.org, rec.device = nil, nil
+		rec.reason = bound.Text(rec.reason+" (recorded without organization and device: "+pg.Reason(err)+")", bound.MaxReasonBytes)
+		err = g.insertDeadLetter(dctx, rec)
+	}
 	if err == nil {
 		err = g.logs.Write(dctx, g.pool, []stagelog.Entry{{
-			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StageIngress,
-			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: map[string]any{"reason": why}, Code: code,
-			Input: map[string]any{"subject": e.GetSourceSubject(), "payload_bytes": len(e.GetPayload())},
+			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: rec.key, Stage: envelope.StageIngress,
+			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: map[string]any{"reason": rec.reason}, Code: code,
+			Input: map[string]any{"subject": rec.subject, "payload_bytes": len(e.GetPayload())},
 		}})
+		if pg.Refused(err) {
+			// The message row holds the record; a stage row Postgres will
+			// never take must not keep the message in redelivery.
+			g.logger.Error("dead letter recorded without its stage row, which was refused", "dedupe_key", rec.key, "err", err)
+			err = nil
+		}
 	}
 	if err != nil {
-		g.logger.Error("could not record a dead letter; leaving it for redelivery", "dedupe_key", e.GetDedupeKey(), "err", err)
+		g.logger.Error("could not record a dead letter; leaving it for redelivery", "dedupe_key", rec.key, "err", err)
 		_ = d.msg.NakWithDelay(30 * time.Second)
 		return
 	}
 	g.metrics.deadLettered.Inc()
-	g.logger.Warn("message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", e.GetDedupeKey(), "reason", why)
+	g.logger.Warn("message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", rec.key, "reason", rec.reason)
 	_ = d.msg.Term()
+}
+
+// deadLetterRow is the ingestion_messages row of a dead letter.
+type deadLetterRow struct {
+	id                                  uuid.UUID
+	org, device                         any
+	subject, sourceID, key, contentType string
+	reason                              string
+	payload                             bound.Payload
+	sequence                            int64
+	attempts                            int32
+	receivedAt                          time.Time
+}
+
+// deadLetterRecord bounds every field of the envelope for the record.
+func (g *Gateway) deadLetterRecord(e *telemetryv1.Envelope, reason string) deadLetterRow {
+	id := envelope.ParseUUID(e.GetMessageId())
+	if id == uuid.Nil {
+		id = uuid.Must(uuid.NewV7())
+	}
+	p := bound.StorePayload(e.GetPayload(), g.cfg.StoredPayloadBytes)
+	reason = bound.Text(reason, bound.MaxReasonBytes)
+	if note := p.Note(); note != "" {
+		reason += "; " + note
+	}
+	received := envelope.Time(e.GetReceivedAt())
+	if received.IsZero() {
+		received = time.Now()
+	}
+	return deadLetterRow{
+		id: id, org: nullUUID(e.GetOrganizationId()), device: nullUUID(e.GetDeviceUuid()),
+		subject:     bound.Text(e.GetSourceSubject(), MaxSubjectBytes),
+		sourceID:    bound.Text(e.GetSourceMessageId(), MaxMessageIDBytes),
+		key:         bound.Key(e.GetDedupeKey(), bound.MaxKeyBytes),
+		contentType: bound.Text(e.GetContentType(), 255),
+		reason:      reason, payload: p,
+		sequence: int64(min(e.GetStreamSequence(), math.MaxInt64)), attempts: int32(min(max(e.GetDeliveryAttempt(), 1), math.MaxInt32)),
+		receivedAt: received,
+	}
+}
+
+func (g *Gateway) insertDeadLetter(ctx context.Context, r deadLetterRow) error {
+	var size, sum any
+	if r.payload.Cut() {
+		size, sum = r.payload.Size, r.payload.SHA256
+	}
+	_, err := g.pool.Exec(ctx, `insert into ingestion_messages (id, organization_id, device_id, source_subject,
+			source_message_id, dedupe_key, stream_sequence, delivery_attempts, raw_payload, raw_payload_bytes, raw_payload_sha256,
+			content_type, status, halted_stage, error_summary, received_at, processed_at)
+		values ($1, $2, $3, $4, nullif($5, ''), $6, $7, $8, $9, $10, $11, nullif($12, ''), 'failed_terminal', 'ingress', $13, $14, now())
+		on conflict (dedupe_key) do nothing`,
+		r.id, r.org, r.device, r.subject, r.sourceID, r.key, r.sequence, r.attempts,
+		r.payload.Kept, size, sum, r.contentType, r.reason, r.receivedAt)
+	return err
 }
 
 func nullUUID(s string) any {
@@ -421,9 +526,8 @@ func nullUUID(s string) any {
 	return nil
 }
 
-// writeIngressLogs records the ingress stage of a batch in one round trip.
-func (g *Gateway) writeIngressLogs(ctx context.Context, envs []*telemetryv1.Envelope, start time.Time) error {
-	per := time.Since(start) / time.Duration(max(len(envs), 1))
+// ingressEntries are the ingress stage rows of a batch.
+func ingressEntries(envs []*telemetryv1.Envelope, per time.Duration) []stagelog.Entry {
 	entries := make([]stagelog.Entry, len(envs))
 	for i, e := range envs {
 		entries[i] = stagelog.Entry{
@@ -442,7 +546,7 @@ func (g *Gateway) writeIngressLogs(ctx context.Context, envs []*telemetryv1.Enve
 			entries[i].Code = e.GetReasonCode()
 		}
 	}
-	return g.logs.Write(ctx, g.pool, entries)
+	return entries
 }
 
 // Validate checks the settings and names the first bad one by its flag.

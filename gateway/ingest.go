@@ -40,7 +40,7 @@ func (g *Gateway) Ingest(ctx context.Context, req *gatewayv1.IngestRequest) (*ga
 	}
 	envs := []*telemetryv1.Envelope{env}
 	if !req.GetDryRun() {
-		if err := g.writeIngressLogs(ctx, envs, in.ReceivedAt); err != nil {
+		if err := g.logs.Write(ctx, g.pool, ingressEntries(envs, time.Since(in.ReceivedAt))); err != nil {
 			return nil, err
 		}
 	}

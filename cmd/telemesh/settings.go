@@ -30,6 +30,8 @@ func addProcessFlags(fs *pflag.FlagSet, s *app.Process, grpcPort, adminPort stri
 	fs.StringVar(&s.Instance, "instance", host, "instance name recorded in stage logs (the pod name on Kubernetes)")
 	fs.StringVar(&s.StageLogMode, "stage-log-mode", "all", "which stage rows to record: all, sampled or failures")
 	fs.Float64Var(&s.StageLogSampleRate, "stage-log-sample-rate", 0.1, "fraction of messages recorded in sampled mode, 0..1 (deterministic on the dedupe key)")
+	fs.IntVar(&s.StoredPayloadBytes, "stored-payload-bytes", app.DefaultProcess().StoredPayloadBytes, "largest payload kept whole in ingestion_messages.raw_payload; of a longer one only the first bytes, its size and its SHA-256 are kept, and no copy in the telemetry row or stage logs")
+	fs.IntVar(&s.StageLogSnapshotBytes, "stage-log-snapshot-bytes", app.DefaultProcess().StageLogSnapshotBytes, `largest input or output snapshot, change set or errors kept in one stage-log row; a longer one is cut and marked {"truncated": true, ...}`)
 	fs.StringVar(&s.HealthListen, "health-listen", "", "plaintext listen address serving grpc.health.v1 alone, for probes while the gRPC port requires client certificates (empty: off)")
 	addTLSFlags(fs, &s.TLS, &s.TLSServerName)
 	config.MarkSecret(fs, "database-url")

@@ -2,6 +2,7 @@ package app
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -256,16 +257,32 @@ func (f *fixture) checkBad(c badCase, p published) {
 		return f.count(`select count(*) from ingestion_messages where stream_sequence = $1`, int64(p.seq)) == 1
 	})
 	var got, stage, summary string
-	var raw []byte
-	if err := f.db.Pool.QueryRow(f.t.Context(), `select status, coalesce(halted_stage, ''), coalesce(error_summary, ''), raw_payload
-		from ingestion_messages where stream_sequence = $1`, int64(p.seq)).Scan(&got, &stage, &summary, &raw); err != nil {
+	var (
+		raw, sum []byte
+		size     *int
+	)
+	if err := f.db.Pool.QueryRow(f.t.Context(), `select status, coalesce(halted_stage, ''), coalesce(error_summary, ''), raw_payload,
+			raw_payload_bytes, raw_payload_sha256
+		from ingestion_messages where stream_sequence = $1`, int64(p.seq)).Scan(&got, &stage, &summary, &raw, &size, &sum); err != nil {
 		f.t.Fatal(err)
 	}
 	if got != status {
 		f.t.Fatalf("status %s (%s: %s), want %s", got, stage, summary, status)
 	}
-	if string(raw) != string(c.payload()) {
-		f.t.Errorf("raw payload of %d bytes stored, want the %d bytes sent", len(raw), len(c.payload()))
+	// Beyond the stored-payload limit the first bytes are kept, with the
+	// full size and the SHA-256.
+	payload := c.payload()
+	want, wantSum := payload, sha256.Sum256(payload)
+	if len(payload) > storedPayloadLimit {
+		want = payload[:storedPayloadLimit]
+		if size == nil || *size != len(payload) || string(sum) != string(wantSum[:]) {
+			f.t.Errorf("a payload of %d bytes stored with size %v and sha256 %x, want %d and %x", len(payload), deref(size), sum, len(payload), wantSum)
+		}
+	} else if size != nil || sum != nil {
+		f.t.Errorf("a payload of %d bytes, kept whole, stored with size %v and sha256 %x", len(payload), deref(size), sum)
+	}
+	if string(raw) != string(want) {
+		f.t.Errorf("raw payload of %d bytes stored, want the %d bytes sent", len(raw), len(want))
 	}
 	telemetry := f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
 		where m.stream_sequence = $1`, int64(p.seq))
@@ -313,6 +330,9 @@ func (f *fixture) waitGood(msgID string) {
 }
 
 const goodPayload = `{"temp_c": 10, "humidity": 50}`
+
+// storedPayloadLimit is the default stored-payload limit.
+const storedPayloadLimit = 256 << 10
 
 // TestBadInput sends each bad message between two good ones through a live
 // mesh: the bad one ends with its recorded reason (or is ignored by the

@@ -42,7 +42,9 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 		if err != nil {
 			return nil, err
 		}
-		g := gateway.New(o.Gateway, js, validatorv1.NewValidatorServiceClient(d.conns[Validator]), d.catalog, d.pool, d.logs, gateway.NewMetrics(d.reg), d.logger)
+		gwCfg := o.Gateway
+		gwCfg.StoredPayloadBytes = o.Process.StoredPayloadBytes
+		g := gateway.New(gwCfg, js, validatorv1.NewValidatorServiceClient(d.conns[Validator]), d.catalog, d.pool, d.logs, gateway.NewMetrics(d.reg), d.logger)
 		run := func(ctx context.Context) error {
 			// NATS may come up after the gateway: keep trying.
 			for {
@@ -71,7 +73,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 	case Deriver:
 		return &builtStage{handler: deriver.New(d.catalog, d.pool, persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger)}, nil
 	case Persister:
-		store := persister.NewStore(d.pool, o.Persister.PublishLease)
+		store := persister.NewStore(d.pool, o.Persister.PublishLease).WithStoredPayloadLimit(o.Process.StoredPayloadBytes)
 		return &builtStage{handler: persister.New(o.Persister, store, d.logs, publisherv1.NewPublisherServiceClient(d.conns[Publisher]), d.logger)}, nil
 	case Publisher:
 		js, err := jetstream.New(d.nc)

@@ -70,6 +70,9 @@ func StartMesh(ctx context.Context, mo MeshOptions, logger *slog.Logger) (*Mesh,
 			Instance:             host + "/" + stage,
 			StageLogMode:         "all",
 			StageLogSampleRate:   1,
+
+			StoredPayloadBytes:    DefaultProcess().StoredPayloadBytes,
+			StageLogSnapshotBytes: DefaultProcess().StageLogSnapshotBytes,
 		}
 		o.NATS.URL = mo.NATSURL
 		for _, next := range NextHops[stage] {

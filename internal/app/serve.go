@@ -106,6 +106,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	if err != nil {
 		return config.Invalid("stage-log-mode", "%v", err)
 	}
+	logs = logs.WithLimits(s.StageLogLimits())
 
 	// With mTLS the server requires client certificates and the clients to
 	// the next hops present theirs; both re-read rotated files by themselves.

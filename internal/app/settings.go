@@ -8,6 +8,7 @@ import (
 	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
@@ -27,6 +28,13 @@ type Process struct {
 	Instance             string
 	StageLogMode         string
 	StageLogSampleRate   float64
+	// StoredPayloadBytes is the stored-payload limit: of a longer payload
+	// only the first bytes, its size and its SHA-256 are kept, in the
+	// message row alone.
+	StoredPayloadBytes int
+	// StageLogSnapshotBytes bounds each snapshot, change set and errors of
+	// a stage-log row.
+	StageLogSnapshotBytes int
 	// TLS names the files of mutual TLS between stages; none means
 	// plaintext.
 	TLS tlsx.Files
@@ -39,6 +47,10 @@ type Process struct {
 	// Pprof serves the runtime profiles on the admin port as well.
 	Pprof bool
 }
+
+// minStoredBytes is the least a stored-payload or snapshot limit may be:
+// enough for a cut value's marker and a useful head.
+const minStoredBytes = 1024
 
 // StageLogModes are the ingestion_stage_logs modes of the system telemesh
 // replaces.
@@ -84,6 +96,12 @@ func (s *Process) Validate() error {
 	}
 	if s.StageLogSampleRate < 0 || s.StageLogSampleRate > 1 {
 		return config.Invalid("stage-log-sample-rate", "%v is out of range 0..1", s.StageLogSampleRate)
+	}
+	if s.StoredPayloadBytes < minStoredBytes || s.StoredPayloadBytes > 1<<30 {
+		return config.Invalid("stored-payload-bytes", "%d is out of range %d..1073741824", s.StoredPayloadBytes, minStoredBytes)
+	}
+	if s.StageLogSnapshotBytes < minStoredBytes || s.StageLogSnapshotBytes > 64<<20 {
+		return config.Invalid("stage-log-snapshot-bytes", "%d is out of range %d..67108864", s.StageLogSnapshotBytes, minStoredBytes)
 	}
 	if s.HealthListen != "" {
 		if err := config.CheckListenAddr("health-listen", s.HealthListen); err != nil {
@@ -143,5 +161,13 @@ func DefaultProcess() Process {
 		MaxConnectionAge:     def.MaxConnectionAge,
 		StageLogMode:         "all",
 		StageLogSampleRate:   0.1,
+
+		StoredPayloadBytes:    stagelog.DefaultLimits().PayloadBytes,
+		StageLogSnapshotBytes: stagelog.DefaultLimits().SnapshotBytes,
 	}
+}
+
+// StageLogLimits returns what one stage-log row may keep of a message.
+func (s *Process) StageLogLimits() stagelog.Limits {
+	return stagelog.Limits{SnapshotBytes: s.StageLogSnapshotBytes, PayloadBytes: s.StoredPayloadBytes}
 }

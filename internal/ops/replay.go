@@ -118,11 +118,13 @@ type DeadLetter struct {
 	Reason      string    `json:"reason"`
 }
 
-// deadLetterWhere matches the dead letters not yet replayed.
+// deadLetterWhere matches the dead letters not yet replayed. One whose
+// payload was longer than the stored-payload limit keeps only its first
+// bytes, so it cannot be replayed.
 const deadLetterWhere = `m.status = 'failed_terminal' and m.halted_stage = 'ingress'
 	and (m.error_summary like 'dead-lettered%' or m.error_summary like 'rejected by the chain%')
 	and m.error_summary not like '%(replayed at %'
-	and m.raw_payload is not null`
+	and m.raw_payload is not null and m.raw_payload_bytes is null`
 
 // DeadLetters returns the dead letters matching f that were not replayed
 // yet, oldest first.

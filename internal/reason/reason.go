@@ -93,6 +93,13 @@ const (
 	Cycle = "cycle"
 )
 
+// Codes of the persist stage.
+const (
+	// Unstorable is a message whose content Postgres refused even alone
+	// (a value no column can hold); it is recorded failed_terminal.
+	Unstorable = "unstorable"
+)
+
 // Codes of the publish stage.
 const (
 	// KVUnavailable is a device state the KV bucket did not take (the

@@ -63,6 +63,10 @@ type Telemetry struct {
 	Transformed   map[string]any
 	Unresolved    map[string]any
 	FailureReason string
+	// PayloadRefused says the validator refused the payload as a whole (its
+	// size, keys, depth or encoding): it was never decoded, and the row
+	// keeps no JSON copy of it.
+	PayloadRefused bool
 }
 
 // Disposition says what persisting did with a message.
@@ -76,6 +80,10 @@ const (
 	// Duplicate is a message whose dedupe key was already stored by an
 	// original that reached persist; nothing was written for it.
 	Duplicate
+	// Refused is a message Postgres refused to store even alone: it is
+	// recorded failed_terminal at persist with the reason, without a
+	// telemetry row.
+	Refused
 )
 
 // Result is the disposition of one message, in input order.
@@ -86,6 +94,11 @@ type Result struct {
 	OriginalID uuid.UUID
 	// OriginalStatus is the stored status of a duplicate's original.
 	OriginalStatus string
+	// Reason says why a message was refused.
+	Reason string
+	// PayloadNote says what the stored-payload limit left of the
+	// message's payload; "" when it is kept whole.
+	PayloadNote string
 }
 
 // FirstOfKey returns, for each message, the index of the first message in

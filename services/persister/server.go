@@ -30,11 +30,15 @@ type Config struct {
 	PublishLease time.Duration
 	// RetryDelay is when a publish_failed row is first retried.
 	RetryDelay time.Duration
+	// StoredPayloadBytes is the stored-payload limit: of a longer payload
+	// the message row keeps the first bytes, its size and its SHA-256, and
+	// the telemetry row no copy.
+	StoredPayloadBytes int
 }
 
 // DefaultConfig returns the settings used when none are given.
 func DefaultConfig() Config {
-	return Config{PublishTimeout: 10 * time.Second, PublishLease: 30 * time.Second, RetryDelay: 2 * time.Second}
+	return Config{PublishTimeout: 10 * time.Second, PublishLease: 30 * time.Second, RetryDelay: 2 * time.Second, StoredPayloadBytes: 256 << 10}
 }
 
 // Server is the gRPC handler of the persist stage.
@@ -65,21 +69,23 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 	for i, e := range envs {
 		msgs[i] = toMessage(e)
 	}
-	logs := func(results []Result) []stagelog.Entry {
-		took := time.Since(start) / time.Duration(max(len(envs), 1))
-		entries := make([]stagelog.Entry, len(envs))
-		for i, e := range envs {
-			entries[i] = stagelog.Entry{
-				MessageID: results[i].OriginalID, DedupeKey: e.GetDedupeKey(), Stage: envelope.StagePersist,
-				Status: stagelog.StatusCompleted, Duration: took, Attempt: int(e.GetDeliveryAttempt()),
-			}
-			if results[i].Disposition == Duplicate {
-				entries[i].Status = stagelog.StatusDuplicate
-				entries[i].Errors = map[string]any{"duplicate_of": results[i].OriginalID, "original_status": results[i].OriginalStatus}
-				entries[i].Code = reason.Duplicate
-			}
+	logs := func(i int, r Result) stagelog.Entry {
+		e := envs[i]
+		entry := stagelog.Entry{
+			MessageID: r.OriginalID, DedupeKey: e.GetDedupeKey(), Stage: envelope.StagePersist,
+			Status: stagelog.StatusCompleted, Duration: time.Since(start) / time.Duration(max(len(envs), 1)), Attempt: int(e.GetDeliveryAttempt()),
 		}
-		return entries
+		switch r.Disposition {
+		case Duplicate:
+			entry.Status = stagelog.StatusDuplicate
+			entry.Errors = map[string]any{"duplicate_of": r.OriginalID, "original_status": r.OriginalStatus}
+			entry.Code = reason.Duplicate
+		case Refused:
+			entry.Status = stagelog.StatusFailed
+			entry.Errors = map[string]any{"reason": r.Reason}
+			entry.Code = reason.Unstorable
+		}
+		return entry
 	}
 	results, err := srv.store.Persist(ctx, msgs, req.GetDryRun(), srv.logs, logs)
 	if err != nil {
@@ -91,18 +97,26 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 	var publishIdx []int
 	for i, e := range envs {
 		r := results[i]
-		if r.Disposition == Duplicate {
+		switch r.Disposition {
+		case Duplicate:
 			outcomes[i] = &telemetryv1.Outcome{
 				MessageId: r.OriginalID.String(), DedupeKey: e.GetDedupeKey(),
 				Status: telemetryv1.MessageStatus_MESSAGE_STATUS_DUPLICATE, HaltedStage: telemetryv1.Stage_STAGE_PERSIST,
 				Reason: fmt.Sprintf("duplicate of message %s (%s)", r.OriginalID, r.OriginalStatus),
 			}
 			continue
+		case Refused:
+			outcomes[i] = &telemetryv1.Outcome{
+				MessageId: r.OriginalID.String(), DedupeKey: e.GetDedupeKey(),
+				Status: telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL, HaltedStage: telemetryv1.Stage_STAGE_PERSIST,
+				Reason: r.Reason,
+			}
+			continue
 		}
 		m := &msgs[i]
 		out := &telemetryv1.Outcome{
 			MessageId: r.OriginalID.String(), DedupeKey: e.GetDedupeKey(), Status: envelope.StatusFromString(m.Status),
-			HaltedStage: e.GetHaltedStage(), Reason: e.GetReason(),
+			HaltedStage: e.GetHaltedStage(), Reason: withNote(e.GetReason(), r.PayloadNote),
 		}
 		if m.Telemetry != nil {
 			out.ProcessingState = envelope.StateFromString(m.Telemetry.State)
@@ -287,6 +301,12 @@ func toMessage(e *telemetryv1.Envelope) Message {
 		Mutated:          mutated,
 		Transformed:      transformed,
 		Unresolved:       unresolved,
+	}
+	for _, v := range e.GetValidationErrors() {
+		// An error of no parameter is about the payload as a whole.
+		if v.GetParameter() == "" {
+			m.Telemetry.PayloadRefused = true
+		}
 	}
 	if state == StateInvalid {
 		m.Telemetry.FailureReason = e.GetReason()

@@ -5,15 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"math"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
@@ -21,26 +21,53 @@ import (
 // ErrEncode is returned when a message's values cannot be stored as JSON.
 var ErrEncode = errors.New("cannot encode values")
 
+// Bounds of what a message recorded as refused keeps, as the gateway
+// bounds them.
+const (
+	maxSubjectBytes   = 512
+	maxSourceIDBytes  = 256
+	maxContentTypeLen = 255
+)
+
 // Store writes batches to Postgres.
 type Store struct {
 	pool *pgxpool.Pool
 	// publishLease is how long a pending row is left to the synchronous
 	// publish before the publisher's retry loop may take it.
 	publishLease time.Duration
+	// storedPayloadBytes is the stored-payload limit.
+	storedPayloadBytes int
 }
 
-// NewStore returns a store over pool.
+// NewStore returns a store over pool that keeps payloads up to the default
+// stored-payload limit.
 func NewStore(pool *pgxpool.Pool, publishLease time.Duration) *Store {
-	return &Store{pool: pool, publishLease: publishLease}
+	return &Store{pool: pool, publishLease: publishLease, storedPayloadBytes: DefaultConfig().StoredPayloadBytes}
 }
+
+// WithStoredPayloadLimit returns a copy of the store that keeps at most n
+// bytes of a payload: of a longer one the message row keeps the first n
+// bytes, its size and its SHA-256, and the telemetry row no copy. n <= 0
+// keeps the default.
+func (s *Store) WithStoredPayloadLimit(n int) *Store {
+	c := *s
+	if n > 0 {
+		c.storedPayloadBytes = n
+	}
+	return &c
+}
+
+// LogFunc returns the stage-log entry of message i once its result is
+// known.
+type LogFunc func(i int, r Result) stagelog.Entry
 
 const insertMessages = `
 insert into ingestion_messages (id, organization_id, device_id, source_subject, source_message_id,
 	dedupe_key, stream_sequence, delivery_attempts, raw_payload, content_type, status, halted_stage,
-	error_summary, received_at, processed_at)
+	error_summary, received_at, processed_at, raw_payload_bytes, raw_payload_sha256)
 select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
 	$7::bigint[], $8::int[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::text[],
-	$14::timestamptz[], $15::timestamptz[])
+	$14::timestamptz[], $15::timestamptz[], $16::int[], $17::bytea[])
 on conflict (dedupe_key) do update set
 	organization_id = excluded.organization_id,
 	device_id = excluded.device_id,
@@ -62,49 +89,167 @@ var telemetryColumns = []string{
 }
 
 // Persist writes the batch in one transaction: the message rows, the
-// telemetry rows of messages stored now, and the stage logs that logs()
-// returns once the dispositions are known. With dryRun it writes nothing and
-// reports what would happen.
-func (s *Store) Persist(ctx context.Context, msgs []Message, dryRun bool, sl *stagelog.Writer, logs func([]Result) []stagelog.Entry) ([]Result, error) {
+// telemetry rows of messages stored now, and their stage logs, which logs
+// (if not nil) returns once the dispositions are known. With dryRun it
+// writes nothing and reports what would happen.
+//
+// What one message holds never fails its batch: when Postgres refuses the
+// batch for its content, it is split and each part written in its own
+// transaction, until the message it refuses is alone; that one is recorded
+// failed_terminal at persist with the reason (disposition [Refused]) and
+// the rest are stored as usual.
+func (s *Store) Persist(ctx context.Context, msgs []Message, dryRun bool, sl *stagelog.Writer, logs LogFunc) ([]Result, error) {
 	results := make([]Result, len(msgs))
-	first := FirstOfKey(msgs)
-	var unique []int
-	for i, f := range first {
-		if f == i {
-			unique = append(unique, i)
-		}
+	idx := make([]int, len(msgs))
+	for i := range idx {
+		idx[i] = i
 	}
 	if dryRun {
+		first := FirstOfKey(msgs)
+		var unique []int
+		for i, f := range first {
+			if f == i {
+				unique = append(unique, i)
+			}
+		}
 		if err := s.dryRun(ctx, msgs, unique, results); err != nil {
 			return nil, err
 		}
-		fillInBatchDuplicates(msgs, first, results)
+		fillInBatchDuplicates(msgs, idx, first, results)
 		return results, nil
 	}
-
-	results, err := s.persistTx(ctx, msgs, first, unique, false, sl, logs)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22") {
-		// A payload Go accepts as JSON that jsonb refuses (an unpaired
-		// surrogate escape, say) must not fail the batch: write it again
-		// without the jsonb copies of the raw payloads. The exact bytes stay
-		// in ingestion_messages.raw_payload.
-		results, err = s.persistTx(ctx, msgs, first, unique, true, sl, logs)
+	if err := s.persistIsolating(ctx, msgs, idx, sl, logs, results); err != nil {
+		return nil, err
 	}
-	return results, err
+	return results, nil
 }
 
-func (s *Store) persistTx(ctx context.Context, msgs []Message, first, unique []int, noRawJSON bool, sl *stagelog.Writer, logs func([]Result) []stagelog.Entry) ([]Result, error) {
-	results := make([]Result, len(msgs))
+// refused reports whether a write failed for what its rows held, so that
+// it fails again however often it is retried.
+func refused(err error) bool {
+	return pg.Refused(err) || errors.Is(err, ErrEncode)
+}
+
+// persistIsolating writes the messages idx of msgs and fills in their
+// results, splitting them as [Store.Persist] says.
+func (s *Store) persistIsolating(ctx context.Context, msgs []Message, idx []int, sl *stagelog.Writer, logs LogFunc, results []Result) error {
+	err := s.persistTx(ctx, msgs, idx, false, sl, logs, results)
+	if !refused(err) {
+		return err
+	}
+	// Most often a payload Go accepts as JSON that jsonb refuses (an
+	// unpaired surrogate escape, say): write the batch again without the
+	// jsonb copies of the raw payloads. The bytes stay in
+	// ingestion_messages.raw_payload.
+	if err = s.persistTx(ctx, msgs, idx, true, sl, logs, results); !refused(err) {
+		return err
+	}
+	if len(idx) > 1 {
+		mid := len(idx) / 2
+		if err := s.persistIsolating(ctx, msgs, idx[:mid], sl, logs, results); err != nil {
+			return err
+		}
+		return s.persistIsolating(ctx, msgs, idx[mid:], sl, logs, results)
+	}
+	return s.persistRefused(ctx, msgs, idx[0], err, sl, logs, results)
+}
+
+// persistRefused records message i, which Postgres refused even alone, as
+// failed_terminal at persist with the reason. The record holds only
+// bounded, cleaned fields and the payload within the stored-payload limit,
+// and no telemetry row, so it cannot be refused for what the message holds.
+func (s *Store) persistRefused(ctx context.Context, msgs []Message, i int, cause error, sl *stagelog.Writer, logs LogFunc, results []Result) error {
+	m := &msgs[i]
+	reason := "could not be stored: " + pg.Reason(cause)
+	rec := Message{
+		ID: m.ID, DedupeKey: bound.Key(m.DedupeKey, bound.MaxKeyBytes),
+		SourceMessageID: bound.Text(m.SourceMessageID, maxSourceIDBytes), SourceSubject: bound.Text(m.SourceSubject, maxSubjectBytes),
+		OrganizationID: m.OrganizationID, DeviceID: m.DeviceID, StreamSequence: m.StreamSequence, DeliveryAttempt: m.DeliveryAttempt,
+		RawPayload: m.RawPayload, ContentType: bound.Text(m.ContentType, maxContentTypeLen),
+		Status: StatusFailedTerminal, HaltedStage: "persist", Reason: bound.Text(reason, bound.MaxReasonBytes), ReceivedAt: m.ReceivedAt,
+	}
+	if rec.ID == uuid.Nil {
+		rec.ID = uuid.Must(uuid.NewV7())
+	}
+	recs := []Message{rec}
+	res, err := s.writeRefused(ctx, recs, i, sl, logs)
+	if refused(err) {
+		// Only the organization can still be refused (deleted since the
+		// catalog was read): keep the record without it.
+		recs[0].OrganizationID = uuid.Nil
+		recs[0].Reason = bound.Text(rec.Reason+fmt.Sprintf(" (recorded without its organization: %s)", pg.Reason(err)), bound.MaxReasonBytes)
+		res, err = s.writeRefused(ctx, recs, i, sl, logs)
+	}
+	if err != nil {
+		return fmt.Errorf("record message %s as refused: %w", m.ID, err)
+	}
+	results[i] = res
+	return nil
+}
+
+// writeRefused writes the record of a refused message and its stage log in
+// one transaction.
+func (s *Store) writeRefused(ctx context.Context, recs []Message, i int, sl *stagelog.Writer, logs LogFunc) (Result, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return Result{}, fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	stored, err := s.insertMessages(ctx, tx, recs, []int{0})
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{Disposition: Refused, OriginalID: recs[0].ID, Reason: recs[0].Reason}
+	if id, ok := stored[recs[0].DedupeKey]; ok {
+		res.OriginalID = id
+	} else {
+		// An original that reached persist has the key already.
+		originals, err := originalsOf(ctx, tx, []string{recs[0].DedupeKey})
+		if err != nil {
+			return Result{}, err
+		}
+		o := originals[recs[0].DedupeKey]
+		res = Result{Disposition: Duplicate, OriginalID: o.id, OriginalStatus: o.status}
+	}
+	if logs != nil {
+		if err := sl.Write(ctx, tx, []stagelog.Entry{logs(i, res)}); err != nil {
+			return Result{}, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Result{}, fmt.Errorf("commit: %w", err)
+	}
+	return res, nil
+}
+
+// persistTx writes the messages idx of msgs in one transaction and, once it
+// commits, fills in their results.
+func (s *Store) persistTx(ctx context.Context, msgs []Message, idx []int, noRawJSON bool, sl *stagelog.Writer, logs LogFunc, results []Result) error {
+	// first is, for each message of idx, the message of idx with its key
+	// that comes first.
+	first := make([]int, len(msgs))
+	seen := make(map[string]int, len(idx))
+	var unique []int
+	for _, i := range idx {
+		if f, ok := seen[msgs[i].DedupeKey]; ok {
+			first[i] = f
+			continue
+		}
+		seen[msgs[i].DedupeKey] = i
+		first[i] = i
+		unique = append(unique, i)
+	}
+	part := make([]Result, len(msgs))
+
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
 	stored, err := s.insertMessages(ctx, tx, msgs, unique)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var dupKeys []string
 	for _, i := range unique {
@@ -113,40 +258,56 @@ func (s *Store) persistTx(ctx context.Context, msgs []Message, first, unique []i
 			dupKeys = append(dupKeys, msgs[i].DedupeKey)
 			continue
 		}
-		results[i] = Result{Disposition: Inserted, OriginalID: id}
+		part[i] = Result{Disposition: Inserted, OriginalID: id, PayloadNote: s.storedPayload(msgs[i].RawPayload).Note()}
 		if id != msgs[i].ID {
-			results[i].Disposition = Resumed
+			part[i].Disposition = Resumed
 		}
 	}
 	if len(dupKeys) > 0 {
 		originals, err := originalsOf(ctx, tx, dupKeys)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, i := range unique {
-			if o, ok := originals[msgs[i].DedupeKey]; ok && results[i].Disposition == 0 {
-				results[i] = Result{Disposition: Duplicate, OriginalID: o.id, OriginalStatus: o.status}
+			if o, ok := originals[msgs[i].DedupeKey]; ok && part[i].Disposition == 0 {
+				part[i] = Result{Disposition: Duplicate, OriginalID: o.id, OriginalStatus: o.status}
 			}
 		}
 	}
-	fillInBatchDuplicates(msgs, first, results)
+	fillInBatchDuplicates(msgs, idx, first, part)
 
-	if err := s.copyTelemetry(ctx, tx, msgs, results, noRawJSON); err != nil {
-		return nil, err
+	if err := s.copyTelemetry(ctx, tx, msgs, idx, part, noRawJSON); err != nil {
+		return err
 	}
-	if err := sl.Write(ctx, tx, logs(results)); err != nil {
-		return nil, err
+	if logs != nil {
+		entries := make([]stagelog.Entry, len(idx))
+		for j, i := range idx {
+			entries[j] = logs(i, part[i])
+		}
+		if err := sl.Write(ctx, tx, entries); err != nil {
+			return err
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+		return fmt.Errorf("commit: %w", err)
 	}
-	return results, nil
+	for _, i := range idx {
+		results[i] = part[i]
+	}
+	return nil
 }
 
-// fillInBatchDuplicates marks the later messages of a key repeated inside the
-// batch as duplicates of the first.
-func fillInBatchDuplicates(msgs []Message, first []int, results []Result) {
-	for i, f := range first {
+// storedPayload is what is stored of a payload under the stored-payload
+// limit.
+func (s *Store) storedPayload(b []byte) bound.Payload {
+	return bound.StorePayload(b, s.storedPayloadBytes)
+}
+
+// fillInBatchDuplicates marks the later messages idx of a key repeated
+// inside the batch as duplicates of the first.
+func fillInBatchDuplicates(msgs []Message, idx, first []int, results []Result) {
+	for _, i := range idx {
+		f := first[i]
 		if f == i {
 			continue
 		}
@@ -167,7 +328,8 @@ func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, i
 		srcIDs, ctypes, halted, summaries = make([]pgtype.Text, n), make([]pgtype.Text, n), make([]pgtype.Text, n), make([]pgtype.Text, n)
 		seqs                              = make([]pgtype.Int8, n)
 		attempts                          = make([]int32, n)
-		payloads                          = make([][]byte, n)
+		payloads, sums                    = make([][]byte, n), make([][]byte, n)
+		sizes                             = make([]pgtype.Int4, n)
 		received, processed               = make([]time.Time, n), make([]pgtype.Timestamptz, n)
 		now                               = time.Now()
 	)
@@ -177,15 +339,18 @@ func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, i
 		orgs[j] = pgUUID(m.OrganizationID)
 		devs[j] = pgUUID(m.DeviceID)
 		subjects[j], keys[j], statuses[j] = m.SourceSubject, m.DedupeKey, m.Status
-		srcIDs[j], ctypes[j], halted[j], summaries[j] = pgText(m.SourceMessageID), pgText(m.ContentType), pgText(m.HaltedStage), pgText(m.Reason)
+		srcIDs[j], ctypes[j], halted[j] = pgText(m.SourceMessageID), pgText(m.ContentType), pgText(m.HaltedStage)
 		seqs[j] = pgtype.Int8{Int64: int64(m.StreamSequence), Valid: m.StreamSequence > 0}
 		attempts[j] = int32(max(m.DeliveryAttempt, 1))
-		payloads[j] = m.RawPayload
+		p := s.storedPayload(m.RawPayload)
+		payloads[j], sums[j] = p.Kept, p.SHA256
+		sizes[j] = pgtype.Int4{Int32: int32(min(p.Size, math.MaxInt32)), Valid: p.Cut()}
+		summaries[j] = pgText(withNote(m.Reason, p.Note()))
 		received[j] = m.ReceivedAt
 		processed[j] = pgtype.Timestamptz{Time: now, Valid: m.Status != StatusParked}
 	}
 	rows, err := tx.Query(ctx, insertMessages, ids, orgs, devs, subjects, srcIDs, keys, seqs, attempts,
-		payloads, ctypes, statuses, halted, summaries, received, processed)
+		payloads, ctypes, statuses, halted, summaries, received, processed, sizes, sums)
 	if err != nil {
 		return nil, fmt.Errorf("insert ingestion_messages: %w", err)
 	}
@@ -253,10 +418,22 @@ func (s *Store) dryRun(ctx context.Context, msgs []Message, unique []int, result
 	return nil
 }
 
-func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, results []Result, noRawJSON bool) error {
-	rows := make([][]any, 0, len(msgs))
+// withNote joins a message's reason and what the stored-payload limit left
+// of its payload.
+func withNote(reason, note string) string {
+	switch {
+	case note == "":
+		return reason
+	case reason == "":
+		return note
+	}
+	return reason + "; " + note
+}
+
+func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, idx []int, results []Result, noRawJSON bool) error {
+	rows := make([][]any, 0, len(idx))
 	lease := time.Now().Add(s.publishLease)
-	for i := range msgs {
+	for _, i := range idx {
 		m, r := &msgs[i], results[i]
 		if m.Telemetry == nil || (r.Disposition != Inserted && r.Disposition != Resumed) {
 			continue
@@ -273,9 +450,12 @@ func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, re
 		if !t.Valid {
 			vstatus = "invalid"
 		}
-		raw := rawJSON(m.RawPayload)
-		if noRawJSON {
-			raw = nil
+		var raw any
+		// A payload refused as a whole was never decoded, and one over the
+		// stored-payload limit is not kept whole even in the message row:
+		// neither gets a JSON copy here.
+		if !noRawJSON && !t.PayloadRefused && len(m.RawPayload) <= s.storedPayloadBytes {
+			raw = rawJSON(m.RawPayload)
 		}
 		var next any
 		if t.State == StatePending {

@@ -1,14 +1,29 @@
 package persister
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/testdb"
 )
+
+// randomText returns n random letters and digits, which Postgres cannot
+// compress.
+func randomText(n int) string {
+	var b strings.Builder
+	for b.Len() < n {
+		b.WriteString(rand.Text())
+	}
+	return b.String()[:n]
+}
 
 func TestFirstOfKey(t *testing.T) {
 	msgs := []Message{{DedupeKey: "a"}, {DedupeKey: "b"}, {DedupeKey: "a"}, {DedupeKey: "c"}, {DedupeKey: "b"}}
@@ -23,7 +38,7 @@ func TestFirstOfKey(t *testing.T) {
 
 func TestPersist(t *testing.T) {
 	db := testdb.New(t)
-	store := NewStore(db.Pool, 30*time.Second)
+	store := NewStore(db.Pool, 30*time.Second).WithStoredPayloadLimit(1024)
 	logs, _ := stagelog.New(stagelog.ModeAll, 1, "test")
 	ctx := t.Context()
 	device := uuid.New()
@@ -38,7 +53,6 @@ func TestPersist(t *testing.T) {
 		}
 		return m
 	}
-	noLogs := func([]Result) []stagelog.Entry { return nil }
 	count := func(sql string, args ...any) int {
 		var n int
 		if err := db.Pool.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
@@ -136,10 +150,87 @@ func TestPersist(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "a message Postgres refuses even alone is recorded failed_terminal; the rest of its batch is stored",
+			batch: func() []Message {
+				bad := msg("k7", StatusCompleted, true)
+				// 4 KB of text that does not compress is more than an index
+				// entry holds.
+				bad.SourceMessageID = randomText(4 << 10)
+				return []Message{msg("k8", StatusCompleted, true), bad, msg("k9", StatusFailedTerminal, false)}
+			}(),
+			want: []Disposition{Inserted, Refused, Inserted},
+			check: func(t *testing.T, batch []Message, res []Result) {
+				var status, stage, summary, srcID string
+				if err := db.Pool.QueryRow(ctx, `select status, halted_stage, error_summary, source_message_id from ingestion_messages where dedupe_key = 'k7'`).
+					Scan(&status, &stage, &summary, &srcID); err != nil {
+					t.Fatal(err)
+				}
+				if status != StatusFailedTerminal || stage != "persist" || !strings.HasPrefix(summary, "could not be stored: index row") || strings.Contains(summary, "SQLSTATE") {
+					t.Errorf("refused message stored as %s at %s: %q", status, stage, summary)
+				}
+				if res[1].Reason != summary {
+					t.Errorf("result reason %q, stored %q", res[1].Reason, summary)
+				}
+				if len(srcID) > 256 || !strings.HasPrefix(srcID, batch[1].SourceMessageID[:100]) || !strings.HasSuffix(srcID, bound.Hash(batch[1].SourceMessageID)) {
+					t.Errorf("source_message_id of %d bytes, want the id cut to 256 bytes with its hash", len(srcID))
+				}
+				if n := count(`select count(*) from device_telemetry_logs where ingestion_message_id = $1`, batch[1].ID); n != 0 {
+					t.Errorf("refused message has %d telemetry rows", n)
+				}
+				if n := count(`select count(*) from ingestion_messages where dedupe_key in ('k8', 'k9')`); n != 2 {
+					t.Errorf("%d of its neighbours stored, want 2", n)
+				}
+				if n := count(`select count(*) from device_telemetry_logs where id = $1`, batch[0].ID); n != 1 {
+					t.Errorf("neighbour's telemetry row not stored")
+				}
+			},
+		},
+		{
+			name: "a payload over the stored-payload limit keeps its first bytes, size and hash, and no JSON copy",
+			batch: func() []Message {
+				m := msg("k10", StatusCompleted, true)
+				m.RawPayload = []byte(`{"temp_c": 1, "pad": "` + strings.Repeat("y", 5000) + `"}`)
+				return []Message{m}
+			}(),
+			want: []Disposition{Inserted},
+			check: func(t *testing.T, batch []Message, res []Result) {
+				raw := batch[0].RawPayload
+				sum := sha256.Sum256(raw)
+				note := fmt.Sprintf("payload of %d bytes exceeds the stored-payload limit 1024; first 1024 bytes kept, sha256 %x", len(raw), sum)
+				if n := count(`select count(*) from ingestion_messages where id = $1 and raw_payload = $2 and raw_payload_bytes = $3
+					and raw_payload_sha256 = $4 and error_summary = $5`, batch[0].ID, raw[:1024], len(raw), sum[:], note); n != 1 {
+					t.Errorf("message row does not keep the first 1024 bytes, the size and the hash, saying %q", note)
+				}
+				if res[0].PayloadNote != note {
+					t.Errorf("result note %q, want %q", res[0].PayloadNote, note)
+				}
+				if n := count(`select count(*) from device_telemetry_logs where id = $1 and raw_payload is null`, batch[0].ID); n != 1 {
+					t.Errorf("telemetry row keeps a JSON copy")
+				}
+			},
+		},
+		{
+			name: "a payload refused as a whole keeps no JSON copy in its telemetry row",
+			batch: func() []Message {
+				m := msg("k11", StatusFailedValidation, true)
+				m.Telemetry.State, m.Telemetry.Valid, m.Telemetry.PayloadRefused = StateInvalid, false, true
+				return []Message{m}
+			}(),
+			want: []Disposition{Inserted},
+			check: func(t *testing.T, batch []Message, _ []Result) {
+				if n := count(`select count(*) from device_telemetry_logs where id = $1 and raw_payload is null`, batch[0].ID); n != 1 {
+					t.Errorf("telemetry row keeps a JSON copy")
+				}
+				if n := count(`select count(*) from ingestion_messages where id = $1 and raw_payload = $2 and raw_payload_bytes is null`, batch[0].ID, batch[0].RawPayload); n != 1 {
+					t.Errorf("message row does not keep the payload whole")
+				}
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res, err := store.Persist(ctx, tt.batch, tt.dry, logs, noLogs)
+			res, err := store.Persist(ctx, tt.batch, tt.dry, logs, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
