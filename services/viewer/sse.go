@@ -26,6 +26,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	f := filter{org: q.Get("org"), device: q.Get("device"), topic: q.Get("topic")}
 	raw := q.Get("raw") == "1" || q.Get("raw") == "true"
 	lastID := r.Header.Get("Last-Event-ID")
+	if lastEventParam.check("Last-Event-ID", lastID) != nil {
+		// EventSource sends the header again on every reconnect by itself:
+		// one it cannot use is ignored rather than refused, or the page
+		// could never reconnect. It is never more than compared.
+		lastID = ""
+	}
 	if lastID == "" {
 		lastID = q.Get("last_event_id")
 	}
@@ -33,7 +39,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	c, first, gap, err := s.hub.subscribe(f, raw, lastID, recentOnConnect)
 	if err != nil {
 		w.Header().Set("Retry-After", "10")
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	defer s.hub.unsubscribe(c)
