@@ -123,6 +123,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, ErrUnauthorized):
 		status = http.StatusUnauthorized
 		w.Header().Set("WWW-Authenticate", `Bearer realm="telemesh-viewer"`)
+	case errors.Is(err, ErrTooManyFromClient):
+		status = http.StatusTooManyRequests
 	case errors.Is(err, ErrTooManyClients):
 		status = http.StatusServiceUnavailable
 	case errors.Is(err, ErrBadRequest):

@@ -36,8 +36,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		lastID = q.Get("last_event_id")
 	}
 
-	c, first, gap, err := s.hub.subscribe(f, raw, lastID, recentOnConnect)
+	c, first, gap, err := s.hub.subscribe(s.clientKey(r), f, raw, lastID, recentOnConnect)
 	if err != nil {
+		s.logger.Debug("viewer: live connection refused", "remote", r.RemoteAddr, "err", err)
 		w.Header().Set("Retry-After", "10")
 		s.writeError(w, r, err)
 		return
