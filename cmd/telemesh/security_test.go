@@ -27,6 +27,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	deriverv1 "github.com/telemesh/telemesh/gen/telemesh/deriver/v1"
 	"github.com/telemesh/telemesh/internal/roles"
 	"github.com/telemesh/telemesh/internal/testcerts"
 	"github.com/telemesh/telemesh/internal/testdb"
@@ -132,8 +133,8 @@ func TestServeOverMTLSWithHealthPortAndNoReflection(t *testing.T) {
 	db := testdb.New(t)
 	ns := testnats.New(t)
 	ca := testcerts.NewCA(t, "telemesh test CA")
-	srv := testcerts.Write(t, t.TempDir(), ca.Issue(t, "deriver"), ca)
-	cli := testcerts.Write(t, t.TempDir(), ca.Issue(t, "operator"), ca)
+	srv := testcerts.Write(t, t.TempDir(), ca.Identity(t, "deriver"), ca)
+	cli := testcerts.Write(t, t.TempDir(), ca.Identity(t, "operator"), ca)
 
 	p := startCaptured(t, []string{"TELEMESH_DATABASE_URL=" + db.URL, "TELEMESH_TLS_CERT_FILE=" + srv.Cert},
 		"serve", "deriver", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0",
@@ -162,6 +163,31 @@ func TestServeOverMTLSWithHealthPortAndNoReflection(t *testing.T) {
 	if hc, err := healthpb.NewHealthClient(mtls).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health over mTLS = %v, %v", hc.GetStatus(), err)
 	}
+	// The deriver is the validator's to call: the operator's certificate,
+	// or one of the CA with only a common name, is refused, saying whom and
+	// what.
+	_, err = deriverv1.NewDeriverServiceClient(mtls).Derive(ctx, &deriverv1.DeriveRequest{})
+	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied ||
+		st.Message() != `caller "operator" may not call /telemesh.deriver.v1.DeriverService/Derive: only validator may` {
+		t.Errorf("the operator calling Derive: %v; want PermissionDenied naming it and the method", err)
+	}
+	t.Logf("operator -> Derive: %v", err)
+	named := testcerts.Write(t, t.TempDir(), ca.Issue(t, "operator"), ca)
+	namedCerts, err := tlsx.New(tlsx.Files{CertFile: named.Cert, KeyFile: named.Key, CAFile: named.CA}, 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	namedConn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(namedCerts.ClientCredentials("")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer namedConn.Close()
+	_, err = deriverv1.NewDeriverServiceClient(namedConn).Derive(ctx, &deriverv1.DeriveRequest{})
+	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), "no telemesh identity") {
+		t.Errorf("CN=operator without an identity calling Derive: %v; want PermissionDenied", err)
+	}
+	t.Logf("CN=operator (no SAN) -> Derive: %v", err)
+
 	// --reflection=false: what `grpcurl list` asks is not answered.
 	if err := listServicesErr(ctx, mtls); status.Code(err) != codes.Unimplemented {
 		t.Errorf("reflection with --reflection=false: %v, want Unimplemented", err)
@@ -243,6 +269,7 @@ func TestBadTLSSettingsExit2(t *testing.T) {
 	db := testdb.New(t)
 	ca := testcerts.NewCA(t, "telemesh test CA")
 	f := testcerts.Write(t, t.TempDir(), ca.Issue(t, "deriver"), ca)
+	other := testcerts.Write(t, t.TempDir(), ca.Identity(t, "deriver"), ca)
 	tests := []struct {
 		name     string
 		args     []string
@@ -260,6 +287,10 @@ func TestBadTLSSettingsExit2(t *testing.T) {
 			"invalid setting --health-listen (TELEMESH_HEALTH_LISTEN)"},
 		{"status with half the TLS flags", []string{"status", "--tls-ca-file", f.CA},
 			"invalid setting --tls-cert-file (TELEMESH_TLS_CERT_FILE)"},
+		{"a certificate of another stage", []string{"serve", "validator", "--tls-cert-file", other.Cert, "--tls-key-file", other.Key, "--tls-ca-file", other.CA},
+			`invalid setting --tls-cert-file (TELEMESH_TLS_CERT_FILE): certificate "CN=deriver" carries the identity deriver, not validator`},
+		{"a trust domain that is none", []string{"serve", "deriver", "--tls-trust-domain", "Telemesh/prod"},
+			"invalid setting --tls-trust-domain (TELEMESH_TLS_TRUST_DOMAIN)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

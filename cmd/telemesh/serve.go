@@ -76,6 +76,9 @@ func newStageCmd(e env, stage string) *cobra.Command {
 		if err := o.Process.Validate(); err != nil {
 			return err
 		}
+		if err := o.CheckIdentity(); err != nil {
+			return err
+		}
 		for next, addr := range hopAddrs {
 			if err := config.CheckTarget(next+"-addr", *addr); err != nil {
 				return err

@@ -34,6 +34,8 @@ func addProcessFlags(fs *pflag.FlagSet, s *app.Process, grpcPort, adminPort stri
 	fs.IntVar(&s.StageLogSnapshotBytes, "stage-log-snapshot-bytes", app.DefaultProcess().StageLogSnapshotBytes, `largest input or output snapshot, change set or errors kept in one stage-log row; a longer one is cut and marked {"truncated": true, ...}`)
 	fs.StringVar(&s.HealthListen, "health-listen", "", "plaintext listen address serving grpc.health.v1 alone, for probes while the gRPC port requires client certificates (empty: off)")
 	addTLSFlags(fs, &s.TLS, &s.TLSServerName)
+	fs.StringVar(&s.TLSTrustDomain, "tls-trust-domain", grpcx.DefaultTrustDomain,
+		"trust domain of the identities in the stages' certificates: with mutual TLS each call is admitted only from the stages (and operator tooling) allowed to make it, known by the URI SAN spiffe://<trust domain>/<name> or the DNS SAN <name>.<trust domain> of their certificate")
 	config.MarkSecret(fs, "database-url")
 }
 
@@ -46,7 +48,7 @@ func addPprofFlag(fs *pflag.FlagSet, on *bool) {
 // addTLSFlags registers the mutual TLS flags that the stages and the
 // commands dialling them share.
 func addTLSFlags(fs *pflag.FlagSet, files *tlsx.Files, serverName *string) {
-	fs.StringVar(&files.CertFile, "tls-cert-file", "", "PEM certificate for mutual TLS between stages, presented as server and as client; with --tls-key-file and --tls-ca-file, re-read when the files change")
+	fs.StringVar(&files.CertFile, "tls-cert-file", "", "PEM certificate for mutual TLS between stages, presented as server and as client, with its identity as URI SAN spiffe://telemesh/<stage> (spiffe://telemesh/operator for operator tooling); with --tls-key-file and --tls-ca-file, re-read when the files change")
 	fs.StringVar(&files.KeyFile, "tls-key-file", "", "PEM private key of --tls-cert-file")
 	fs.StringVar(&files.CAFile, "tls-ca-file", "", "PEM bundle of the CAs that peers' certificates must chain to")
 	fs.StringVar(serverName, "tls-server-name", "", "name the stages' certificates are verified against (default: the host of each target)")

@@ -111,6 +111,9 @@ func addViewerFlags(fs *pflag.FlagSet, cfg *viewer.Config) {
 	fs.Float64Var(&cfg.RawRate, "raw-rate", cfg.RawRate, "raw messages per second sent to the page at most; the rest are counted as skipped")
 	fs.IntVar(&cfg.HistoryMinutes, "history-minutes", cfg.HistoryMinutes, "how many minutes a device's charts and invalid messages reach back")
 	fs.IntVar(&cfg.MaxClients, "max-clients", cfg.MaxClients, "live connections (open pages) at most")
+	fs.IntVar(&cfg.MaxClientsPerAddr, "max-clients-per-address", cfg.MaxClientsPerAddr, "live connections of one client at most (one address, an IPv6 /64, or the address a trusted proxy forwards)")
+	fs.StringSliceVar(&cfg.TrustedProxies, "trusted-proxies", cfg.TrustedProxies, "addresses or CIDRs of reverse proxies (an ingress controller) whose --client-ip-header is believed, comma-separated; empty believes none")
+	fs.StringVar(&cfg.ClientIPHeader, "client-ip-header", cfg.ClientIPHeader, "header a trusted proxy puts the client's address in (X-Forwarded-For or X-Real-IP); ignored from any other peer")
 	config.MarkSecret(fs, "viewer-token")
 	fs.SetNormalizeFunc(normalizeViewerToken)
 }
@@ -142,6 +145,14 @@ func checkViewerFlags(cfg viewer.Config) error {
 		return config.Invalid("history-minutes", "%d is out of range 1..1440", cfg.HistoryMinutes)
 	case cfg.MaxClients < 1:
 		return config.Invalid("max-clients", "%d: must be at least 1", cfg.MaxClients)
+	case cfg.MaxClientsPerAddr < 1:
+		return config.Invalid("max-clients-per-address", "%d: must be at least 1", cfg.MaxClientsPerAddr)
+	}
+	if err := viewer.CheckTrustedProxies(cfg.TrustedProxies); err != nil {
+		return config.Invalid("trusted-proxies", "%v", err)
+	}
+	if err := viewer.CheckClientIPHeader(cfg.ClientIPHeader); err != nil {
+		return config.Invalid("client-ip-header", "%v", err)
 	}
 	return nil
 }

@@ -100,6 +100,12 @@ func TestServeViewerSettings(t *testing.T) {
 		{"history out of range", []string{"--history-minutes", "0"}, "invalid setting --history-minutes (TELEMESH_HISTORY_MINUTES)"},
 		{"listen without a port", []string{"--listen", "127.0.0.1"}, "invalid setting --listen (TELEMESH_LISTEN)"},
 		{"no raw rate", []string{"--raw-rate", "0"}, "invalid setting --raw-rate (TELEMESH_RAW_RATE)"},
+		{"no share for a client", []string{"--max-clients-per-address", "0"},
+			"invalid setting --max-clients-per-address (TELEMESH_MAX_CLIENTS_PER_ADDRESS): 0: must be at least 1"},
+		{"a trusted proxy that is no address", []string{"--trusted-proxies", "10.0.0.0/8,ingress"},
+			`invalid setting --trusted-proxies (TELEMESH_TRUSTED_PROXIES): trusted proxy "ingress" is neither an address nor a CIDR`},
+		{"a header that is no header", []string{"--client-ip-header", "X Forwarded"},
+			"invalid setting --client-ip-header (TELEMESH_CLIENT_IP_HEADER)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

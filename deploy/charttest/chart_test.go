@@ -24,11 +24,12 @@ import (
 var valueSets = []struct {
 	file string
 	// what the set must turn on, beyond the invariants every set meets
-	wantHPA, wantTLS, wantViewer, wantIngress, wantSecrets bool
+	wantHPA, wantTLS, wantCertificates, wantViewer, wantIngress, wantSecrets bool
 }{
 	{file: "defaults.yaml"},
 	{file: "scaled.yaml", wantHPA: true, wantViewer: true},
 	{file: "mtls.yaml", wantTLS: true},
+	{file: "mtls-cert-manager.yaml", wantTLS: true, wantCertificates: true, wantViewer: true},
 	{file: "viewer-ingress.yaml", wantViewer: true, wantIngress: true, wantSecrets: true},
 }
 
@@ -52,6 +53,9 @@ func TestRenderValueSets(t *testing.T) {
 			}
 			if got := v.TLS.Enabled; got != vs.wantTLS {
 				t.Errorf("tls.enabled = %v, want %v", got, vs.wantTLS)
+			}
+			if got := len(r.all("Certificate")) > 0; got != vs.wantCertificates {
+				t.Errorf("Certificates rendered = %v, want %v", got, vs.wantCertificates)
 			}
 			if got := r.find("Deployment", stageName("viewer")) != nil; got != vs.wantViewer {
 				t.Errorf("viewer Deployment rendered = %v, want %v", got, vs.wantViewer)
@@ -178,6 +182,8 @@ func checkInvariantsFor(t *testing.T, r *rendering, secrets []string, rel, ns st
 			checkStage(t, r, v, s, sv, n, rel, ns, services, secretKeys)
 		})
 	}
+
+	checkCertificates(t, r, v, rel, ns)
 
 	// The migration Job: a pre-install and pre-upgrade hook.
 	if v.Migrations.Enabled {
@@ -452,15 +458,16 @@ func checkStage(t *testing.T, r *rendering, v chartValues, s string, sv stageVal
 				t.Errorf("%s=%q", k, env[k].Value)
 			}
 		}
-		wantSecret := v.TLS.ExistingSecret
-		if sv.TLSSecret != "" {
-			wantSecret = sv.TLSSecret
+		// The stage's own certificate, with the identity its callees admit
+		// it by.
+		if !mounts(ps, c, "/etc/telemesh/tls", tlsSecretOf(n, sv)) {
+			t.Errorf("the stage's own TLS Secret %s is not mounted at /etc/telemesh/tls", tlsSecretOf(n, sv))
 		}
-		if !mounts(ps, c, "/etc/telemesh/tls", wantSecret) {
-			t.Errorf("TLS Secret %s not mounted at /etc/telemesh/tls", wantSecret)
+		if got := cm.Data["TELEMESH_TLS_TRUST_DOMAIN"]; got != trustDomainOf(v) {
+			t.Errorf("TELEMESH_TLS_TRUST_DOMAIN %q, want %q", got, trustDomainOf(v))
 		}
 	} else {
-		for _, k := range []string{"TELEMESH_TLS_CERT_FILE", "TELEMESH_HEALTH_LISTEN"} {
+		for _, k := range []string{"TELEMESH_TLS_CERT_FILE", "TELEMESH_HEALTH_LISTEN", "TELEMESH_TLS_TRUST_DOMAIN"} {
 			if _, ok := env[k]; ok || cm.Data[k] != "" {
 				t.Errorf("%s set without tls", k)
 			}
@@ -854,4 +861,125 @@ func ptr[T any](p *T) string {
 		return "nil"
 	}
 	return fmt.Sprint(*p)
+}
+
+// tlsSecretOf is the Secret a stage named n mounts its certificate from.
+func tlsSecretOf(n string, sv stageValues) string {
+	if sv.TLSSecret != "" {
+		return sv.TLSSecret
+	}
+	return n + "-tls"
+}
+
+// trustDomainOf is the trust domain of the identities.
+func trustDomainOf(v chartValues) string {
+	if v.TLS.TrustDomain == "" {
+		return "telemesh"
+	}
+	return v.TLS.TrustDomain
+}
+
+// checkCertificates holds the certificates to one per stage: with mTLS no
+// two stages mount the same Secret; with cert-manager each gRPC stage has a
+// Certificate into the Secret it mounts, with its identity as URI SAN and
+// the name its callers dial, for server and client auth, from the issuer
+// of the values (and one for operator tooling when asked).
+func checkCertificates(t *testing.T, r *rendering, v chartValues, rel, ns string) {
+	t.Helper()
+	certs := map[string]map[string]any{}
+	for _, o := range r.all("Certificate") {
+		certs[o.Name] = o.Unstructured["spec"].(map[string]any)
+	}
+	if !v.TLS.Enabled || !v.TLS.CertManager.Enabled {
+		if len(certs) != 0 {
+			t.Errorf("%d Certificates rendered without tls.certManager", len(certs))
+		}
+	}
+	if !v.TLS.Enabled {
+		return
+	}
+	mountedBy := map[string]string{}
+	want := 0
+	for _, s := range grpcStages {
+		sv := v.Stages[s]
+		if !sv.Enabled {
+			continue
+		}
+		want++
+		n := rel + "-" + s
+		d := r.find("Deployment", n).Typed.(*appsv1.Deployment)
+		for _, vol := range d.Spec.Template.Spec.Volumes {
+			if vol.Name == "tls" && vol.Secret != nil {
+				if other, dup := mountedBy[vol.Secret.SecretName]; dup {
+					t.Errorf("%s and %s mount the same TLS Secret %s: each stage needs its own identity", other, s, vol.Secret.SecretName)
+				}
+				mountedBy[vol.Secret.SecretName] = s
+			}
+		}
+		if !v.TLS.CertManager.Enabled {
+			continue
+		}
+		spec := certs[n]
+		if spec == nil {
+			t.Errorf("no Certificate %s for stage %s", n, s)
+			continue
+		}
+		if got := spec["secretName"]; got != tlsSecretOf(n, sv) {
+			t.Errorf("Certificate %s writes Secret %v, but the stage mounts %s", n, got, tlsSecretOf(n, sv))
+		}
+		if got, want := fmt.Sprint(spec["uris"]), fmt.Sprintf("[spiffe://%s/%s]", trustDomainOf(v), s); got != want {
+			t.Errorf("Certificate %s URI SANs %s, want %s", n, got, want)
+		}
+		dialled := fmt.Sprintf("%s.%s.svc.cluster.local", n, ns)
+		if !slices.Contains(toStrings(spec["dnsNames"]), dialled) {
+			t.Errorf("Certificate %s DNS names %v lack %s, the name its callers dial", n, spec["dnsNames"], dialled)
+		}
+		usages := toStrings(spec["usages"])
+		if !slices.Contains(usages, "server auth") || !slices.Contains(usages, "client auth") {
+			t.Errorf("Certificate %s usages %v, want server auth and client auth", n, usages)
+		}
+		if got := fmt.Sprint(spec["issuerRef"]); got != fmt.Sprint(toAny(v.TLS.CertManager.IssuerRef)) {
+			t.Errorf("Certificate %s issuerRef %s, want %v", n, got, v.TLS.CertManager.IssuerRef)
+		}
+	}
+	if !v.TLS.CertManager.Enabled {
+		return
+	}
+	if v.TLS.CertManager.Operator {
+		want++
+		spec := certs[rel+"-operator"]
+		if spec == nil {
+			t.Errorf("no Certificate %s-operator", rel)
+		} else {
+			if got, want := fmt.Sprint(spec["uris"]), fmt.Sprintf("[spiffe://%s/operator]", trustDomainOf(v)); got != want {
+				t.Errorf("operator Certificate URI SANs %s, want %s", got, want)
+			}
+			if usages := toStrings(spec["usages"]); slices.Contains(usages, "server auth") || !slices.Contains(usages, "client auth") {
+				t.Errorf("operator Certificate usages %v, want client auth only", usages)
+			}
+			if _, used := mountedBy[fmt.Sprint(spec["secretName"])]; used {
+				t.Errorf("a stage mounts the operator's Secret %v", spec["secretName"])
+			}
+		}
+	}
+	if len(certs) != want {
+		t.Errorf("%d Certificates rendered, want %d", len(certs), want)
+	}
+}
+
+func toStrings(v any) []string {
+	var out []string
+	list, _ := v.([]any)
+	for _, e := range list {
+		out = append(out, fmt.Sprint(e))
+	}
+	return out
+}
+
+func toAny(m map[string]string) map[string]any {
+	out := map[string]any{}
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }

@@ -268,7 +268,8 @@ func decode(t testing.TB, doc string, hook bool) *object {
 		o.Typed = typed
 		return o
 	}
-	if meta.APIVersion == "monitoring.coreos.com/v1" && meta.Kind == "ServiceMonitor" {
+	if meta.APIVersion == "monitoring.coreos.com/v1" && meta.Kind == "ServiceMonitor" ||
+		meta.APIVersion == "cert-manager.io/v1" && meta.Kind == "Certificate" {
 		if err := json.Unmarshal(js, &o.Unstructured); err != nil {
 			t.Fatalf("%s: %v", src, err)
 		}
@@ -320,9 +321,14 @@ type stageValues struct {
 type chartValues struct {
 	Stages map[string]stageValues `json:"stages"`
 	TLS    struct {
-		Enabled        bool   `json:"enabled"`
-		ExistingSecret string `json:"existingSecret"`
-		HealthPort     int32  `json:"healthPort"`
+		Enabled     bool   `json:"enabled"`
+		TrustDomain string `json:"trustDomain"`
+		HealthPort  int32  `json:"healthPort"`
+		CertManager struct {
+			Enabled   bool              `json:"enabled"`
+			IssuerRef map[string]string `json:"issuerRef"`
+			Operator  bool              `json:"operator"`
+		} `json:"certManager"`
 	} `json:"tls"`
 	Shutdown struct {
 		GraceSeconds        int64 `json:"graceSeconds"`

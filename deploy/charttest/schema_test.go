@@ -43,6 +43,10 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"CPU target above 100", `stages: {gateway: {autoscaling: {targetCPUUtilizationPercentage: 150}}}`, "targetCPUUtilizationPercentage"},
 		{"bad pull policy", `image: {pullPolicy: Sometimes}`, "pullPolicy"},
 		{"env entry without a name", `env: [{value: x}]`, "name"},
+		{"a trust domain with a slash", `tls: {trustDomain: "Tele/mesh"}`, "trustDomain"},
+		{"an issuer without a name", `tls: {certManager: {enabled: true, issuerRef: {name: "", kind: Issuer}}}`, "name"},
+		{"a certificate duration in days", `tls: {certManager: {enabled: true, duration: 90d}}`, "duration"},
+		{"the trust domain as a stage setting", `stages: {gateway: {config: {tls-trust-domain: x}}}`, "tls-trust-domain"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,6 +91,7 @@ func TestTemplateRejectsInconsistentValues(t *testing.T) {
 		{"HPA minimum above its maximum", `stages: {validator: {autoscaling: {enabled: true, minReplicas: 5, maxReplicas: 2}}}`, "minReplicas 5 exceeds maxReplicas 2"},
 		{"HPA without a CPU request", `stages: {deriver: {autoscaling: {enabled: true}, resources: {requests: {cpu: null}}}}`, "needs resources.requests.cpu"},
 		{"no database URL at all", `database: {url: {existingSecret: ""}}`, "needs a Postgres URL"},
+		{"one certificate for every stage", `tls: {enabled: true, existingSecret: telemesh-tls}`, "each stage has a certificate of its own"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

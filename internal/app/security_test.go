@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,8 +19,18 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+
+	deriverv1 "github.com/telemesh/telemesh/gen/telemesh/deriver/v1"
+	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
+	persisterv1 "github.com/telemesh/telemesh/gen/telemesh/persister/v1"
+	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
+	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
+	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
 
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/natsx"
@@ -79,7 +90,7 @@ func TestMeshWithMTLSAndStageRoles(t *testing.T) {
 	ca := testcerts.NewCA(t, "telemesh test CA")
 	files := map[string]tlsx.Files{}
 	for _, stage := range Stages {
-		p := testcerts.Write(t, t.TempDir(), ca.Issue(t, stage), ca)
+		p := testcerts.Write(t, t.TempDir(), ca.Identity(t, stage), ca)
 		files[stage] = tlsx.Files{CertFile: p.Cert, KeyFile: p.Key, CAFile: p.CA}
 	}
 	roleURL := func(stage string) string {
@@ -205,6 +216,18 @@ func TestMeshWithMTLSAndStageRoles(t *testing.T) {
 			}
 		}
 	}
+
+	// Who may call whom, checked after the logs above: refusals are logged.
+	checkCallers(t, m, ca, files)
+	refusal := false
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, `"grpc.code":"PermissionDenied"`) && strings.Contains(line, `caller \"operator\" may not call /telemesh.persister.v1.PersisterService/Persist`) {
+			refusal = true
+		}
+	}
+	if !refusal {
+		t.Error("the persister did not log the operator's refused call")
+	}
 }
 
 func TestServeRejectsRefusedNATSCredentials(t *testing.T) {
@@ -286,5 +309,209 @@ func TestServeRejectsRefusedNATSCredentials(t *testing.T) {
 				t.Fatal("no error 10s after refused credentials")
 			}
 		})
+	}
+}
+
+// checkCallers holds the stages of a mesh running mutual TLS to the table of
+// who may call whom: a certificate of the wrong stage, or of operator
+// tooling, is refused with PermissionDenied naming it and the method; the
+// right caller gets through (to request validation, which an empty request
+// fails).
+func checkCallers(t *testing.T, m *Mesh, ca *testcerts.CA, stageFiles map[string]tlsx.Files) {
+	t.Helper()
+	operator := testcerts.Write(t, t.TempDir(), ca.Identity(t, Operator), ca)
+	// A certificate of the CA with a common name and no identity.
+	named := testcerts.Write(t, t.TempDir(), ca.Issue(t, Deriver), ca)
+	as := func(f tlsx.Files, stage string) *grpc.ClientConn {
+		t.Helper()
+		certs, err := tlsx.New(f, 0, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(m.GRPC[stage], grpc.WithTransportCredentials(certs.ClientCredentials("")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		return conn
+	}
+	op := tlsx.Files{CertFile: operator.Cert, KeyFile: operator.Key, CAFile: operator.CA}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+
+	refused := func(what, who, method string, err error) {
+		t.Helper()
+		st, _ := status.FromError(err)
+		if st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), who) || !strings.Contains(st.Message(), method) ||
+			strings.Contains(st.Message(), "\n") {
+			t.Errorf("%s: %v; want PermissionDenied in one line naming %s and %s", what, err, who, method)
+		}
+	}
+	passes := func(what string, err error) {
+		t.Helper()
+		if c := status.Code(err); c != codes.OK && c != codes.InvalidArgument {
+			t.Errorf("%s: %v; want it through to the service (OK, or InvalidArgument for an empty request)", what, err)
+		}
+	}
+
+	// The operator's certificate: Ingest on the gateway, and nothing of the
+	// chain itself.
+	dry, err := gatewayv1.NewGatewayServiceClient(as(op, Gateway)).Ingest(ctx, &gatewayv1.IngestRequest{
+		Subject: "devices.meter-01.telemetry", Payload: []byte(`{"temp_c": 10}`), DryRun: true,
+	})
+	if err != nil || dry.GetOutcome().GetStatus() != telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED {
+		t.Errorf("operator's dry-run Ingest: %v, %v; want completed", dry.GetOutcome(), err)
+	}
+	_, err = persisterv1.NewPersisterServiceClient(as(op, Persister)).Persist(ctx, &persisterv1.PersistRequest{})
+	refused("operator calling Persist", "operator", "/telemesh.persister.v1.PersisterService/Persist", err)
+	_, err = deriverv1.NewDeriverServiceClient(as(op, Deriver)).Derive(ctx, &deriverv1.DeriveRequest{})
+	refused("operator calling Derive", "operator", "/telemesh.deriver.v1.DeriverService/Derive", err)
+	_, err = persisterv1.NewPersisterServiceClient(as(tlsx.Files{CertFile: named.Cert, KeyFile: named.Key, CAFile: named.CA}, Persister)).
+		Persist(ctx, &persisterv1.PersistRequest{})
+	refused("CN=deriver without an identity calling Persist", "no telemesh identity", "/telemesh.persister.v1.PersisterService/Persist", err)
+	// Probes and grpcurl: health from any certificate of the CA, reflection
+	// for the operator.
+	if _, err := healthpb.NewHealthClient(as(op, Deriver)).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Errorf("operator's health check: %v", err)
+	}
+	if _, err := healthpb.NewHealthClient(as(stageFiles[Publisher], Gateway)).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Errorf("the publisher's health check of the gateway: %v", err)
+	}
+	if err := reflectionList(ctx, as(op, Validator)); err != nil {
+		t.Errorf("operator's grpcurl list: %v", err)
+	}
+	refused("the deriver asking for reflection", "deriver", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+		reflectionList(ctx, as(stageFiles[Deriver], Validator)))
+
+	// A stage's certificate at a stage it does not call.
+	_, err = validatorv1.NewValidatorServiceClient(as(stageFiles[Deriver], Validator)).Validate(ctx, &validatorv1.ValidateRequest{})
+	refused("the deriver calling Validate", "deriver", "/telemesh.validator.v1.ValidatorService/Validate", err)
+	_, err = publisherv1.NewPublisherServiceClient(as(stageFiles[Gateway], Publisher)).Publish(ctx, &publisherv1.PublishRequest{})
+	refused("the gateway calling Publish", "gateway", "/telemesh.publisher.v1.PublisherService/Publish", err)
+	_, err = gatewayv1.NewGatewayServiceClient(as(stageFiles[Validator], Gateway)).Ingest(ctx, &gatewayv1.IngestRequest{
+		Subject: "devices.meter-01.telemetry", Payload: []byte(`{}`), DryRun: true})
+	refused("the validator calling Ingest", "validator", "/telemesh.gateway.v1.GatewayService/Ingest", err)
+
+	// And the callers the chain has.
+	_, err = validatorv1.NewValidatorServiceClient(as(stageFiles[Gateway], Validator)).Validate(ctx, &validatorv1.ValidateRequest{})
+	passes("the gateway calling Validate", err)
+	_, err = deriverv1.NewDeriverServiceClient(as(stageFiles[Validator], Deriver)).Derive(ctx, &deriverv1.DeriveRequest{})
+	passes("the validator calling Derive", err)
+	_, err = persisterv1.NewPersisterServiceClient(as(stageFiles[Validator], Persister)).Persist(ctx, &persisterv1.PersistRequest{})
+	passes("the validator calling Persist", err)
+	_, err = persisterv1.NewPersisterServiceClient(as(stageFiles[Deriver], Persister)).Persist(ctx, &persisterv1.PersistRequest{})
+	passes("the deriver calling Persist", err)
+	_, err = publisherv1.NewPublisherServiceClient(as(stageFiles[Persister], Publisher)).Publish(ctx, &publisherv1.PublishRequest{})
+	passes("the persister calling Publish", err)
+}
+
+// reflectionList asks what `grpcurl list` asks.
+func reflectionList(ctx context.Context, conn *grpc.ClientConn) error {
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		_, err = stream.Recv()
+		return err
+	}
+	_, err = stream.Recv()
+	return err
+}
+
+func TestServeTLSNeedsTheStagesIdentity(t *testing.T) {
+	db := testdb.New(t)
+	ns := testnats.New(t)
+	ca := testcerts.NewCA(t, "telemesh test CA")
+	for _, tc := range []struct {
+		name  string
+		stage string
+		cert  testcerts.Pair
+		want  string // in the error; empty when the stage serves
+	}{
+		{"the operator's certificate on the validator", Validator, ca.Identity(t, Operator),
+			`certificate "CN=operator" carries the identity operator, not validator: the deriver and persister would refuse its calls; issue it with the URI SAN spiffe://telemesh/validator`},
+		{"a common name only", Gateway, ca.Issue(t, Gateway),
+			`carries no telemesh identity, not gateway: the validator would refuse its calls`},
+		{"its own identity", Deriver, ca.Identity(t, Deriver), ""},
+		// The publisher calls no stage: it only serves.
+		{"the publisher without one", Publisher, ca.Issue(t, Publisher), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := testcerts.Write(t, t.TempDir(), tc.cert, ca)
+			o := DefaultOptions(tc.stage)
+			o.Process = DefaultProcess()
+			o.Process.Listen, o.Process.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
+			o.Process.DatabaseURL = db.URL
+			o.Process.Instance = "test"
+			o.Process.ShutdownGrace = 5 * time.Second
+			o.Process.TLS = tlsx.Files{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}
+			for _, next := range NextHops[tc.stage] {
+				o.Hops[next] = "127.0.0.1:1"
+			}
+			o.NATS.URL = ns.URL()
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			serving := make(chan struct{})
+			o.OnServing = func(string, string) { close(serving) }
+			done := make(chan error, 1)
+			go func() { done <- Serve(ctx, o, testLogger(t)) }()
+			if tc.want == "" {
+				select {
+				case <-serving:
+					cancel()
+					<-done
+				case err := <-done:
+					t.Fatalf("Serve: %v", err)
+				case <-time.After(20 * time.Second):
+					t.Fatal("not serving after 20s")
+				}
+				return
+			}
+			select {
+			case err := <-done:
+				var cfgErr *config.Error
+				if !errors.As(err, &cfgErr) || cfgErr.Flag != "tls-cert-file" || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("Serve = %v, want an invalid --tls-cert-file saying %q", err, tc.want)
+				}
+			case <-serving:
+				t.Fatal("served with a certificate its next hops refuse")
+			case <-time.After(20 * time.Second):
+				t.Fatal("no error 20s after start")
+			}
+		})
+	}
+}
+
+// TestSecurityCallersFollowTheChain holds the table of who may call whom to
+// the chain itself: each stage's service is open to exactly the stages
+// that call it, the gateway's to operator tooling alone.
+func TestSecurityCallersFollowTheChain(t *testing.T) {
+	services := map[string]string{
+		Gateway:   gatewayv1.GatewayService_ServiceDesc.ServiceName,
+		Validator: validatorv1.ValidatorService_ServiceDesc.ServiceName,
+		Deriver:   deriverv1.DeriverService_ServiceDesc.ServiceName,
+		Persister: persisterv1.PersisterService_ServiceDesc.ServiceName,
+		Publisher: publisherv1.PublisherService_ServiceDesc.ServiceName,
+	}
+	for _, stage := range Stages {
+		var want []string
+		for _, caller := range Stages {
+			if slices.Contains(NextHops[caller], stage) {
+				want = append(want, caller)
+			}
+		}
+		if stage == Gateway {
+			want = []string{Operator}
+		}
+		got := slices.Clone(Callers[services[stage]])
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s (%s) is open to %v, want %v", stage, services[stage], got, want)
+		}
+	}
+	if len(Callers) != len(services)+3 {
+		t.Errorf("the table has %d entries, want the five stage services, health and the two reflection services: %v", len(Callers), Callers)
 	}
 }

@@ -110,6 +110,9 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 
 	// With mTLS the server requires client certificates and the clients to
 	// the next hops present theirs; both re-read rotated files by themselves.
+	// Each call is then admitted only from the callers the table names
+	// (Callers), by the identity in their certificate, so this stage's own
+	// certificate must carry its identity for its next hops to admit it.
 	serverCfg := s.ServerConfig()
 	var clientCreds credentials.TransportCredentials
 	if s.TLS.Enabled() {
@@ -117,7 +120,12 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		if err != nil {
 			return tlsInvalid(err)
 		}
+		td := s.trustDomain()
+		if err := checkOwnIdentity(o.Stage, certs.Certificate(), td); err != nil {
+			return err
+		}
 		serverCfg.Credentials = certs.ServerCredentials()
+		serverCfg.Authorize = Policy(td)
 		clientCreds = certs.ClientCredentials(s.TLSServerName)
 	}
 

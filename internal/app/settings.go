@@ -41,6 +41,10 @@ type Process struct {
 	// TLSServerName, if set, is the name next hops' certificates are
 	// verified against, instead of the host of their target.
 	TLSServerName string
+	// TLSTrustDomain is the trust domain of the identities in the stages'
+	// certificates (spiffe://<trust domain>/<stage>); empty means
+	// [grpcx.DefaultTrustDomain].
+	TLSTrustDomain string
 	// HealthListen, if set, serves grpc.health.v1 alone there in plaintext,
 	// for probes that cannot present a client certificate.
 	HealthListen string
@@ -108,7 +112,20 @@ func (s *Process) Validate() error {
 			return err
 		}
 	}
+	if s.TLSTrustDomain != "" {
+		if err := grpcx.CheckTrustDomain(s.TLSTrustDomain); err != nil {
+			return config.Invalid("tls-trust-domain", "%v", err)
+		}
+	}
 	return CheckTLS(s.TLS, s.TLSServerName)
+}
+
+// trustDomain returns the trust domain of the identities.
+func (s *Process) trustDomain() string {
+	if s.TLSTrustDomain == "" {
+		return grpcx.DefaultTrustDomain
+	}
+	return s.TLSTrustDomain
 }
 
 // CheckTLS reports whether the --tls-* settings are usable: all three files
@@ -161,6 +178,7 @@ func DefaultProcess() Process {
 		MaxConnectionAge:     def.MaxConnectionAge,
 		StageLogMode:         "all",
 		StageLogSampleRate:   0.1,
+		TLSTrustDomain:       grpcx.DefaultTrustDomain,
 
 		StoredPayloadBytes:    stagelog.DefaultLimits().PayloadBytes,
 		StageLogSnapshotBytes: stagelog.DefaultLimits().SnapshotBytes,

@@ -43,6 +43,10 @@ type ServerConfig struct {
 	MaxConnectionAge time.Duration
 	// Credentials secure the server; nil means plaintext.
 	Credentials credentials.TransportCredentials
+	// Authorize, if set, admits each call only from the callers it names
+	// for the method, known by their verified client certificate; set it
+	// with Credentials that require one. Nil admits every call.
+	Authorize *Policy
 }
 
 // DefaultServerConfig returns the limits used when a setting is not given.
@@ -87,6 +91,10 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	opts := []grpc.ServerOption{
 		// The chain runs outermost first. Metrics and logging see every call,
 		// including ones that later interceptors reject, with the final code.
+		// Authorization comes right after them, so a refused call is counted
+		// and logged (PermissionDenied, naming the caller) but costs no
+		// validation and never reaches a handler, and a caller that may not
+		// call a method learns nothing from its validation errors.
 		// The timeout is applied before validation and the handler so both
 		// run under it. Errors are mapped to codes after the handler returns
 		// and before logging and metrics see them. Recovery is innermost so a
@@ -94,6 +102,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		grpc.ChainUnaryInterceptor(
 			metrics.UnaryServerInterceptor(),
 			logging.UnaryServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
+			authorizeUnary(cfg.Authorize),
 			timeoutInterceptor(cfg.RequestTimeout),
 			protovalidatemw.UnaryServerInterceptor(validator),
 			errorMappingInterceptor(),
@@ -102,6 +111,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		grpc.ChainStreamInterceptor(
 			metrics.StreamServerInterceptor(),
 			logging.StreamServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
+			authorizeStream(cfg.Authorize),
 			protovalidatemw.StreamServerInterceptor(validator),
 			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(recoverHandler(logger))),
 		),

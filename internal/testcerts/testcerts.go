@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -59,16 +60,50 @@ func NewCA(t testing.TB, name string) *CA {
 
 // Issue returns a certificate for name, valid for both server and client
 // authentication, for the host names and IP addresses in hosts (127.0.0.1
-// and localhost when none are given).
+// and localhost when none are given). name is its common name only: the
+// certificate carries no telemesh identity (see [CA.Identity]).
 func (ca *CA) Issue(t testing.TB, name string, hosts ...string) Pair {
 	t.Helper()
+	return ca.IssueSpec(t, Spec{CommonName: name, Hosts: hosts})
+}
+
+// TrustDomain is the trust domain of the identities [CA.Identity] issues,
+// the one telemesh uses when none is configured.
+const TrustDomain = "telemesh"
+
+// Identity returns a certificate of the telemesh identity name (a stage,
+// or operator): common name name and the URI SAN
+// spiffe://telemesh/<name>, valid for server and client authentication,
+// for hosts (127.0.0.1 and localhost when none are given).
+func (ca *CA) Identity(t testing.TB, name string, hosts ...string) Pair {
+	t.Helper()
+	return ca.IssueSpec(t, Spec{CommonName: name, Hosts: hosts, URIs: []string{"spiffe://" + TrustDomain + "/" + name}})
+}
+
+// Spec describes a certificate for [CA.IssueSpec].
+type Spec struct {
+	// CommonName is the subject's common name.
+	CommonName string
+	// Hosts are the DNS names and IP addresses it is valid for (127.0.0.1
+	// and localhost when empty); a DNS SAN <name>.telemesh is also an
+	// identity.
+	Hosts []string
+	// URIs are its URI SANs, such as spiffe://telemesh/validator.
+	URIs []string
+}
+
+// IssueSpec returns a certificate as spec describes it, valid for both
+// server and client authentication.
+func (ca *CA) IssueSpec(t testing.TB, spec Spec) Pair {
+	t.Helper()
+	hosts := spec.Hosts
 	if len(hosts) == 0 {
 		hosts = []string{"127.0.0.1", "localhost"}
 	}
 	key := newKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: name},
+		Subject:      pkix.Name{CommonName: spec.CommonName},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -81,9 +116,16 @@ func (ca *CA) Issue(t testing.TB, name string, hosts ...string) Pair {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
+	for _, raw := range spec.URIs {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatalf("testcerts: URI SAN %q: %v", raw, err)
+		}
+		tmpl.URIs = append(tmpl.URIs, u)
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
-		t.Fatalf("testcerts: issue %s: %v", name, err)
+		t.Fatalf("testcerts: issue %s: %v", spec.CommonName, err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {

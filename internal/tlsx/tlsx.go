@@ -17,6 +17,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,6 +71,30 @@ func (f Files) Check() error {
 	}
 	_, err := load(f)
 	return err
+}
+
+// Leaf returns the certificate of CertFile: its first, the one presented.
+// Its errors wrap [ErrKeyPair].
+func (f Files) Leaf() (*x509.Certificate, error) {
+	b, err := os.ReadFile(f.CertFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrKeyPair, err)
+	}
+	for {
+		var block *pem.Block
+		block, b = pem.Decode(b)
+		if block == nil {
+			return nil, fmt.Errorf("%w: %s holds no PEM certificate", ErrKeyPair, f.CertFile)
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrKeyPair, f.CertFile, err)
+		}
+		return c, nil
+	}
 }
 
 // material is one good set of files.

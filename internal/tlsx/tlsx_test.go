@@ -369,3 +369,20 @@ func TestFilesCheck(t *testing.T) {
 		})
 	}
 }
+
+func TestLeafIsTheCertificatePresented(t *testing.T) {
+	ca := testcerts.NewCA(t, "telemesh test CA")
+	f := testcerts.Write(t, t.TempDir(), ca.Identity(t, "persister"), ca)
+	leaf, err := tlsx.Files{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf.Subject.CommonName != "persister" || len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://telemesh/persister" {
+		t.Errorf("leaf %s %v, want the persister's certificate with its identity", leaf.Subject, leaf.URIs)
+	}
+	for _, bad := range []string{f.Key, filepath.Join(t.TempDir(), "missing.crt")} {
+		if _, err := (tlsx.Files{CertFile: bad}).Leaf(); !errors.Is(err, tlsx.ErrKeyPair) {
+			t.Errorf("Leaf of %s: %v, want ErrKeyPair", bad, err)
+		}
+	}
+}

@@ -2,12 +2,15 @@ package viewer
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strconv"
@@ -42,17 +45,18 @@ func (s *Server) routes() http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", s.handleReady)
-	mux.HandleFunc("GET /api/meta", s.handleMeta)
-	mux.HandleFunc("GET /api/catalog", s.handleCatalog)
-	mux.HandleFunc("GET /api/events", s.handleEvents)
-	mux.HandleFunc("GET /api/health", s.handleHealth)
-	mux.HandleFunc("GET /api/devices/{device}", s.handleDevice)
-	mux.HandleFunc("GET /api/trace", s.handleTrace)
-	mux.HandleFunc("POST /api/auth", s.mutating(func(w http.ResponseWriter, _ *http.Request) {
+	// Every API endpoint names the parameters it takes (params.go).
+	mux.HandleFunc("GET /api/meta", s.checked(noParams, nil, s.handleMeta))
+	mux.HandleFunc("GET /api/catalog", s.checked(noParams, nil, s.handleCatalog))
+	mux.HandleFunc("GET /api/events", s.checked(eventsParams, nil, s.handleEvents))
+	mux.HandleFunc("GET /api/health", s.checked(noParams, nil, s.handleHealth))
+	mux.HandleFunc("GET /api/devices/{device}", s.checked(deviceParams, devicePath, s.handleDevice))
+	mux.HandleFunc("GET /api/trace", s.checked(traceParams, nil, s.handleTrace))
+	mux.HandleFunc("POST /api/auth", s.mutating(s.checked(noParams, nil, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
-	}))
-	mux.HandleFunc("POST /api/publish-failed/retry", s.mutating(s.handleRetry))
-	mux.HandleFunc("POST /api/switches", s.mutating(s.handleSwitch))
+	})))
+	mux.HandleFunc("POST /api/publish-failed/retry", s.mutating(s.checked(noParams, nil, s.handleRetry)))
+	mux.HandleFunc("POST /api/switches", s.mutating(s.checked(noParams, nil, s.handleSwitch)))
 	return securityHeaders(mux)
 }
 
@@ -98,7 +102,7 @@ func (s *Server) mutating(next http.HandlerFunc) http.HandlerFunc {
 			if errors.Is(err, ErrUnauthorized) {
 				s.logger.Info("viewer: change refused", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
 			}
-			writeError(w, err)
+			s.writeError(w, r, err)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
@@ -106,25 +110,55 @@ func (s *Server) mutating(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// writeError answers with err's status and its message as JSON.
-func writeError(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
+// writeError answers with err's status and one line. The errors a request
+// can cause (a bad parameter, a missing token, something not found, too
+// many connections) say what is wrong; any other error is logged with a new
+// error id and the answer gives only that id, so no Postgres or Go error
+// text reaches a browser.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status := 0
 	switch {
 	case errors.Is(err, ErrNoToken):
 		status = http.StatusForbidden
 	case errors.Is(err, ErrUnauthorized):
 		status = http.StatusUnauthorized
 		w.Header().Set("WWW-Authenticate", `Bearer realm="telemesh-viewer"`)
+	case errors.Is(err, ErrTooManyFromClient):
+		status = http.StatusTooManyRequests
 	case errors.Is(err, ErrTooManyClients):
 		status = http.StatusServiceUnavailable
 	case errors.Is(err, ErrBadRequest):
 		status = http.StatusBadRequest
 	case errors.Is(err, ops.ErrNotFound):
 		status = http.StatusNotFound
-	case errors.Is(err, context.DeadlineExceeded):
-		status = http.StatusGatewayTimeout
 	}
-	writeJSON(w, status, map[string]string{"error": err.Error()})
+	if status != 0 {
+		writeJSON(w, status, map[string]string{"error": err.Error()})
+		return
+	}
+	id := s.logFailure(r, "viewer: request failed", err)
+	if errors.Is(err, context.DeadlineExceeded) {
+		writeJSON(w, http.StatusGatewayTimeout, map[string]string{
+			"error": "the database or NATS did not answer in time (error id " + id + " in the viewer's log)"})
+		return
+	}
+	writeJSON(w, http.StatusInternalServerError, map[string]string{
+		"error": "the viewer could not answer (error id " + id + " in the viewer's log)"})
+}
+
+// logFailure logs an unexpected failure of a request with a new error id
+// and returns the id, which the answer gives instead of the error.
+func (s *Server) logFailure(r *http.Request, msg string, err error) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	level := slog.LevelError
+	if r.Context().Err() != nil {
+		// The page went away: nothing failed that anyone is waiting for.
+		level = slog.LevelDebug
+	}
+	s.logger.Log(r.Context(), level, msg, "error_id", id, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+	return id
 }
 
 // writeJSON answers with v as JSON.
@@ -149,11 +183,12 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	checks := map[string]string{"postgres": "ok", "nats": "ok"}
 	ok := true
+	// The page's port answers anyone: the reasons go to the log, not here.
 	if err := pg.Ping(ctx, s.pool); err != nil {
-		checks["postgres"], ok = err.Error(), false
+		checks["postgres"], ok = "unavailable (error id "+s.logFailure(r, "viewer: not ready", err)+")", false
 	}
 	if err := s.natsReady(ctx); err != nil {
-		checks["nats"], ok = err.Error(), false
+		checks["nats"], ok = "unavailable (error id "+s.logFailure(r, "viewer: not ready", err)+")", false
 	}
 	status := http.StatusOK
 	if !ok {
@@ -246,7 +281,7 @@ func describe(snap *catalog.Snapshot, d *catalog.Device) catalogDevice {
 func (s *Server) handleCatalog(w http.ResponseWriter, r *http.Request) {
 	snap, err := s.snapshot(r.Context())
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	type org struct {
@@ -280,7 +315,7 @@ func (s *Server) handleCatalog(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	h, err := s.health.get(r.Context())
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, h)
@@ -321,14 +356,14 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("minutes"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 24*60 {
-			writeError(w, badRequest("minutes %q: want 1 to 1440", v))
+			s.writeError(w, r, badRequest("minutes: want %s", minutesParam.want))
 			return
 		}
 		minutes = n
 	}
 	snap, err := s.snapshot(ctx)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	d := snap.DevicesByExternalID[ref]
@@ -338,18 +373,24 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if d == nil {
-		writeError(w, fmt.Errorf("device %q: %w", ref, ops.ErrNotFound))
+		s.writeError(w, r, fmt.Errorf("device %q: %w", ref, ops.ErrNotFound))
 		return
 	}
 	out := map[string]any{"device": describe(snap, d), "minutes": minutes}
 
 	kvCtx, kvCancel := context.WithTimeout(ctx, 3*time.Second)
-	if kv, err := s.js.KeyValue(kvCtx, s.cfg.Bucket); err != nil {
-		out["state_error"] = fmt.Sprintf("kv bucket %s: %v", s.cfg.Bucket, err)
+	// The page shows state_error in place of the latest values: it says
+	// what an operator can act on, and leaves the rest to the log.
+	if kv, err := s.js.KeyValue(kvCtx, s.cfg.Bucket); errors.Is(err, jetstream.ErrBucketNotFound) {
+		out["state_error"] = fmt.Sprintf("KV bucket %s does not exist (yet): the publisher creates it", s.cfg.Bucket)
+	} else if err != nil {
+		out["state_error"] = fmt.Sprintf("KV bucket %s unavailable (error id %s in the viewer's log)", s.cfg.Bucket,
+			s.logFailure(r, "viewer: read the KV bucket", err))
 	} else if entry, err := kv.Get(kvCtx, d.ID.String()); errors.Is(err, jetstream.ErrKeyNotFound) {
 		out["state"] = nil
 	} else if err != nil {
-		out["state_error"] = fmt.Sprintf("kv %s: %v", d.ID, err)
+		out["state_error"] = fmt.Sprintf("latest values unavailable (error id %s in the viewer's log)",
+			s.logFailure(r, "viewer: read a device state", err))
 	} else {
 		out["state"] = json.RawMessage(entry.Value())
 		out["state_revision"] = entry.Revision()
@@ -368,7 +409,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		  and processing_state in ('processed', 'pending', 'publish_failed')
 		order by recorded_at desc limit $3`, d.ID, minutes, maxHistory)
 	if err != nil {
-		writeError(w, fmt.Errorf("history: %w", err))
+		s.writeError(w, r, fmt.Errorf("history: %w", err))
 		return
 	}
 	history, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (historyPoint, error) {
@@ -377,7 +418,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		return p, err
 	})
 	if err != nil {
-		writeError(w, fmt.Errorf("history: %w", err))
+		s.writeError(w, r, fmt.Errorf("history: %w", err))
 		return
 	}
 	// Oldest first, as the charts draw them.
@@ -394,7 +435,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		  and m.status in ('failed_validation', 'failed_terminal')
 		order by m.received_at desc limit 50`, d.ID, minutes)
 	if err != nil {
-		writeError(w, fmt.Errorf("invalid messages: %w", err))
+		s.writeError(w, r, fmt.Errorf("invalid messages: %w", err))
 		return
 	}
 	invalid, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (invalidMessage, error) {
@@ -403,7 +444,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		return m, err
 	})
 	if err != nil {
-		writeError(w, fmt.Errorf("invalid messages: %w", err))
+		s.writeError(w, r, fmt.Errorf("invalid messages: %w", err))
 		return
 	}
 	out["invalid"] = invalid
@@ -414,15 +455,15 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 // returns what every stage did to it.
 func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
 	ref := strings.TrimSpace(r.URL.Query().Get("ref"))
-	if ref == "" || len(ref) > 512 {
-		writeError(w, badRequest("ref: give a message id, a dedupe key or a device message id"))
+	if ref == "" {
+		s.writeError(w, r, badRequest("ref: give a message id, a dedupe key or a device message id"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	tr, err := ops.TraceMessage(ctx, s.pool, ref)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	out := map[string]any{"trace": tr, "chain": chain}
@@ -437,20 +478,12 @@ func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// decodeBody reads a change request's JSON body into v.
-func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return badRequest("body: %v", err)
-	}
-	return nil
-}
-
 // retryRequest names the publish_failed rows to retry, or all of them.
 type retryRequest struct {
-	MessageIDs []uuid.UUID `json:"message_ids"`
-	All        bool        `json:"all"`
+	// MessageIDs are read as text so that one that is not a uuid is
+	// answered in the request's terms.
+	MessageIDs []string `json:"message_ids"`
+	All        bool     `json:"all"`
 }
 
 // handleRetry makes publish_failed rows due now, so the publisher's retry
@@ -458,7 +491,7 @@ type retryRequest struct {
 func (s *Server) handleRetry(w http.ResponseWriter, r *http.Request) {
 	var req retryRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	var (
@@ -475,10 +508,21 @@ func (s *Server) handleRetry(w http.ResponseWriter, r *http.Request) {
 	case len(req.MessageIDs) > maxRetryIDs:
 		err = badRequest("message_ids: at most %d at once", maxRetryIDs)
 	default:
-		n, err = ops.ReplayPublishFailedRows(r.Context(), s.pool, req.MessageIDs)
+		ids := make([]uuid.UUID, 0, len(req.MessageIDs))
+		for i, v := range req.MessageIDs {
+			id, perr := uuid.Parse(v)
+			if perr != nil || len(v) != 36 {
+				err = badRequest("message_ids: item %d is not a message id (a uuid)", i+1)
+				break
+			}
+			ids = append(ids, id)
+		}
+		if err == nil {
+			n, err = ops.ReplayPublishFailedRows(r.Context(), s.pool, ids)
+		}
 	}
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	s.logger.Info("viewer: publish retry asked", "rows", n, "all", req.All, "remote", r.RemoteAddr)
@@ -497,19 +541,23 @@ type switchRequest struct {
 func (s *Server) handleSwitch(w http.ResponseWriter, r *http.Request) {
 	var req switchRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	if _, ok := ops.SwitchNames[req.Switch]; !ok {
-		writeError(w, badRequest("switch %q: one of %s", req.Switch, strings.Join(switchNames(), ", ")))
+		s.writeError(w, r, badRequest("switch: one of %s", strings.Join(switchNames(), ", ")))
+		return
+	}
+	if err := orgParam.check("organization", req.Organization); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	if req.On == nil {
-		writeError(w, badRequest("on: true or false is required"))
+		s.writeError(w, r, badRequest("on: true or false is required"))
 		return
 	}
 	if err := ops.SetSwitch(r.Context(), s.pool, req.Organization, req.Switch, *req.On, "viewer"); err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	scope := "global"
@@ -520,7 +568,7 @@ func (s *Server) handleSwitch(w http.ResponseWriter, r *http.Request) {
 	s.health.refreshSoon()
 	rows, err := s.switches(r.Context())
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"switches": rows})

@@ -35,6 +35,8 @@ type env struct {
 	url string
 	// stop stops the viewer and returns Run's error.
 	stop func() error
+	// logger, if set before start, is the viewer's logger.
+	logger *slog.Logger
 }
 
 // testLogger keeps the viewer's logs out of the test output unless asked.
@@ -80,7 +82,11 @@ func (e *env) start(cfg Config) {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(nc.Close)
-	srv, err := New(cfg, Deps{Pool: e.db.Pool, NATS: nc}, testLogger())
+	logger := e.logger
+	if logger == nil {
+		logger = testLogger()
+	}
+	srv, err := New(cfg, Deps{Pool: e.db.Pool, NATS: nc}, logger)
 	if err != nil {
 		e.t.Fatal(err)
 	}

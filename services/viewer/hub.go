@@ -52,6 +52,9 @@ func (f filter) matches(e *event) bool {
 
 // client is one live connection.
 type client struct {
+	// key names who opened it (see [Server.clientKey]), for the per-client
+	// limit.
+	key    string
 	filter filter
 	raw    bool
 	// ch holds the events waiting for the page. It never grows: when it is
@@ -67,7 +70,9 @@ type hub struct {
 	epoch      string
 	buffer     int
 	maxClients int
-	metrics    *metrics
+	// maxPerKey bounds the live connections of one client key.
+	maxPerKey int
+	metrics   *metrics
 	// onRawDemand, if set, is called (without the lock) when the number of
 	// pages that want the raw stream goes from 0 to 1 or from 1 to 0.
 	onRawDemand func()
@@ -78,15 +83,17 @@ type hub struct {
 	next    int      // where the next one goes
 	count   int      // how many the ring holds
 	clients map[*client]struct{}
+	perKey  map[string]int // live connections by client key
 	raws    int
 	health  *event // the latest health event, for a page that connects
 }
 
-func newHub(epoch string, backlog, buffer, maxClients int, m *metrics) *hub {
+func newHub(epoch string, backlog, buffer, maxClients, maxPerKey int, m *metrics) *hub {
 	return &hub{
-		epoch: epoch, buffer: buffer, maxClients: maxClients, metrics: m,
+		epoch: epoch, buffer: buffer, maxClients: maxClients, maxPerKey: maxPerKey, metrics: m,
 		ring:    make([]*event, backlog),
 		clients: map[*client]struct{}{},
+		perKey:  map[string]int{},
 	}
 }
 
@@ -106,19 +113,29 @@ func (h *hub) replayFrom(lastID string) (seq uint64, ok bool) {
 	return seq, err == nil
 }
 
-// subscribe adds a live connection. It returns the events the page should
-// get first: the ones after lastID when the hub still has them all (gap is
-// true when it has not), else the latest `recent` matching ones; then the
-// latest health. Registering and collecting happen under one lock, so the
-// page neither misses an event nor gets one twice.
-func (h *hub) subscribe(f filter, raw bool, lastID string, recent int) (c *client, first []*event, gap bool, err error) {
+// subscribe adds a live connection of the client key. It returns the
+// events the page should get first: the ones after lastID when the hub
+// still has them all (gap is true when it has not), else the latest
+// `recent` matching ones; then the latest health. Registering and
+// collecting happen under one lock, so the page neither misses an event
+// nor gets one twice. A key that holds its share already gets
+// [ErrTooManyFromClient], checked first so that a client over its share
+// is told so even when the viewer is full.
+func (h *hub) subscribe(key string, f filter, raw bool, lastID string, recent int) (c *client, first []*event, gap bool, err error) {
 	h.mu.Lock()
+	if h.perKey[key] >= h.maxPerKey {
+		h.mu.Unlock()
+		h.metrics.refused.WithLabelValues("per_client").Inc()
+		return nil, nil, false, ErrTooManyFromClient
+	}
 	if len(h.clients) >= h.maxClients {
 		h.mu.Unlock()
+		h.metrics.refused.WithLabelValues("total").Inc()
 		return nil, nil, false, ErrTooManyClients
 	}
-	c = &client{filter: f, raw: raw, ch: make(chan *event, h.buffer)}
+	c = &client{key: key, filter: f, raw: raw, ch: make(chan *event, h.buffer)}
 	h.clients[c] = struct{}{}
+	h.perKey[key]++
 	rawStarted := false
 	if raw {
 		h.raws++
@@ -163,6 +180,9 @@ func (h *hub) unsubscribe(c *client) {
 		return
 	}
 	delete(h.clients, c)
+	if h.perKey[c.key]--; h.perKey[c.key] <= 0 {
+		delete(h.perKey, c.key)
+	}
 	rawStopped := false
 	if c.raw {
 		h.raws--
@@ -231,6 +251,7 @@ type metrics struct {
 	events  *prometheus.CounterVec
 	dropped prometheus.Counter
 	skipped prometheus.Counter
+	refused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -247,9 +268,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "telemesh_viewer_raw_skipped_total", Help: "Raw messages not sent to pages because of the raw rate limit.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "telemesh_viewer_live_refused_total",
+			Help: "Live connections refused: per_client when the client held its share, total when the viewer was full.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.events, m.dropped, m.skipped)
+		reg.MustRegister(m.clients, m.events, m.dropped, m.skipped, m.refused)
 	}
 	return m
 }

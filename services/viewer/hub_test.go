@@ -31,7 +31,7 @@ func telemetryEvent(org, device string, n int) *event {
 }
 
 func TestHubReplay(t *testing.T) {
-	h := newHub("ep", 10, 100, 10, newMetrics(nil))
+	h := newHub("ep", 10, 100, 10, 10, newMetrics(nil))
 	for i := 1; i <= 25; i++ {
 		dev := "a"
 		if i%2 == 0 {
@@ -67,7 +67,7 @@ func TestHubReplay(t *testing.T) {
 		{name: "not an id", lastID: "garbage", want: "[23 24 25]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, first, gap, err := h.subscribe(tc.f, false, tc.lastID, 3)
+			c, first, gap, err := h.subscribe("page", tc.f, false, tc.lastID, 3)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -81,16 +81,16 @@ func TestHubReplay(t *testing.T) {
 
 func TestHubBoundsSlowPages(t *testing.T) {
 	m := newMetrics(nil)
-	h := newHub("ep", 5, 2, 2, m)
-	slow, _, _, err := h.subscribe(filter{}, false, "", 0)
+	h := newHub("ep", 5, 2, 2, 2, m)
+	slow, _, _, err := h.subscribe("a", filter{}, false, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, _, _, err := h.subscribe(filter{device: "b"}, false, "", 0)
+	other, _, _, err := h.subscribe("b", filter{device: "b"}, false, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := h.subscribe(filter{}, false, "", 0); !errors.Is(err, ErrTooManyClients) {
+	if _, _, _, err := h.subscribe("c", filter{}, false, "", 0); !errors.Is(err, ErrTooManyClients) {
 		t.Fatalf("third page: %v, want ErrTooManyClients", err)
 	}
 	for i := 1; i <= 7; i++ {
@@ -120,12 +120,12 @@ func TestHubBoundsSlowPages(t *testing.T) {
 }
 
 func TestHubRawDemand(t *testing.T) {
-	h := newHub("ep", 5, 10, 10, newMetrics(nil))
+	h := newHub("ep", 5, 10, 10, 10, newMetrics(nil))
 	calls := 0
 	h.onRawDemand = func() { calls++ }
-	a, _, _, _ := h.subscribe(filter{}, true, "", 0)
-	b, _, _, _ := h.subscribe(filter{}, true, "", 0)
-	plain, _, _, _ := h.subscribe(filter{}, false, "", 0)
+	a, _, _, _ := h.subscribe("k", filter{}, true, "", 0)
+	b, _, _, _ := h.subscribe("k", filter{}, true, "", 0)
+	plain, _, _, _ := h.subscribe("k", filter{}, false, "", 0)
 	if calls != 1 || h.rawDemand() != 2 {
 		t.Fatalf("after two raw pages: %d calls, demand %d; want 1 call, demand 2", calls, h.rawDemand())
 	}
@@ -166,5 +166,44 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := New(DefaultConfig(), Deps{}, nil); !errors.Is(err, ErrConfig) {
 		t.Errorf("New without deps: %v, want ErrConfig", err)
+	}
+}
+
+func TestHubShareOfOneClient(t *testing.T) {
+	h := newHub("ep", 5, 2, 4, 2, newMetrics(nil))
+	sub := func(key string) (*client, error) {
+		c, _, _, err := h.subscribe(key, filter{}, false, "", 0)
+		return c, err
+	}
+	a1, err1 := sub("a")
+	_, err2 := sub("a")
+	if err1 != nil || err2 != nil {
+		t.Fatalf("a's share: %v, %v", err1, err2)
+	}
+	if _, err := sub("a"); !errors.Is(err, ErrTooManyFromClient) {
+		t.Fatalf("a over its share: %v, want ErrTooManyFromClient", err)
+	}
+	// Others still get in up to the total, and then even a is told it is
+	// over its own share rather than that the viewer is full.
+	if _, err := sub("b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub("c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub("d"); !errors.Is(err, ErrTooManyClients) {
+		t.Fatalf("fifth page: %v, want ErrTooManyClients", err)
+	}
+	if _, err := sub("a"); !errors.Is(err, ErrTooManyFromClient) {
+		t.Fatalf("a while full: %v, want ErrTooManyFromClient", err)
+	}
+	// A page that leaves gives its slot back to its client.
+	h.unsubscribe(a1)
+	h.unsubscribe(a1)
+	if _, err := sub("a"); err != nil {
+		t.Fatalf("a after one of its pages left: %v", err)
+	}
+	if _, err := sub("a"); !errors.Is(err, ErrTooManyFromClient) {
+		t.Fatalf("a over its share again: %v", err)
 	}
 }

@@ -26,14 +26,21 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	f := filter{org: q.Get("org"), device: q.Get("device"), topic: q.Get("topic")}
 	raw := q.Get("raw") == "1" || q.Get("raw") == "true"
 	lastID := r.Header.Get("Last-Event-ID")
+	if lastEventParam.check("Last-Event-ID", lastID) != nil {
+		// EventSource sends the header again on every reconnect by itself:
+		// one it cannot use is ignored rather than refused, or the page
+		// could never reconnect. It is never more than compared.
+		lastID = ""
+	}
 	if lastID == "" {
 		lastID = q.Get("last_event_id")
 	}
 
-	c, first, gap, err := s.hub.subscribe(f, raw, lastID, recentOnConnect)
+	c, first, gap, err := s.hub.subscribe(s.clientKey(r), f, raw, lastID, recentOnConnect)
 	if err != nil {
+		s.logger.Debug("viewer: live connection refused", "remote", r.RemoteAddr, "err", err)
 		w.Header().Set("Retry-After", "10")
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	defer s.hub.unsubscribe(c)

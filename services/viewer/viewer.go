@@ -27,6 +27,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,10 @@ var ErrUnauthorized = errors.New("missing or wrong viewer token")
 // ErrTooManyClients is returned when the live connections are at the
 // configured maximum.
 var ErrTooManyClients = errors.New("too many live connections to this viewer")
+
+// ErrTooManyFromClient is returned when one client (one address, or one
+// IPv6 /64) already holds its share of the live connections.
+var ErrTooManyFromClient = errors.New("too many live connections from this address; close a page of this viewer and try again")
 
 // ErrBadRequest is the cause of the errors returned for a request whose
 // parameters or body cannot be used.
@@ -106,6 +111,20 @@ type Config struct {
 	Heartbeat time.Duration
 	// MaxClients bounds the live connections.
 	MaxClients int
+	// MaxClientsPerAddr bounds the live connections of one client, so one
+	// cannot take every slot: a client is its remote address (an IPv6
+	// address counts by its /64), or, behind a trusted proxy, the address
+	// the proxy forwards in ClientIPHeader. More than MaxClients means no
+	// bound of its own.
+	MaxClientsPerAddr int
+	// TrustedProxies are the addresses or CIDRs of the reverse proxies
+	// (an ingress controller) whose ClientIPHeader is believed. From any
+	// other peer the header is ignored. Empty trusts none.
+	TrustedProxies []string
+	// ClientIPHeader is the header a trusted proxy puts the client's address
+	// in: X-Forwarded-For (a comma-separated list the proxy appends to) or
+	// X-Real-IP (one address).
+	ClientIPHeader string
 	// ClientBuffer is how many events wait for one slow page before the
 	// newer ones are dropped (and the page told how many).
 	ClientBuffer int
@@ -144,6 +163,12 @@ func DefaultConfig() Config {
 		WriteTimeout:   30 * time.Second,
 		IdleTimeout:    2 * time.Minute,
 		Version:        "dev",
+
+		// A browser holds one live connection per open page; eight leave a
+		// client room for several pages while the 64 serve eight clients
+		// at the very least.
+		MaxClientsPerAddr: 8,
+		ClientIPHeader:    "X-Forwarded-For",
 	}
 }
 
@@ -168,6 +193,8 @@ func (c Config) Validate() error {
 		return bad("heartbeat %s must be positive", c.Heartbeat)
 	case c.MaxClients < 1:
 		return bad("max clients %d must be at least 1", c.MaxClients)
+	case c.MaxClientsPerAddr < 1:
+		return bad("max clients per address %d must be at least 1", c.MaxClientsPerAddr)
 	case c.ClientBuffer < 1:
 		return bad("client buffer %d must be at least 1", c.ClientBuffer)
 	case c.Backlog < 1:
@@ -176,6 +203,12 @@ func (c Config) Validate() error {
 		return bad("shutdown grace %s must be positive", c.ShutdownGrace)
 	case c.ReadTimeout <= 0 || c.WriteTimeout <= 0 || c.IdleTimeout <= 0:
 		return bad("HTTP timeouts must be positive")
+	}
+	if err := CheckTrustedProxies(c.TrustedProxies); err != nil {
+		return bad("%v", err)
+	}
+	if err := CheckClientIPHeader(c.ClientIPHeader); err != nil {
+		return bad("client IP header: %v", err)
 	}
 	return nil
 }
@@ -197,7 +230,8 @@ type Server struct {
 	js     jetstream.JetStream
 	logger *slog.Logger
 
-	tokenHash []byte // sha256 of the token; nil when none is configured
+	tokenHash []byte         // sha256 of the token; nil when none is configured
+	proxies   []netip.Prefix // the trusted proxies
 	ln        net.Listener
 	adm       *admin.Server
 	reg       *prometheus.Registry
@@ -232,12 +266,17 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Server, error) {
 	// map later must not race with the health panel reading it.
 	cfg.Targets = maps.Clone(cfg.Targets)
 	cfg.RawSubjects = slices.Clone(cfg.RawSubjects)
+	cfg.TrustedProxies = slices.Clone(cfg.TrustedProxies)
+	proxies, err := parseProxies(cfg.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
 	js, err := jetstream.New(deps.NATS)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	s := &Server{
-		cfg: cfg, pool: deps.Pool, nc: deps.NATS, js: js, logger: logger,
+		cfg: cfg, pool: deps.Pool, nc: deps.NATS, js: js, logger: logger, proxies: proxies,
 		reg:      prometheus.NewRegistry(),
 		stopping: make(chan struct{}),
 	}
@@ -248,7 +287,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Server, error) {
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = newMetrics(s.reg)
 	s.catalog = catalog.NewCache(deps.Pool, logger, 30*time.Second)
-	s.hub = newHub(epoch(), cfg.Backlog, cfg.ClientBuffer, cfg.MaxClients, s.metrics)
+	s.hub = newHub(epoch(), cfg.Backlog, cfg.ClientBuffer, cfg.MaxClients, cfg.MaxClientsPerAddr, s.metrics)
 	s.health = newHealthCache(s)
 	s.raw = newRawSource(s)
 	s.hub.onRawDemand = s.raw.demandChanged

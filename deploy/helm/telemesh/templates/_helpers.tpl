@@ -187,6 +187,7 @@ Context: dict with root, name, stage, topo (the stage's topology entry).
 {{- $_ := set $data "TELEMESH_SHUTDOWN_GRACE" (printf "%vs" (int (include "telemesh.graceSeconds" .))) -}}
 {{- if and $root.Values.tls.enabled (eq .topo.protocol "grpc") -}}
 {{- $_ := set $data "TELEMESH_HEALTH_LISTEN" (printf ":%v" (int $root.Values.tls.healthPort)) -}}
+{{- $_ := set $data "TELEMESH_TLS_TRUST_DOMAIN" (include "telemesh.trustDomain" $root) -}}
 {{- end -}}
 {{- if and .topo.nats $root.Values.nats.user -}}
 {{- $_ := set $data "TELEMESH_NATS_USER" $root.Values.nats.user -}}
@@ -237,4 +238,27 @@ chart-managed one; empty when no credentials are configured.
 {{- else if $c.existingSecret -}}
 {{- $c.existingSecret -}}|{{ $c.key }}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The trust domain of the stages' identities.
+*/}}
+{{- define "telemesh.trustDomain" -}}
+{{- .Values.tls.trustDomain | default "telemesh" -}}
+{{- end -}}
+
+{{/*
+The Secret holding a stage's own certificate (ca.crt, tls.crt, tls.key).
+Context: dict with root, name, stage.
+*/}}
+{{- define "telemesh.tlsSecretName" -}}
+{{- .stage.tlsSecret | default (printf "%s-tls" (include "telemesh.stageName" .)) -}}
+{{- end -}}
+
+{{/*
+The identity a stage's certificate carries: its URI SAN. Context: dict with
+root and name.
+*/}}
+{{- define "telemesh.identity" -}}
+{{- printf "spiffe://%s/%s" (include "telemesh.trustDomain" .root) .name -}}
 {{- end -}}
