@@ -58,6 +58,9 @@ on a key the topic does not define. Nothing is written unless all of it is good.
 			if err != nil {
 				return err
 			}
+			if err := checkSchemaNames(f); err != nil {
+				return err
+			}
 			if dryRun {
 				if err := schema.Check(f, definitionChecks()); err != nil {
 					return err
