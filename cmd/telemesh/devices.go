@@ -25,14 +25,16 @@ not exist) is refused with one line saying what is allowed, and exit code 2;
 a device that activate or deactivate cannot find exits 1.`,
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&databaseURL, "database-url", "", "Postgres URL (required)")
-	config.MarkSecret(pf, "database-url")
+	addDatabaseURLFlag(pf, &databaseURL)
 	open := func(cmd *cobra.Command) (*pgxpool.Pool, error) {
 		if err := config.ApplyEnv(pf, e.lookupEnv); err != nil {
 			return nil, err
 		}
+		if _, err := fromMesh(pf, e, "database-url"); err != nil {
+			return nil, err
+		}
 		if databaseURL == "" {
-			return nil, config.Invalid("database-url", "required")
+			return nil, requiredDatabaseURL()
 		}
 		pool, err := pg.Open(cmd.Context(), databaseURL, pg.Options{ApplicationName: "telemesh-devices"})
 		if err != nil {

@@ -30,7 +30,9 @@ func newDoctorCmd(e env) *cobra.Command {
   3. Are rows processed? No publish_failed rows in the last --minutes, the KV
      bucket and the analytics stream exist. If not: exit 5.
 
-It prints the branch, the evidence and the fix; exit 0 when healthy.`,
+It prints the branch, the evidence and the fix; exit 0 when healthy. Like
+status, it finds a telemesh up through its mesh file, and exits 69 with one
+line when there is no mesh to look at.`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()

@@ -68,8 +68,11 @@ on a key the topic does not define. Nothing is written unless all of it is good.
 				_, err := fmt.Fprintln(e.stdout, "the definitions are valid; nothing written (--dry-run)")
 				return err
 			}
+			if _, err := fromMesh(cmd.Flags(), e, "database-url"); err != nil {
+				return err
+			}
 			if databaseURL == "" {
-				return config.Invalid("database-url", "required")
+				return requiredDatabaseURL()
 			}
 			pool, err := pg.Open(cmd.Context(), databaseURL, pg.Options{ApplicationName: "telemesh-schema"})
 			if err != nil {
@@ -85,9 +88,10 @@ on a key the topic does not define. Nothing is written unless all of it is good.
 			return err
 		},
 	}
-	apply.Flags().StringVar(&databaseURL, "database-url", "", "Postgres URL (required unless --dry-run)")
+	apply.Flags().StringVar(&databaseURL, "database-url", "", "Postgres URL (required unless --dry-run, or a running telemesh up gives it)")
 	apply.Flags().BoolVar(&dryRun, "dry-run", false, "check the file only")
 	config.MarkSecret(apply.Flags(), "database-url")
+	addMeshFileFlag(apply.Flags())
 	cmd.AddCommand(apply)
 	return cmd
 }

@@ -31,7 +31,8 @@ type meshFlags struct {
 // addMeshFlags registers the connection flags on fs.
 func addMeshFlags(fs *pflag.FlagSet) *meshFlags {
 	m := &meshFlags{cfg: health.DefaultConfig(), targets: map[string]*string{}}
-	fs.StringVar(&m.cfg.DatabaseURL, "database-url", "", "Postgres URL the stages write to (required)")
+	addMeshFileFlag(fs)
+	fs.StringVar(&m.cfg.DatabaseURL, "database-url", "", "Postgres URL the stages write to (required unless a running telemesh up gives it)")
 	fs.StringVar(&m.cfg.NATSURL, "nats-url", m.cfg.NATSURL, "NATS URL the gateway reads from")
 	for _, stage := range health.Stages {
 		m.targets[stage] = fs.String(stage+"-addr", m.cfg.Targets[stage],
@@ -60,9 +61,12 @@ func (m *meshFlags) prepare(fs *pflag.FlagSet, e env) (health.Config, error) {
 	if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
 		return health.Config{}, err
 	}
+	if err := m.locate(fs, e); err != nil {
+		return health.Config{}, err
+	}
 	cfg := m.cfg
 	if cfg.DatabaseURL == "" {
-		return cfg, config.Invalid("database-url", "required")
+		return cfg, requiredDatabaseURL()
 	}
 	if _, err := pg.ParseURL(cfg.DatabaseURL); err != nil {
 		return cfg, config.Invalid("database-url", "%v", err)
@@ -98,7 +102,13 @@ func newStatusCmd(e env) *cobra.Command {
 		Long: `status asks every stage for its gRPC health, reads the JetStream stream and
 the gateway's consumer, the pipeline switches, what each stage did over the
 last --minutes (from ingestion_stage_logs, by status and reason) and the
-publish_failed and parked counts. It exits 1 when anything is unhealthy.`,
+publish_failed and parked counts. It exits 1 when anything is unhealthy.
+
+Addresses and URLs not given by flags or TELEMESH_* variables come from the
+mesh file of a running telemesh up (--mesh, TELEMESH_MESH). When there is no
+mesh to look at (that file is missing or its up has stopped, or there is no
+file and nothing listens on the default stage addresses) it says so in one
+line and exits 69.`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()

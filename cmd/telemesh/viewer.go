@@ -47,6 +47,10 @@ short) is set: retrying a publish and changing a switch need that token.`,
 	config.MarkSecret(fs, "database-url")
 	addNATSFlags(fs, &n)
 	addViewerFlags(fs, &cfg)
+	targets := map[string]*string{}
+	for _, stage := range app.Stages {
+		targets[stage] = fs.String(stage+"-addr", "", "gRPC target of the "+stage+" whose health the page shows; empty leaves it out")
+	}
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
@@ -74,6 +78,18 @@ short) is set: retrying a publish and changing a switch need that token.`,
 		}
 		if err := checkViewerFlags(cfg); err != nil {
 			return err
+		}
+		for stage, target := range targets {
+			if *target == "" {
+				continue
+			}
+			if err := config.CheckTarget(stage+"-addr", *target); err != nil {
+				return err
+			}
+			if cfg.Targets == nil {
+				cfg.Targets = map[string]string{}
+			}
+			cfg.Targets[stage] = *target
 		}
 		logger, err := logging.New(e.stderr, logFormat, logLevel)
 		if err != nil {
