@@ -35,7 +35,7 @@ func noMesh(format string, args ...any) error {
 }
 
 // noMeshHelp is what to do when no mesh is found.
-const noMeshHelp = "start one with `telemesh up`, or point at one with --mesh (TELEMESH_MESH) or the address flags (TELEMESH_DATABASE_URL, TELEMESH_NATS_URL, ...)"
+const noMeshHelp = "start one with `telemesh up`, or point at one with --mesh (TELEMESH_MESH) or the address flags and their TELEMESH_* variables"
 
 // defaultDataDir is where `telemesh up` keeps its NATS store, its mesh
 // file and, when it starts one, its Postgres cluster.
@@ -105,7 +105,7 @@ func fromMesh(fs *pflag.FlagSet, e env, names ...string) (*local.MeshInfo, error
 	case errors.Is(err, os.ErrNotExist) && !explicit:
 		return nil, nil
 	case errors.Is(err, os.ErrNotExist):
-		return nil, noMesh("%s (--mesh, TELEMESH_MESH): no such file; %s", path, noMeshHelp)
+		return nil, noMesh("mesh file %s does not exist, so no telemesh up is running with it (up removes it when it stops); %s", path, noMeshHelp)
 	case err != nil:
 		return nil, noMesh("%v; remove it, then %s", err, noMeshHelp)
 	case !m.Running():

@@ -74,12 +74,6 @@ Progress goes to stderr; a summary of what was sent, by kind, to stdout.`,
 		if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
 			return err
 		}
-		if _, err := fromMesh(fs, e, "nats-url"); err != nil {
-			return err
-		}
-		if natsURL == "" {
-			return config.Invalid("nats-url", "required")
-		}
 		if devices < 1 || devices > len(demo.Devices) {
 			return config.Invalid("devices", "%d is out of range 1..%d", devices, len(demo.Devices))
 		}
@@ -109,6 +103,13 @@ Progress goes to stderr; a summary of what was sent, by kind, to stdout.`,
 		}
 		if err := cfg.Validate(); err != nil {
 			return config.Invalid("devices", "%v", err)
+		}
+		// A setting given wrong is named before the mesh file is looked for.
+		if _, err := fromMesh(fs, e, "nats-url"); err != nil {
+			return err
+		}
+		if natsURL == "" {
+			return config.Invalid("nats-url", "required")
 		}
 		for _, n := range cfg.Notes() {
 			fmt.Fprintf(e.stderr, "note: %s\n", n)

@@ -61,37 +61,54 @@ func (m *meshFlags) prepare(fs *pflag.FlagSet, e env) (health.Config, error) {
 	if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
 		return health.Config{}, err
 	}
+	// A setting given wrong is named whether or not a mesh is found; what
+	// the mesh file fills in is checked the same way after.
+	if err := m.check(); err != nil {
+		return health.Config{}, err
+	}
 	if err := m.locate(fs, e); err != nil {
+		return health.Config{}, err
+	}
+	if err := m.check(); err != nil {
 		return health.Config{}, err
 	}
 	cfg := m.cfg
 	if cfg.DatabaseURL == "" {
 		return cfg, requiredDatabaseURL()
 	}
-	if _, err := pg.ParseURL(cfg.DatabaseURL); err != nil {
-		return cfg, config.Invalid("database-url", "%v", err)
-	}
 	if cfg.NATSURL == "" {
 		return cfg, config.Invalid("nats-url", "required")
 	}
-	if cfg.Minutes < 1 {
-		return cfg, config.Invalid("minutes", "%d: must be at least 1", cfg.Minutes)
-	}
-	if cfg.Timeout <= 0 {
-		return cfg, config.Invalid("timeout", "%s: must be positive", cfg.Timeout)
-	}
-	if err := app.CheckTLS(cfg.TLS, cfg.TLSServerName); err != nil {
-		return cfg, err
-	}
 	cfg.Targets = map[string]string{}
 	for _, stage := range health.Stages {
-		v := *m.targets[stage]
-		if err := config.CheckTarget(stage+"-addr", v); err != nil {
-			return cfg, err
-		}
-		cfg.Targets[stage] = v
+		cfg.Targets[stage] = *m.targets[stage]
 	}
 	return cfg, nil
+}
+
+// check names the first setting that is given and cannot be used.
+func (m *meshFlags) check() error {
+	cfg := m.cfg
+	if cfg.DatabaseURL != "" {
+		if _, err := pg.ParseURL(cfg.DatabaseURL); err != nil {
+			return config.Invalid("database-url", "%v", err)
+		}
+	}
+	if cfg.Minutes < 1 {
+		return config.Invalid("minutes", "%d: must be at least 1", cfg.Minutes)
+	}
+	if cfg.Timeout <= 0 {
+		return config.Invalid("timeout", "%s: must be positive", cfg.Timeout)
+	}
+	if err := app.CheckTLS(cfg.TLS, cfg.TLSServerName); err != nil {
+		return err
+	}
+	for _, stage := range health.Stages {
+		if err := config.CheckTarget(stage+"-addr", *m.targets[stage]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func newStatusCmd(e env) *cobra.Command {

@@ -292,7 +292,7 @@ func TestCommandsWithoutAMeshSayOneLine(t *testing.T) {
 	missing := filepath.Join(dir, "nothing-here.json")
 	commands := [][]string{{"status"}, {"doctor"}, {"trace", "m-1"}, {"flags", "get"}, {"replay", "publish-failed"},
 		{"devices", "list"}, {"simulate", "--count", "1"}, {"retention", "--dry-run"}}
-	for _, file := range []struct{ name, path, want string }{{"stale", stale, strconv.Itoa(gone.Process.Pid)}, {"missing", missing, "no such file"}} {
+	for _, file := range []struct{ name, path, want string }{{"stale", stale, strconv.Itoa(gone.Process.Pid)}, {"missing", missing, "does not exist"}} {
 		for _, args := range commands {
 			t.Run(file.name+" "+args[0], func(t *testing.T) {
 				t.Parallel()
