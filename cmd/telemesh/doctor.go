@@ -35,7 +35,8 @@ else is wrong the verdict is "paused", with since when, by whom and the
 backlog waiting in the stream, and exit 6. Organizations switched off are
 listed with their parked messages.
 
-It prints the branch, the evidence and the fix.
+It prints the branch, the evidence and the fix. Like status, it finds a
+telemesh up through its mesh file.
 
 Exit codes:
   0  healthy
@@ -44,7 +45,8 @@ Exit codes:
   3  no telemetry on the captured subjects
   4  telemetry is not being stored (a stage, the consumer or the database)
   5  publishing failing
-  6  paused: the global pipeline switch is off and nothing is wrong`,
+  6  paused: the global pipeline switch is off and nothing is wrong
+  69 no mesh to look at (no running telemesh up and nothing on the defaults)`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()

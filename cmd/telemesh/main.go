@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/telemesh/telemesh/internal/config"
+	"github.com/telemesh/telemesh/internal/ops"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
@@ -33,7 +34,7 @@ func run() int {
 		if errors.As(err, &coded) {
 			return coded.code
 		}
-		if errors.Is(err, config.ErrInvalid) || errors.Is(err, errUsage) {
+		if errors.Is(err, config.ErrInvalid) || errors.Is(err, errUsage) || errors.Is(err, ops.ErrBadInput) {
 			return 2
 		}
 		return 1
@@ -42,7 +43,8 @@ func run() int {
 }
 
 // exitCodeError is returned by a command whose outcome has its own exit code
-// (doctor's verdicts), beyond run's 0 success, 1 failure and 2 bad usage.
+// (doctor's verdicts), beyond run's 0 success, 1 failure and 2 bad usage (a
+// setting, a command line or an argument that cannot be used).
 type exitCodeError struct {
 	code int
 	err  error

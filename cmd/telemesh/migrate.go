@@ -21,15 +21,19 @@ func newMigrateCmd(e env) *cobra.Command {
 		Short: "Apply, roll back or list the database migrations embedded in this binary",
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&databaseURL, "database-url", "", "Postgres URL of the database to migrate (required)")
+	pf.StringVar(&databaseURL, "database-url", "", "Postgres URL of the database to migrate (required unless a running telemesh up gives it)")
 	config.MarkSecret(pf, "database-url")
+	addMeshFileFlag(pf)
 
 	prepare := func() error {
 		if err := config.ApplyEnv(pf, e.lookupEnv); err != nil {
 			return err
 		}
+		if _, err := fromMesh(pf, e, "database-url"); err != nil {
+			return err
+		}
 		if databaseURL == "" {
-			return config.Invalid("database-url", "required")
+			return requiredDatabaseURL()
 		}
 		if _, err := pg.ParseURL(databaseURL); err != nil {
 			return config.Invalid("database-url", "%v", err)

@@ -181,7 +181,7 @@ match, then acts on them unless --dry-run is given.
 			})
 		},
 	}
-	deadLettered.Flags().StringVar(&natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS URL to republish to")
+	deadLettered.Flags().StringVar(&natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS URL to republish to (a running telemesh up gives it)")
 	config.MarkSecret(deadLettered.Flags(), "nats-url")
 
 	var (

@@ -18,20 +18,24 @@ import (
 )
 
 // addDatabaseURLFlag adds the secret --database-url flag the operator
-// commands share.
+// commands share, and --mesh, which can stand in for it.
 func addDatabaseURLFlag(fs *pflag.FlagSet, databaseURL *string) {
-	fs.StringVar(databaseURL, "database-url", "", "Postgres URL (required)")
+	fs.StringVar(databaseURL, "database-url", "", "Postgres URL (required unless a running telemesh up gives it)")
 	config.MarkSecret(fs, "database-url")
+	addMeshFileFlag(fs)
 }
 
-// openOpsPool applies the environment to cmd's flags and opens a pool on
-// databaseURL for an operator command.
+// openOpsPool applies the environment, then the mesh file, to cmd's flags
+// and opens a pool on databaseURL for an operator command.
 func openOpsPool(cmd *cobra.Command, e env, databaseURL *string, app string) (*pgxpool.Pool, error) {
 	if err := config.ApplyEnv(cmd.Flags(), e.lookupEnv); err != nil {
 		return nil, err
 	}
+	if _, err := fromMesh(cmd.Flags(), e, "database-url", "nats-url"); err != nil {
+		return nil, err
+	}
 	if *databaseURL == "" {
-		return nil, config.Invalid("database-url", "required")
+		return nil, requiredDatabaseURL()
 	}
 	pool, err := pg.Open(cmd.Context(), *databaseURL, pg.Options{ApplicationName: app, MaxConns: 4})
 	if err != nil {

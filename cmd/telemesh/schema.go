@@ -78,6 +78,9 @@ evaluation_error.`,
 			if err != nil {
 				return err
 			}
+			if err := checkSchemaNames(f); err != nil {
+				return err
+			}
 			if dryRun {
 				if err := schema.Check(f, definitionChecks()); err != nil {
 					return err
@@ -85,8 +88,11 @@ evaluation_error.`,
 				_, err := fmt.Fprintln(e.stdout, "the definitions are valid; nothing written (--dry-run)")
 				return err
 			}
+			if _, err := fromMesh(cmd.Flags(), e, "database-url"); err != nil {
+				return err
+			}
 			if databaseURL == "" {
-				return config.Invalid("database-url", "required")
+				return requiredDatabaseURL()
 			}
 			pool, err := pg.Open(cmd.Context(), databaseURL, pg.Options{ApplicationName: "telemesh-schema"})
 			if err != nil {
@@ -102,9 +108,10 @@ evaluation_error.`,
 			return err
 		},
 	}
-	apply.Flags().StringVar(&databaseURL, "database-url", "", "Postgres URL (required unless --dry-run)")
+	apply.Flags().StringVar(&databaseURL, "database-url", "", "Postgres URL (required unless --dry-run, or a running telemesh up gives it)")
 	apply.Flags().BoolVar(&dryRun, "dry-run", false, "check the file only")
 	config.MarkSecret(apply.Flags(), "database-url")
+	addMeshFileFlag(apply.Flags())
 	cmd.AddCommand(apply)
 	return cmd
 }

@@ -45,7 +45,7 @@ Progress goes to stderr; a summary of what was sent, by kind, to stdout.`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS URL to publish to")
+	fs.StringVar(&natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS URL to publish to (a running telemesh up gives it)")
 	fs.IntVar(&devices, "devices", len(demo.Devices), "how many demo devices to use, in the demo fleet's order")
 	fs.Float64Var(&rate, "rate", 10, "messages per second over all devices; 0 = as fast as possible")
 	fs.DurationVar(&duration, "duration", 0, "stop after this long; 0 = no limit")
@@ -68,13 +68,11 @@ Progress goes to stderr; a summary of what was sent, by kind, to stdout.`,
 	}
 	fs.Int64Var(&seed, "seed", 1, "seed of the message sequence; the same seed sends the same kinds, devices and values")
 	config.MarkSecret(fs, "nats-url")
+	addMeshFileFlag(fs)
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
 			return err
-		}
-		if natsURL == "" {
-			return config.Invalid("nats-url", "required")
 		}
 		if devices < 1 || devices > len(demo.Devices) {
 			return config.Invalid("devices", "%d is out of range 1..%d", devices, len(demo.Devices))
@@ -105,6 +103,13 @@ Progress goes to stderr; a summary of what was sent, by kind, to stdout.`,
 		}
 		if err := cfg.Validate(); err != nil {
 			return config.Invalid("devices", "%v", err)
+		}
+		// A setting given wrong is named before the mesh file is looked for.
+		if _, err := fromMesh(fs, e, "nats-url"); err != nil {
+			return err
+		}
+		if natsURL == "" {
+			return config.Invalid("nats-url", "required")
 		}
 		for _, n := range cfg.Notes() {
 			fmt.Fprintf(e.stderr, "note: %s\n", n)

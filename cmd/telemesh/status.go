@@ -35,7 +35,8 @@ type meshFlags struct {
 // addMeshFlags registers the connection flags on fs.
 func addMeshFlags(fs *pflag.FlagSet) *meshFlags {
 	m := &meshFlags{cfg: health.DefaultConfig(), targets: map[string]*string{}}
-	fs.StringVar(&m.cfg.DatabaseURL, "database-url", "", "Postgres URL the stages write to (required)")
+	addMeshFileFlag(fs)
+	fs.StringVar(&m.cfg.DatabaseURL, "database-url", "", "Postgres URL the stages write to (required unless a running telemesh up gives it)")
 	fs.StringVar(&m.cfg.NATSURL, "nats-url", m.cfg.NATSURL, "NATS URL the gateway reads from")
 	for _, stage := range health.Stages {
 		m.targets[stage] = fs.String(stage+"-addr", m.cfg.Targets[stage],
@@ -64,34 +65,54 @@ func (m *meshFlags) prepare(fs *pflag.FlagSet, e env) (health.Config, error) {
 	if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
 		return health.Config{}, err
 	}
+	// A setting given wrong is named whether or not a mesh is found; what
+	// the mesh file fills in is checked the same way after.
+	if err := m.check(); err != nil {
+		return health.Config{}, err
+	}
+	if err := m.locate(fs, e); err != nil {
+		return health.Config{}, err
+	}
+	if err := m.check(); err != nil {
+		return health.Config{}, err
+	}
 	cfg := m.cfg
 	if cfg.DatabaseURL == "" {
-		return cfg, config.Invalid("database-url", "required")
-	}
-	if _, err := pg.ParseURL(cfg.DatabaseURL); err != nil {
-		return cfg, config.Invalid("database-url", "%v", err)
+		return cfg, requiredDatabaseURL()
 	}
 	if cfg.NATSURL == "" {
 		return cfg, config.Invalid("nats-url", "required")
 	}
-	if cfg.Minutes < 1 {
-		return cfg, config.Invalid("minutes", "%d: must be at least 1", cfg.Minutes)
-	}
-	if cfg.Timeout <= 0 {
-		return cfg, config.Invalid("timeout", "%s: must be positive", cfg.Timeout)
-	}
-	if err := app.CheckTLS(cfg.TLS, cfg.TLSServerName); err != nil {
-		return cfg, err
-	}
 	cfg.Targets = map[string]string{}
 	for _, stage := range health.Stages {
-		v := *m.targets[stage]
-		if err := config.CheckTarget(stage+"-addr", v); err != nil {
-			return cfg, err
-		}
-		cfg.Targets[stage] = v
+		cfg.Targets[stage] = *m.targets[stage]
 	}
 	return cfg, nil
+}
+
+// check names the first setting that is given and cannot be used.
+func (m *meshFlags) check() error {
+	cfg := m.cfg
+	if cfg.DatabaseURL != "" {
+		if _, err := pg.ParseURL(cfg.DatabaseURL); err != nil {
+			return config.Invalid("database-url", "%v", err)
+		}
+	}
+	if cfg.Minutes < 1 {
+		return config.Invalid("minutes", "%d: must be at least 1", cfg.Minutes)
+	}
+	if cfg.Timeout <= 0 {
+		return config.Invalid("timeout", "%s: must be positive", cfg.Timeout)
+	}
+	if err := app.CheckTLS(cfg.TLS, cfg.TLSServerName); err != nil {
+		return err
+	}
+	for _, stage := range health.Stages {
+		if err := config.CheckTarget(stage+"-addr", *m.targets[stage]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func newStatusCmd(e env) *cobra.Command {
@@ -115,11 +136,16 @@ is a pause, not a fault: status says since when, by whom and how many messages
 wait in the stream. An organization switched off is listed with its parked
 messages; it does not pause the mesh.
 
+Addresses and URLs not given by flags or TELEMESH_* variables come from the
+mesh file of a running telemesh up (--mesh, TELEMESH_MESH).
+
 Exit codes:
   0  healthy
   1  unhealthy: at least one problem, listed (also while paused)
   2  a bad flag or setting
-  6  paused: the global pipeline switch is off and nothing is wrong`,
+  6  paused: the global pipeline switch is off and nothing is wrong
+  69 no mesh to look at: the mesh file is missing or its up has stopped, or
+     there is no file and nothing listens on the default stage addresses`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()

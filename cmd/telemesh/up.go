@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -25,23 +27,43 @@ import (
 	"github.com/telemesh/telemesh/services/viewer"
 )
 
-// defaultDataDir is where `telemesh up` keeps its NATS store and, when it
-// starts one, its Postgres cluster.
-func defaultDataDir() string {
-	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
-		return filepath.Join(d, "telemesh")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "share", "telemesh")
-	}
-	return filepath.Join(os.TempDir(), "telemesh")
+// meshSpec is what up starts the stages and the viewer with, in one
+// process or as child processes alike.
+type meshSpec struct {
+	host                 string
+	ports                map[string][2]int
+	databaseURL, natsURL string
+	logLevel             string
+	pprof                bool
+	viewerListen         string
+	viewer               viewer.Config
+}
+
+// The secrets a mesh file can say were left out of its URLs.
+const (
+	secretDatabasePassword = "database password"
+	secretNATSCredentials  = "NATS credentials"
+)
+
+// shutdownGrace is each stage's time to finish its batches when up stops.
+const shutdownGrace = 10 * time.Second
+
+// runningMesh is the stages and the viewer up started.
+type runningMesh interface {
+	// describe records where each part serves (and its pid) in m.
+	describe(m *local.MeshInfo)
+	// wait returns nil when ctx ends, or an error as soon as a part of the
+	// mesh stops on its own.
+	wait(ctx context.Context) error
+	// stop stops the viewer, then the stages gateway first.
+	stop() error
 }
 
 func newUpCmd(e env) *cobra.Command {
 	var (
 		dataDir, databaseURL, natsURL, host, logLevel string
 		grpcBase, adminBase                           int
-		noDemo, simulateToo, pprofOn                  bool
+		noDemo, simulateToo, processes, pprofOn       bool
 		simRate                                       float64
 		viewerListen                                  string
 	)
@@ -50,21 +72,38 @@ func newUpCmd(e env) *cobra.Command {
 		Use:   "up",
 		Short: "Run the whole mesh on this machine: NATS, Postgres, every stage, and a demo fleet",
 		Long: `up runs telemesh on one machine. NATS is TELEMESH_NATS_URL if set, else an
-embedded server with JetStream on a free port. Postgres is TELEMESH_DATABASE_URL
-if set, else the local server on 127.0.0.1:5432 (database telemesh, created if
-missing), else a private cluster started from the installed Postgres binaries.
-It migrates, seeds a demo fleet unless --no-demo, and starts every stage on its
-own loopback gRPC port, downstream first, then the Telemetry Viewer (a web
-page on --viewer-listen). Ctrl-C stops everything cleanly.`,
+embedded server with JetStream on a free port, inside this process. Postgres is
+TELEMESH_DATABASE_URL if set, else the local server on 127.0.0.1:5432
+(database telemesh, created if missing), else a private cluster started from
+the installed Postgres binaries. It migrates, seeds a demo fleet unless
+--no-demo, and starts every stage on its own loopback gRPC port, downstream
+first (publisher, persister, deriver, validator, gateway), then the Telemetry
+Viewer (a web page on --viewer-listen).
+
+By default the five stages and the viewer run inside this one process, each
+with its own gRPC server and admin port. With --processes each runs as its own
+child process, ` + "`telemesh serve <stage>`" + ` of this same binary, as in
+production; their output is shown prefixed with their name, and a child that
+exits on its own stops the rest and makes up exit 1. NATS (when embedded) and
+a private Postgres stay with this process either way.
+
+While it runs, up writes what it started (stage addresses, admin and viewer
+URLs, the NATS and database URLs without passwords, its pid) to mesh.json in
+--data-dir; status, doctor, trace, flags, replay, devices, schema, simulate,
+retention and migrate read it for whatever their flags and TELEMESH_*
+variables leave unset. It prints the export line that points other terminals
+at it. Ctrl-C stops everything cleanly, the gateway first, and removes the
+file.`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&dataDir, "data-dir", defaultDataDir(), "where the embedded NATS store and a private Postgres cluster live")
+	fs.StringVar(&dataDir, "data-dir", defaultDataDir(), "where the embedded NATS store, the mesh file and a private Postgres cluster live")
 	fs.StringVar(&databaseURL, "database-url", "", "Postgres URL; empty finds or starts a local one")
 	fs.StringVar(&natsURL, "nats-url", "", "NATS URL; empty starts an embedded server")
 	fs.StringVar(&host, "host", "127.0.0.1", "address every stage listens on")
 	fs.IntVar(&grpcBase, "grpc-port", 7070, "gRPC port of the gateway; the validator, deriver, persister and publisher take the next four")
 	fs.IntVar(&adminBase, "admin-port", 9070, "admin HTTP port of the gateway; the other stages take the next four")
+	fs.BoolVar(&processes, "processes", false, "run each stage and the viewer as its own child process (telemesh serve <stage>), as in production, instead of inside this one")
 	fs.BoolVar(&noDemo, "no-demo", false, "do not seed the demo fleet")
 	fs.BoolVar(&simulateToo, "simulate", false, "also run the device simulator against the demo fleet, with a small fault mix")
 	fs.Float64Var(&simRate, "simulate-rate", 20, "messages per second of --simulate")
@@ -104,6 +143,12 @@ page on --viewer-listen). Ctrl-C stops everything cleanly.`,
 		ctx := cmd.Context()
 		if err := os.MkdirAll(dataDir, 0o755); err != nil {
 			return config.Invalid("data-dir", "%v", err)
+		}
+		// Two ups on one data directory would share the NATS store and
+		// overwrite each other's mesh file.
+		meshPath := local.MeshFilePath(dataDir)
+		if other, err := local.ReadMeshFile(meshPath); err == nil && other.Running() && other.PID != os.Getpid() {
+			return config.Invalid("data-dir", "%s is in use by another telemesh up (pid %d); stop it, or give this one a --data-dir of its own", dataDir, other.PID)
 		}
 
 		say := func(format string, args ...any) { fmt.Fprintf(e.stdout, format+"\n", args...) }
@@ -147,58 +192,137 @@ page on --viewer-listen). Ctrl-C stops everything cleanly.`,
 			say("Demo      %d devices seeded (2 organizations, 3 device types)", len(demo.Devices))
 		}
 
-		ports := map[string][2]int{}
+		spec := meshSpec{host: host, ports: map[string][2]int{}, databaseURL: db.URL, natsURL: natsURL,
+			logLevel: logLevel, pprof: pprofOn, viewerListen: viewerListen, viewer: vcfg}
 		for i, s := range app.Stages {
-			ports[s] = [2]int{grpcBase + i, adminBase + i}
+			spec.ports[s] = [2]int{grpcBase + i, adminBase + i}
 		}
-		mesh, err := app.StartMesh(ctx, app.MeshOptions{
-			DatabaseURL: db.URL, NATSURL: natsURL, Host: host, Ports: ports,
-			Tune: func(o *app.Options) {
-				o.Process.LogFormat, o.Process.LogLevel = "auto", logLevel
-				o.Process.Pprof = pprofOn
-				o.Process.ShutdownGrace = 10 * time.Second
-				o.Gateway.Subjects = demo.Subjects
-				o.Env = "local"
-			},
-		}, logger)
+		var mesh runningMesh
+		if processes {
+			mesh, err = startProcesses(ctx, e, spec)
+		} else {
+			mesh, err = startInProcess(ctx, spec, logger)
+		}
 		if err != nil {
 			return err
 		}
-		// The viewer starts after the stages, whose logs and outputs it
-		// reads, and stops before them.
-		var viewerURL string
-		var viewerDone chan error
-		if viewerListen != "" {
-			vcfg.Listen, vcfg.Version, vcfg.Env = viewerListen, version, "local"
-			vcfg.Targets = map[string]string{}
-			for stage, addr := range mesh.GRPC {
-				vcfg.Targets[stage] = addr
-			}
-			srv, closeViewer, err := openViewer(ctx, vcfg, db.URL, app.NATS{URL: natsURL}, logger.With("stage", "viewer"))
-			if err != nil {
-				_ = mesh.Stop()
-				return viewerSetupError("viewer-listen", err)
-			}
-			defer closeViewer()
-			viewerDone = make(chan error, 1)
-			go func() { viewerDone <- srv.Run(ctx) }()
-			viewerURL = srv.URL()
+
+		info := &local.MeshInfo{PID: os.Getpid(), StartedAt: time.Now().UTC(), DataDir: dataDir, Processes: processes,
+			Stages: map[string]local.MeshProcess{}}
+		var removed bool
+		if info.NATSURL, removed = local.WithoutSecrets(natsURL); removed {
+			info.SecretsOmitted = append(info.SecretsOmitted, secretNATSCredentials)
 		}
-		printUp(e, mesh, natsURL, db.URL, viewerURL, vcfg.Token != "")
+		if info.DatabaseURL, removed = local.WithoutSecrets(db.URL); removed {
+			info.SecretsOmitted = append(info.SecretsOmitted, secretDatabasePassword)
+		}
+		mesh.describe(info)
+		if err := local.WriteMeshFile(meshPath, info); err != nil {
+			return errors.Join(err, mesh.stop())
+		}
+		defer func() {
+			if err := local.RemoveMeshFile(meshPath, info.PID); err != nil {
+				logger.Warn("remove mesh file", "err", err)
+			}
+		}()
+
+		printUp(e, info, upHints{demo: !noDemo, meshPath: meshPath, viewerToken: vcfg.Token != ""})
 		if simulateToo {
 			go runSimulator(ctx, natsURL, simRate, logger)
 			say("Simulator %.0f msg/s over %d demo devices, with invalid, inactive, duplicate and missing-input messages mixed in", simRate, len(demo.Devices))
 		}
-		<-ctx.Done()
-		say("\nstopping: the viewer, then the gateway first and the publisher last; unfinished messages stay in the stream")
-		if viewerDone != nil {
-			if err := <-viewerDone; err != nil {
-				logger.Warn("viewer", "err", err)
-			}
+		runErr := mesh.wait(ctx)
+		if runErr != nil {
+			runErr = fmt.Errorf("%w; stopped the rest of the mesh", runErr)
+			say("\n%v", runErr)
+		} else {
+			say("\nstopping: the viewer, then the gateway first and the publisher last; unfinished messages stay in the stream")
 		}
-		return mesh.Stop()
+		return errors.Join(runErr, mesh.stop())
 	}
 	return cmd
+}
+
+// inProcessMesh is every stage and the viewer inside up's own process.
+type inProcessMesh struct {
+	mesh         *app.Mesh
+	viewerURL    string
+	viewerCancel context.CancelFunc
+	viewerDone   chan error
+	viewerErr    error
+	closeViewer  func()
+}
+
+// startInProcess starts every stage inside this process, downstream first,
+// then the viewer, which reads the stages' logs and outputs.
+func startInProcess(ctx context.Context, spec meshSpec, logger *slog.Logger) (*inProcessMesh, error) {
+	mesh, err := app.StartMesh(ctx, app.MeshOptions{
+		DatabaseURL: spec.databaseURL, NATSURL: spec.natsURL, Host: spec.host, Ports: spec.ports,
+		Tune: func(o *app.Options) {
+			o.Process.LogFormat, o.Process.LogLevel = "auto", spec.logLevel
+			o.Process.Pprof = spec.pprof
+			o.Process.ShutdownGrace = shutdownGrace
+			o.Gateway.Subjects = demo.Subjects
+			o.Env = "local"
+		},
+	}, logger)
+	if err != nil {
+		return nil, err
+	}
+	m := &inProcessMesh{mesh: mesh}
+	if spec.viewerListen == "" {
+		return m, nil
+	}
+	vcfg := spec.viewer
+	vcfg.Listen, vcfg.Version, vcfg.Env = spec.viewerListen, version, "local"
+	vcfg.Targets = map[string]string{}
+	for stage, addr := range mesh.GRPC {
+		vcfg.Targets[stage] = addr
+	}
+	srv, closeViewer, err := openViewer(ctx, vcfg, spec.databaseURL, app.NATS{URL: spec.natsURL}, logger.With("stage", "viewer"))
+	if err != nil {
+		_ = mesh.Stop()
+		return nil, viewerSetupError("viewer-listen", err)
+	}
+	vctx, cancel := context.WithCancel(ctx)
+	m.viewerCancel, m.closeViewer, m.viewerDone = cancel, closeViewer, make(chan error, 1)
+	go func() { m.viewerDone <- srv.Run(vctx) }()
+	m.viewerURL = srv.URL()
+	return m, nil
+}
+
+func (m *inProcessMesh) describe(info *local.MeshInfo) {
+	for _, s := range app.Stages {
+		info.Stages[s] = local.MeshProcess{GRPC: m.mesh.GRPC[s], Admin: m.mesh.Admin[s]}
+	}
+	if m.viewerURL != "" {
+		info.Viewer = &local.MeshViewer{URL: m.viewerURL}
+	}
+}
+
+func (m *inProcessMesh) wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-m.viewerDone:
+		m.viewerDone = nil
+		m.viewerErr = err
+		return fmt.Errorf("the viewer stopped: %v", err)
+	}
+}
+
+func (m *inProcessMesh) stop() error {
+	var errs []error
+	if m.viewerCancel != nil {
+		m.viewerCancel()
+		if m.viewerDone != nil {
+			if err := <-m.viewerDone; err != nil {
+				errs = append(errs, fmt.Errorf("viewer: %w", err))
+			}
+		}
+		m.closeViewer()
+	}
+	return errors.Join(append(errs, m.mesh.Stop())...)
 }
 
 // runSimulator publishes demo telemetry until ctx ends.
@@ -230,34 +354,79 @@ func runSimulator(ctx context.Context, natsURL string, rate float64, logger *slo
 	}
 }
 
-func printUp(e env, m *app.Mesh, natsURL, databaseURL, viewerURL string, viewerToken bool) {
-	if viewerURL != "" {
+// upHints is what decides which of up's hints apply.
+type upHints struct {
+	// demo says the demo fleet was seeded, so its devices can be named.
+	demo bool
+	// meshPath is this up's mesh file.
+	meshPath    string
+	viewerToken bool
+}
+
+// printUp prints where everything is and what to try next. Nothing it
+// prints holds a secret: URLs come from the mesh file, which has none.
+func printUp(e env, info *local.MeshInfo, h upHints) {
+	if v := info.Viewer; v != nil {
 		access := "read-only; set TELEMESH_VIEWER_TOKEN to allow retries and switches"
-		if viewerToken {
+		if h.viewerToken {
 			access = "retries and switches ask for the viewer token"
 		}
-		fmt.Fprintf(e.stdout, "Viewer    %s (%s)\n", viewerURL, access)
+		fmt.Fprintf(e.stdout, "Viewer    %s (%s)\n", v.URL, access)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSTAGE\tGRPC\tADMIN (metrics, healthz, readyz; pprof with --pprof)")
+	header := "\nSTAGE\tGRPC\tADMIN (metrics, healthz, readyz; pprof with --pprof)"
+	if info.Processes {
+		header += "\tPID"
+	}
+	fmt.Fprintln(tw, header)
 	for _, s := range app.Stages {
-		fmt.Fprintf(tw, "%s\t%s\thttp://%s/metrics\n", s, m.GRPC[s], m.Admin[s])
+		p := info.Stages[s]
+		fmt.Fprintf(tw, "%s\t%s\thttp://%s/metrics", s, p.GRPC, p.Admin)
+		if info.Processes {
+			fmt.Fprintf(tw, "\t%d", p.PID)
+		}
+		fmt.Fprintln(tw)
 	}
 	_ = tw.Flush()
-	gw, val := m.GRPC[app.Gateway], m.GRPC[app.Validator]
-	fmt.Fprintf(e.stdout, `
-Try:
-  grpcurl -plaintext %[1]s list
-  grpcurl -plaintext %[2]s grpc.health.v1.Health/Check
-  grpcurl -plaintext -d '{"subject":"devices.thermo-01.telemetry","payload":"%[3]s","dry_run":true}' %[1]s telemesh.gateway.v1.GatewayService/Ingest
 
-Next, in another terminal:
-  telemesh simulate --nats-url %[4]s --count 500 --invalid-pct 10 --missing-inputs-pct 10
-  telemesh devices list --database-url '%[5]s'
-  psql '%[5]s' -c 'select status, count(*) from ingestion_messages group by 1'
+	gw, val := info.Stages[app.Gateway].GRPC, info.Stages[app.Validator].GRPC
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nTry:\n  grpcurl -plaintext %s list\n  grpcurl -plaintext %s grpc.health.v1.Health/Check\n", gw, val)
+	if h.demo {
+		fmt.Fprintf(&b, "  grpcurl -plaintext -d '{\"subject\":\"devices.thermo-01.telemetry\",\"payload\":\"%s\",\"dry_run\":true}' %s telemesh.gateway.v1.GatewayService/Ingest\n",
+			b64(`{"temp_c": 21.5, "humidity": 40}`), gw)
+	}
+	b.WriteString("\nNext, in another terminal (the commands read this mesh's addresses from its file):\n")
+	fmt.Fprintf(&b, "  export TELEMESH_MESH=%s\n", shellQuote(h.meshPath))
+	b.WriteString("  telemesh status\n")
+	if h.demo {
+		b.WriteString("  telemesh simulate --count 500 --invalid-pct 10 --missing-inputs-pct 10\n")
+	} else {
+		b.WriteString("  telemesh schema apply FILE    # device types, topics and parameters: see telemesh schema apply --help\n")
+		b.WriteString("  telemesh devices add DEVICE_ID --organization ORG --type TYPE\n")
+	}
+	b.WriteString("  telemesh devices list\n")
+	fmt.Fprintf(&b, "  psql %s -c 'select status, count(*) from ingestion_messages group by 1'\n", shellQuote(info.DatabaseURL))
+	for _, omitted := range info.SecretsOmitted {
+		switch omitted {
+		case secretDatabasePassword:
+			b.WriteString("  (the database password is neither printed nor in the mesh file: psql and the commands read it from PGPASSWORD or ~/.pgpass)\n")
+		case secretNATSCredentials:
+			b.WriteString("  (the NATS credentials are neither printed nor in the mesh file: give the commands TELEMESH_NATS_URL)\n")
+		}
+	}
+	b.WriteString("\ntelemesh is running; Ctrl-C stops it.\n")
+	fmt.Fprint(e.stdout, b.String())
+}
 
-telemesh is running; Ctrl-C stops it.
-`, gw, val, b64(`{"temp_c": 21.5, "humidity": 40}`), natsURL, databaseURL)
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-:@,+=", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -53,6 +53,10 @@ the runtime profiles under /debug/pprof/ only with --pprof.`,
 	config.MarkSecret(fs, "database-url")
 	addNATSFlags(fs, &n)
 	addViewerFlags(fs, &cfg)
+	targets := map[string]*string{}
+	for _, stage := range app.Stages {
+		targets[stage] = fs.String(stage+"-addr", "", "gRPC target of the "+stage+" whose health the page shows; empty leaves it out")
+	}
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
@@ -80,6 +84,18 @@ the runtime profiles under /debug/pprof/ only with --pprof.`,
 		}
 		if err := checkViewerFlags(cfg); err != nil {
 			return err
+		}
+		for stage, target := range targets {
+			if *target == "" {
+				continue
+			}
+			if err := config.CheckTarget(stage+"-addr", *target); err != nil {
+				return err
+			}
+			if cfg.Targets == nil {
+				cfg.Targets = map[string]string{}
+			}
+			cfg.Targets[stage] = *target
 		}
 		logger, err := logging.New(e.stderr, logFormat, logLevel)
 		if err != nil {

@@ -79,9 +79,12 @@ const (
 	// queryMessageBySourceID uses ingestion_messages_source_message_id_idx.
 	queryMessageBySourceID = `select ` + messageColumns + ` from ingestion_messages where source_message_id = $1`
 	// queryStageLogs uses the message_id and dedupe_key indexes of every
-	// partition.
+	// partition. Rows of one instant (a stage writes a batch's rows with one
+	// timestamp, the deriver its mutate and derive rows together) are listed
+	// in the order the pipeline runs the stages, not by name.
 	queryStageLogs = `select stage, status, duration_us, attempt, instance, errors, created_at
-	from ingestion_stage_logs where message_id = $1 or dedupe_key = $2 order by created_at, stage`
+	from ingestion_stage_logs where message_id = $1 or dedupe_key = $2
+	order by created_at, array_position(array['ingress', 'validate', 'mutate', 'derive', 'persist', 'publish'], stage), attempt`
 	// queryTelemetry uses the primary key (id, recorded_at) of every
 	// partition; the telemetry row's id is its message's id.
 	queryTelemetry = `select recorded_at, topic, processing_state, validation_status, failure_reason, mutated_values,

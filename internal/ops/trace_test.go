@@ -151,3 +151,35 @@ func TestTraceQueriesUseIndexes(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceOrdersStagesOfOneInstantByPipeline checks that stage rows written
+// at the same instant (the deriver writes its mutate and derive rows
+// together, a batch shares one timestamp) are listed in the order the
+// pipeline runs them, not by stage name.
+func TestTraceOrdersStagesOfOneInstantByPipeline(t *testing.T) {
+	db := testdb.New(t)
+	f := fixture{t, db.Pool}
+	org := f.org("acme")
+	dev := f.device(org, "d1")
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	key := "id:devices.d1.telemetry:m-1"
+	id := f.message(msg{org: org, device: dev, sourceID: "m-1", dedupe: key, status: "completed", received: at.Add(-time.Second)})
+	// A row from a second earlier comes first whatever its stage.
+	f.stageLog(id, key, "validate", "completed", at.Add(-time.Second))
+	// Inserted in an order that is neither the pipeline's nor by name.
+	for _, stage := range []string{"publish", "derive", "persist", "mutate", "validate", "ingress"} {
+		f.stageLog(id, key, stage, "completed", at)
+	}
+	tr, err := TraceMessage(t.Context(), db.Pool, id.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range tr.StageLogs {
+		got = append(got, l.Stage)
+	}
+	want := "validate ingress validate mutate derive persist publish"
+	if strings.Join(got, " ") != want {
+		t.Errorf("stages %s, want %s", strings.Join(got, " "), want)
+	}
+}
