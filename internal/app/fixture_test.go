@@ -29,6 +29,8 @@ type fixture struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	mesh *Mesh
+	// logger is what the mesh's stages log to.
+	logger *slog.Logger
 
 	acme, globex               uuid.UUID
 	meter01, meter02, globex01 uuid.UUID
@@ -54,7 +56,13 @@ func (f *fixture) on(t testing.TB) *fixture {
 // every stage's options.
 func newFixture(t testing.TB, tune func(*Options)) *fixture {
 	t.Helper()
-	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t)}
+	return newFixtureLogging(t, tune, testLogger(t))
+}
+
+// newFixtureLogging is [newFixture] with the stages logging to logger.
+func newFixtureLogging(t testing.TB, tune func(*Options), logger *slog.Logger) *fixture {
+	t.Helper()
+	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t), logger: logger}
 	f.seed()
 	nc, err := nats.Connect(f.ns.URL())
 	if err != nil {
@@ -82,7 +90,7 @@ func (f *fixture) start(tune func(*Options)) {
 				tune(o)
 			}
 		},
-	}, testLogger(f.t))
+	}, f.logger)
 	if err != nil {
 		f.t.Fatalf("start mesh: %v", err)
 	}
