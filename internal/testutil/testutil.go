@@ -1,14 +1,19 @@
 // Package testutil holds the small helpers every test package shares:
-// waiting for a condition, and checking JSON the standard decoder would
-// accept too leniently.
+// waiting for a condition, reading a metric, and checking JSON the standard
+// decoder would accept too leniently.
 package testutil
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -93,4 +98,43 @@ func DuplicateKeys(data []byte) ([]string, error) {
 		return nil, errors.New("not JSON: data after the value")
 	}
 	return dups, nil
+}
+
+// Metric returns the value of one series on the Prometheus text page at
+// url. series is written as on the page: the name, and its labels if it
+// has any (`x_total{code="OK"}`).
+func Metric(ctx context.Context, url, series string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		name, value, ok := cutLast(sc.Text())
+		if ok && name == series {
+			return strconv.ParseFloat(value, 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("no series %s at %s", series, url)
+}
+
+// cutLast splits a metric line at its last space: the series, and the value.
+func cutLast(line string) (series, value string, ok bool) {
+	i := strings.LastIndexByte(line, ' ')
+	if i < 0 || strings.HasPrefix(line, "#") {
+		return "", "", false
+	}
+	return line[:i], line[i+1:], true
 }

@@ -3,6 +3,9 @@ package testutil
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -86,5 +89,28 @@ func TestEventuallyFailsWithTheLastError(t *testing.T) {
 	}
 	if !strings.Contains(r.failed, "never") || !strings.Contains(r.failed, "still 3 of 5") {
 		t.Errorf("failure %q does not say what was awaited and the last error", r.failed)
+	}
+}
+
+func TestMetric(t *testing.T) {
+	page := "# HELP x_total Things.\n# TYPE x_total counter\nx_total{code=\"OK\",name=\"a b\"} 7\nx_total{code=\"Unavailable\"} 2\nup 1\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, page) }))
+	defer srv.Close()
+	tests := []struct {
+		series  string
+		want    float64
+		wantErr bool
+	}{
+		{series: `x_total{code="OK",name="a b"}`, want: 7},
+		{series: `x_total{code="Unavailable"}`, want: 2},
+		{series: "up", want: 1},
+		{series: "x_total", wantErr: true},
+		{series: "down", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := Metric(t.Context(), srv.URL, tt.series)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("Metric(%s) = %v, %v; want %v, error %v", tt.series, got, err, tt.want, tt.wantErr)
+		}
 	}
 }
