@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // liveMesh is a whole mesh running in this test process, with the demo
@@ -56,17 +56,15 @@ func startLiveMesh(t *testing.T, tune func(*app.Options)) *liveMesh {
 		}
 	})
 	_, lm.js = lm.nats.Connect(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := lm.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("gateway consumer not created within 10s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	lm.env = []string{"TELEMESH_DATABASE_URL=" + lm.db.URL, "TELEMESH_NATS_URL=" + lm.nats.URL()}
+	testutil.Eventually(t, testWait, "the gateway's consumer", func() error {
+		_, err := lm.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway")
+		return err
+	})
+	lm.env = []string{"TELEMESH_DATABASE_URL=" + lm.db.URL, "TELEMESH_NATS_URL=" + lm.nats.URL(),
+		// status and doctor give each check this long: a stage that is
+		// down refuses at once, and one slow to answer on a busy machine
+		// is not down.
+		"TELEMESH_TIMEOUT=30s"}
 	for _, stage := range app.Stages {
 		lm.env = append(lm.env, "TELEMESH_"+strings.ToUpper(stage)+"_ADDR="+m.GRPC[stage])
 	}
