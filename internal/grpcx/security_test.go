@@ -82,7 +82,7 @@ func TestReflectionSwitch(t *testing.T) {
 		cfg.Reflection = on
 		_, addr := serve(t, cfg)
 		conn := dial(t, addr, nil)
-		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		names, err := listServices(ctx, conn)
 		cancel()
 		if on {
@@ -116,7 +116,9 @@ func TestHealthServerServesOnlyHealthInStep(t *testing.T) {
 	go func() { _ = hs.Serve(ln) }()
 	t.Cleanup(hs.Stop)
 
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	// Generous: what must fail fails at once, and what must answer must
+	// not time out on a busy machine.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	plain := dial(t, ln.Addr().String(), insecure.NewCredentials())
 	healthOf := func(conn *grpc.ClientConn) (healthpb.HealthCheckResponse_ServingStatus, error) {
@@ -168,7 +170,7 @@ func TestDialListVerifiesEachReplicaByItsHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn := dial(t, addrs[0]+","+addrs[1], cli.ClientCredentials(""))
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	seen := map[string]bool{}
 	for range 20 {
