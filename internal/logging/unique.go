@@ -69,8 +69,11 @@ func (h *uniqueKeys) WithGroup(name string) slog.Handler {
 	return c
 }
 
+// clone returns a copy that can be added to without changing h: the group
+// list is copied, since WithAttrs replaces an element of it, and every
+// attribute slice is appended to only past its length, into a new array.
 func (h *uniqueKeys) clone() *uniqueKeys {
-	return &uniqueKeys{next: h.next, root: h.root, groups: slices.Clip(h.groups)}
+	return &uniqueKeys{next: h.next, root: h.root, groups: slices.Clone(h.groups)}
 }
 
 // Handle writes r with the handler's attributes and groups, each key once.

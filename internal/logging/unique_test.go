@@ -146,3 +146,18 @@ func TestEachKeyOnceKeepsLevels(t *testing.T) {
 		t.Errorf("an info line at level warn: %s", buf.String())
 	}
 }
+
+func TestEachKeyOnceLeavesParentLoggersAlone(t *testing.T) {
+	var buf bytes.Buffer
+	l, err := New(&buf, "json", "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := l.With("stage", "gateway").WithGroup("g")
+	_ = parent.With("child", 1)
+	_ = l.With("other", 2)
+	parent.Info("m", "k", 1)
+	if got := withoutTimeAndLevel(t, bytes.TrimSpace(buf.Bytes())); got != `{"msg":"m","stage":"gateway","g":{"k":1}}` {
+		t.Errorf("the parent logger's line %s carries what was added to its children", got)
+	}
+}
