@@ -3,12 +3,21 @@ package main
 import (
 	"encoding/json"
 	"reflect"
+
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/services/publisher"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
+	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // run runs the built binary against the live mesh and returns its stdout,
@@ -39,19 +48,56 @@ func (lm *liveMesh) count(t *testing.T, sql string, args ...any) int {
 }
 
 // waitCount waits until the count query returns want.
-func (lm *liveMesh) waitCount(t *testing.T, within time.Duration, want int, sql string, args ...any) {
+func (lm *liveMesh) waitCount(t *testing.T, want int, sql string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		got := lm.count(t, sql, args...)
-		if got == want {
-			return
+	testutil.Eventually(t, testWait, sql, func() error {
+		if got := lm.count(t, sql, args...); got != want {
+			return fmt.Errorf("%d, want %d", got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %d, want %d, for %s", within, got, want, sql)
+		return nil
+	})
+}
+
+// waitGatewayPaused waits until the gateway's metrics say it stopped
+// pulling: it sees the global switch when it next reads it, which on a busy
+// machine may take a while.
+func (lm *liveMesh) waitGatewayPaused(t *testing.T) {
+	t.Helper()
+	testutil.Eventually(t, testWait, "the gateway paused", func() error {
+		v, err := testutil.Metric(t.Context(), "http://"+lm.mesh.Admin[app.Gateway]+"/metrics", "telemesh_gateway_paused")
+		if err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
+		if v != 1 {
+			return fmt.Errorf("telemesh_gateway_paused %v", v)
+		}
+		return nil
+	})
+}
+
+// waitDryRun waits until the gateway, asked with a dry run that writes
+// nothing, says a message of the device would end with want: the stages
+// follow catalog changes when they next read them.
+func (lm *liveMesh) waitDryRun(t *testing.T, device string, want telemetryv1.MessageStatus) {
+	t.Helper()
+	conn, err := grpc.NewClient(lm.mesh.GRPC[app.Gateway], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer conn.Close()
+	client := gatewayv1.NewGatewayServiceClient(conn)
+	testutil.Eventually(t, testWait, fmt.Sprintf("a dry run of %s is %v", device, want), func() error {
+		resp, err := client.Ingest(t.Context(), &gatewayv1.IngestRequest{
+			Subject: "devices." + device + ".telemetry", Payload: []byte(`{"temp_c": 20}`), DryRun: true,
+		})
+		if err != nil {
+			return err
+		}
+		if got := resp.GetOutcome().GetStatus(); got != want {
+			return fmt.Errorf("it is %v", got)
+		}
+		return nil
+	})
 }
 
 const (
@@ -73,13 +119,15 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 		o.Publisher.RetryEvery = 200 * time.Millisecond
 		o.Publisher.RetryBase = time.Hour
 		o.Publisher.RetryMax = time.Hour
-		// A message the chain cannot take is dead-lettered quickly: a call
-		// waits for a stage that is down for CallTimeout (wait for ready,
-		// so a rolling restart costs no delivery), then it is NAKed.
+		// A message the chain cannot take is dead-lettered after three
+		// deliveries: a call waits for a stage that is down for
+		// CallTimeout (wait for ready, so a rolling restart costs no
+		// delivery), then it is NAKed. The timeout is still long enough
+		// that a healthy chain on a busy machine never reaches it.
 		o.Gateway.MaxDeliver = 3
 		o.Gateway.Backoff = []time.Duration{50 * time.Millisecond}
-		o.Gateway.CallTimeout = 500 * time.Millisecond
-		o.Gateway.AckWait = 5 * time.Second
+		o.Gateway.CallTimeout = 10 * time.Second
+		o.Gateway.AckWait = 30 * time.Second
 	})
 	natsURL := lm.nats.URL()
 
@@ -87,8 +135,8 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 	if !strings.Contains(out, "40") {
 		t.Errorf("simulate summary does not mention the 40 messages sent:\n%s", out)
 	}
-	lm.waitCount(t, 20*time.Second, 40, countCompleted)
-	lm.waitCount(t, 10*time.Second, 40, countProcessed)
+	lm.waitCount(t, 40, countCompleted)
+	lm.waitCount(t, 40, countProcessed)
 
 	t.Run("status", func(t *testing.T) {
 		out := lm.mustRun(t, "status", "--json")
@@ -184,9 +232,10 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 			t.Errorf("flags get after switching off:\n%s", out)
 		}
 		before := lm.count(t, `select count(*) from ingestion_messages`)
-		// The gateway sees the switch within a second (LISTEN, and a poll).
-		time.Sleep(1500 * time.Millisecond)
+		lm.waitGatewayPaused(t)
 		lm.mustRun(t, "simulate", "--count", "20", "--rate", "0", "--seed", "2", "--nats-url", natsURL)
+		// Nothing to wait for: two seconds in which a gateway that wrongly
+		// still pulled would store some.
 		time.Sleep(2 * time.Second)
 		if got := lm.count(t, `select count(*) from ingestion_messages`); got != before {
 			t.Fatalf("%d messages taken while the pipeline is off, want 0", got-before)
@@ -203,8 +252,8 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 			t.Errorf("consumer pending %d while paused, want the 20 kept in the stream", info.NumPending)
 		}
 		lm.mustRun(t, "flags", "set", "pipeline.enabled", "on")
-		lm.waitCount(t, 20*time.Second, 60, countCompleted)
-		lm.waitCount(t, 10*time.Second, 60, countProcessed)
+		lm.waitCount(t, 60, countCompleted)
+		lm.waitCount(t, 60, countProcessed)
 	})
 
 	t.Run("replay publish-failed", func(t *testing.T) {
@@ -214,7 +263,7 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 			t.Fatalf("delete KV bucket: %v", err)
 		}
 		lm.mustRun(t, "simulate", "--count", "5", "--rate", "0", "--seed", "3", "--nats-url", natsURL)
-		lm.waitCount(t, 20*time.Second, 5, countPubFailed)
+		lm.waitCount(t, 5, countPubFailed)
 
 		out, _, code := lm.run(t, "doctor", "--window", "300ms")
 		if code != 5 || !strings.Contains(out, "publish") {
@@ -240,7 +289,8 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 		if !strings.HasPrefix(out, "5 publish_failed telemetry row(s) match") {
 			t.Errorf("dry run:\n%s", out)
 		}
-		// The retry backoff is an hour: nothing moves without replay.
+		// The retry backoff is an hour: nothing moves without replay. Nothing
+		// to wait for: a second in which a wrong retry would show.
 		time.Sleep(time.Second)
 		if n := lm.count(t, countPubFailed); n != 5 {
 			t.Fatalf("%d publish_failed rows after the dry run, want 5 untouched", n)
@@ -249,8 +299,8 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 		if !strings.Contains(out, "made 5 row(s) due now") {
 			t.Errorf("replay:\n%s", out)
 		}
-		lm.waitCount(t, 10*time.Second, 0, countPubFailed)
-		lm.waitCount(t, 10*time.Second, 65, countProcessed)
+		lm.waitCount(t, 0, countPubFailed)
+		lm.waitCount(t, 65, countProcessed)
 	})
 
 	t.Run("devices deactivate and activate", func(t *testing.T) {
@@ -268,15 +318,14 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// The catalog follows the change within a second (LISTEN/NOTIFY).
-		time.Sleep(1500 * time.Millisecond)
+		lm.waitDryRun(t, "thermo-01", telemetryv1.MessageStatus_MESSAGE_STATUS_INACTIVE_SKIPPED)
 		publish("live-inactive")
-		lm.waitCount(t, 10*time.Second, 1, `select count(*) from ingestion_messages
+		lm.waitCount(t, 1, `select count(*) from ingestion_messages
 			where source_message_id = 'live-inactive' and status = 'inactive_skipped'`)
 		lm.mustRun(t, "devices", "activate", "thermo-01")
-		time.Sleep(1500 * time.Millisecond)
+		lm.waitDryRun(t, "thermo-01", telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED)
 		publish("live-active")
-		lm.waitCount(t, 10*time.Second, 1, `select count(*) from ingestion_messages
+		lm.waitCount(t, 1, `select count(*) from ingestion_messages
 			where source_message_id = 'live-active' and status = 'completed'`)
 	})
 
@@ -287,7 +336,7 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 		if _, err := lm.js.Publish(t.Context(), "devices.thermo-02.telemetry", []byte(`{"message_id": "live-dl", "temp_c": 19}`)); err != nil {
 			t.Fatal(err)
 		}
-		lm.waitCount(t, 20*time.Second, 1, `select count(*) from ingestion_messages
+		lm.waitCount(t, 1, `select count(*) from ingestion_messages
 			where source_message_id = 'live-dl' and status = 'failed_terminal' and raw_payload is not null`)
 		if err := lm.mesh.StartStage(t.Context(), app.Validator); err != nil {
 			t.Fatal(err)
@@ -302,7 +351,7 @@ func TestOperatorCommandsOnLiveMesh(t *testing.T) {
 		}
 		// The replayed payload goes through the chain again as a new message
 		// (its Nats-Msg-Id is replay-<dead letter id>) and completes.
-		lm.waitCount(t, 15*time.Second, 1, `select count(*) from device_telemetry_logs t
+		lm.waitCount(t, 1, `select count(*) from device_telemetry_logs t
 			join ingestion_messages m on m.id = t.ingestion_message_id
 			join ingestion_messages dl on m.source_message_id = 'replay-' || dl.id::text
 			where dl.source_message_id = 'live-dl' and m.status = 'completed' and t.processing_state = 'processed'`)

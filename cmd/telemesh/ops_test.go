@@ -29,7 +29,7 @@ func opsRun(t *testing.T, dbURL string, args ...string) (string, string, int) {
 // environment and returns its stdout, stderr and exit code.
 func runBinary(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, telemeshBin, args...)
 	cmd.Env = append(os.Environ(), env...)

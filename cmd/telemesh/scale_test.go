@@ -14,6 +14,7 @@ import (
 	"github.com/telemesh/telemesh/internal/demo"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // serveProc starts `telemesh serve <stage>` and waits until it serves; it
@@ -27,8 +28,8 @@ func serveProc(t *testing.T, env []string, stage string, args ...string) (*proc,
 		return p, rec["grpc"].(string), rec["admin"].(string)
 	case err := <-p.done:
 		t.Fatalf("%s exited before serving: %v\n%s", stage, err, p.output())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s not serving after 30s:\n%s", stage, p.output())
+	case <-time.After(testWait):
+		t.Fatalf("%s not serving after %s:\n%s", stage, testWait, p.output())
 	}
 	return nil, "", ""
 }
@@ -80,16 +81,10 @@ func TestValidatorsScaleOut(t *testing.T) {
 
 	_, js := ns.Connect(t)
 	ctx := t.Context()
-	waitStream := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := js.Stream(ctx, "TELEMETRY"); err == nil {
-			break
-		}
-		if time.Now().After(waitStream) {
-			t.Fatal("the gateway did not create its stream")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testutil.Eventually(t, testWait, "the gateway creates its stream", func() error {
+		_, err := js.Stream(ctx, "TELEMETRY")
+		return err
+	})
 	count := func(sql string) int {
 		var n int
 		if err := db.Pool.QueryRow(ctx, sql).Scan(&n); err != nil {
@@ -116,13 +111,12 @@ func TestValidatorsScaleOut(t *testing.T) {
 	}()
 
 	// Kill one validator, without warning, once a third has gone through.
-	deadline := time.Now().Add(60 * time.Second)
-	for count(`select count(*) from ingestion_messages where source_message_id like 'scale-%'`) < n/3 {
-		if time.Now().After(deadline) {
-			t.Fatal("a third of the stream not stored within 60s")
+	testutil.Eventually(t, testWait, "a third of the stream stored", func() error {
+		if got := count(`select count(*) from ingestion_messages where source_message_id like 'scale-%'`); got < n/3 {
+			return fmt.Errorf("%d stored", got)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	var before []int
 	for i, admin := range admins {
 		c := handledValidates(t, admin)
@@ -137,19 +131,15 @@ func TestValidatorsScaleOut(t *testing.T) {
 	}
 	<-published
 
-	deadline = time.Now().Add(120 * time.Second)
-	for {
+	testutil.Eventually(t, 2*testWait, "every message stored and processed after the kill", func() error {
 		stored := count(`select count(*) from ingestion_messages where source_message_id like 'scale-%' and status = 'completed'`)
 		processed := count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
 			where m.source_message_id like 'scale-%' and t.processing_state = 'processed'`)
-		if stored == n && processed == n {
-			break
+		if stored != n || processed != n {
+			return fmt.Errorf("%d of %d stored, %d processed", stored, n, processed)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the kill: %d of %d stored, %d processed", stored, n, processed)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	if d := count(`select count(*) - count(distinct source_message_id) from ingestion_messages where source_message_id like 'scale-%'`); d != 0 {
 		t.Errorf("%d duplicated messages", d)
 	}

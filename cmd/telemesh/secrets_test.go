@@ -70,7 +70,7 @@ func TestAdminPortServesNoCommandLine(t *testing.T) {
 			t.Parallel()
 			args := append(tt.args, "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--shutdown-grace", "5s")
 			p := startCaptured(t, nil, args...)
-			base := "http://" + p.waitLog(t, "serving", 30*time.Second)["admin"].(string)
+			base := "http://" + p.waitLog(t, "serving")["admin"].(string)
 
 			code, body := httpGet(t, base+"/debug/pprof/cmdline")
 			if code != http.StatusNotFound || strings.Contains(body, dbPassword) || strings.Contains(body, viewerToken) {
@@ -115,12 +115,12 @@ func TestSecretsFromFiles(t *testing.T) {
 		p := startCaptured(t, []string{"TELEMESH_NATS_PASSWORD_FILE=" + natsFile},
 			"serve", "gateway", "--database-url-file", dbFile, "--nats-url", ns.URL(), "--nats-user", "gateway",
 			"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug", "--shutdown-grace", "5s")
-		cfg := p.waitLog(t, "configuration", 10*time.Second)
+		cfg := p.waitLog(t, "configuration")
 		if cfg["database-url-file"] != dbFile || cfg["nats-password-file"] != natsFile ||
 			!strings.Contains(cfg["database-url"].(string), "postgres:xxxxx@") || cfg["nats-password"] != "*****" {
 			t.Errorf("configuration printed as %v", cfg)
 		}
-		base := "http://" + p.waitLog(t, "serving", 30*time.Second)["admin"].(string)
+		base := "http://" + p.waitLog(t, "serving")["admin"].(string)
 		// Ready means Postgres and NATS took the secrets from the files.
 		deadline := time.Now().Add(30 * time.Second)
 		for {
@@ -160,11 +160,11 @@ func TestSecretsFromFiles(t *testing.T) {
 		p := startCaptured(t, []string{"TELEMESH_DATABASE_URL_FILE=" + dbFile},
 			"serve", "viewer", "--viewer-token-file", secretFile(t, viewerToken), "--nats-url", plain.URL(),
 			"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--shutdown-grace", "5s")
-		cfg := p.waitLog(t, "configuration", 10*time.Second)
+		cfg := p.waitLog(t, "configuration")
 		if cfg["viewer-token"] != "*****" {
 			t.Errorf("configuration printed as %v", cfg)
 		}
-		rec := p.waitLog(t, "serving", 30*time.Second)
+		rec := p.waitLog(t, "serving")
 		if rec["read_only"] != false {
 			t.Errorf("the viewer is read-only with a token file: %v", rec)
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -32,6 +33,7 @@ import (
 	"github.com/telemesh/telemesh/internal/testcerts"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
@@ -80,25 +82,26 @@ func startCaptured(t *testing.T, env []string, args ...string) *captured {
 }
 
 // waitLog waits for a JSON log line with message msg and returns it.
-func (c *captured) waitLog(t *testing.T, msg string, within time.Duration) map[string]any {
+func (c *captured) waitLog(t *testing.T, msg string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
+	var found map[string]any
+	testutil.Eventually(t, testWait, fmt.Sprintf("a %q log line", msg), func() error {
 		for _, line := range strings.Split(c.stderr.String(), "\n") {
 			var rec map[string]any
 			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
-				return rec
+				found = rec
+				return nil
 			}
 		}
 		select {
 		case err := <-c.done:
 			c.done <- err
 			t.Fatalf("exited (%v) before logging %q:\n%s", err, msg, c.stderr)
-		case <-time.After(50 * time.Millisecond):
+		default:
 		}
-	}
-	t.Fatalf("no %q log line within %s:\n%s", msg, within, c.stderr)
-	return nil
+		return fmt.Errorf("not logged yet:\n%s", c.stderr)
+	})
+	return found
 }
 
 // stop sends SIGTERM and waits for the exit.
@@ -112,8 +115,8 @@ func (c *captured) stop(t *testing.T) {
 		if err != nil {
 			t.Fatalf("exit after SIGTERM: %v\n%s", err, c.stderr)
 		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("still running 15s after SIGTERM:\n%s", c.stderr)
+	case <-time.After(testWait):
+		t.Fatalf("still running %s after SIGTERM:\n%s", testWait, c.stderr)
 	}
 }
 
@@ -139,17 +142,17 @@ func TestServeOverMTLSWithHealthPortAndNoReflection(t *testing.T) {
 	p := startCaptured(t, []string{"TELEMESH_DATABASE_URL=" + db.URL, "TELEMESH_TLS_CERT_FILE=" + srv.Cert},
 		"serve", "deriver", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0",
 		"--tls-key-file", srv.Key, "--tls-ca-file", srv.CA, "--reflection=false", "--log-format", "json", "--shutdown-grace", "5s")
-	rec := p.waitLog(t, "serving", 20*time.Second)
+	rec := p.waitLog(t, "serving")
 	grpcAddr, _ := rec["grpc"].(string)
 	healthAddr, _ := rec["health"].(string)
 	if healthAddr == "" {
 		t.Fatalf("no health address in %v", rec)
 	}
-	if loaded := p.waitLog(t, "TLS certificate loaded", time.Second); loaded["cert_file"] != srv.Cert {
+	if loaded := p.waitLog(t, "TLS certificate loaded"); loaded["cert_file"] != srv.Cert {
 		t.Errorf("loaded %v", loaded)
 	}
 
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), testWait)
 	defer cancel()
 	certs, err := tlsx.New(tlsx.Files{CertFile: cli.Cert, KeyFile: cli.Key, CAFile: cli.CA}, 0, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -339,10 +342,10 @@ func TestNoSecretInLogsOrPrintedConfig(t *testing.T) {
 		}
 		p := startCaptured(t, env, "serve", "gateway", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 			"--log-format", "json", "--log-level", "debug", "--shutdown-grace", "2s")
-		cfg := p.waitLog(t, "configuration", 10*time.Second)
-		p.waitLog(t, "serving", 20*time.Second)
-		p.waitLog(t, "catalog not loaded yet; retrying", 10*time.Second)
-		p.waitLog(t, "nats not reachable yet; retrying in the background", 10*time.Second)
+		cfg := p.waitLog(t, "configuration")
+		p.waitLog(t, "serving")
+		p.waitLog(t, "catalog not loaded yet; retrying")
+		p.waitLog(t, "nats not reachable yet; retrying in the background")
 		p.stop(t)
 		checkClean(t, "stdout", p.stdout.String())
 		checkClean(t, "stderr", p.stderr.String())
@@ -368,7 +371,7 @@ func TestNoSecretInLogsOrPrintedConfig(t *testing.T) {
 			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
 				t.Fatalf("exit %v, want 2:\n%s", err, p.stderr)
 			}
-		case <-time.After(15 * time.Second):
+		case <-time.After(testWait):
 			t.Fatalf("still running with a refused password:\n%s", p.stderr)
 		}
 		last := strings.TrimSpace(p.stderr.String())
@@ -392,22 +395,19 @@ func TestNoSecretInLogsOrPrintedConfig(t *testing.T) {
 		}
 		p := startCaptured(t, env, "serve", "gateway", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 			"--log-format", "json", "--log-level", "debug", "--shutdown-grace", "2s")
-		p.waitLog(t, "serving", 20*time.Second)
+		p.waitLog(t, "serving")
 		nc, err := nats.Connect(ns.URL(), nats.UserInfo("gateway", natsServerPass))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer nc.Close()
 		js, _ := jetstream.New(nc)
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if _, err := js.Stream(t.Context(), "TELEMETRY"); err == nil {
-				break
-			} else if time.Now().After(deadline) {
-				t.Fatalf("the gateway made no stream (%v):\n%s", err, p.stderr)
+		testutil.Eventually(t, testWait, "the gateway makes its stream", func() error {
+			if _, err := js.Stream(t.Context(), "TELEMETRY"); err != nil {
+				return fmt.Errorf("%w:\n%s", err, p.stderr)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
 		p.stop(t)
 		checkClean(t, "stdout", p.stdout.String())
 		checkClean(t, "stderr", p.stderr.String())

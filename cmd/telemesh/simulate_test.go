@@ -15,6 +15,7 @@ import (
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/demo"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // natsWithStream starts NATS with a stream capturing the demo subjects, as
@@ -128,7 +129,7 @@ func TestSimulateUnreachableNATSMasksTheURL(t *testing.T) {
 }
 
 func TestSimulateStopsOnInterrupt(t *testing.T) {
-	url, _ := natsWithStream(t)
+	url, st := natsWithStream(t)
 	cmd := exec.CommandContext(t.Context(), telemeshBin, "simulate", "--rate", "100")
 	cmd.Env = append(os.Environ(), "TELEMESH_NATS_URL="+url)
 	var stdout, stderr bytes.Buffer
@@ -136,7 +137,18 @@ func TestSimulateStopsOnInterrupt(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	// Interrupt once it has sent something, however long a busy machine
+	// takes to start it.
+	testutil.Eventually(t, testWait, "the simulator sends", func() error {
+		info, err := st.Info(t.Context())
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs == 0 {
+			return errors.New("nothing in the stream yet")
+		}
+		return nil
+	})
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
@@ -147,8 +159,8 @@ func TestSimulateStopsOnInterrupt(t *testing.T) {
 		if err != nil {
 			t.Fatalf("exit after SIGINT: %v\nstderr:\n%s", err, stderr.String())
 		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("still running 15s after SIGINT:\n%s", stderr.String())
+	case <-time.After(testWait):
+		t.Fatalf("still running %s after SIGINT:\n%s", testWait, stderr.String())
 	}
 	out := stdout.String()
 	if !strings.Contains(out, "KIND") || !strings.Contains(out, "Interrupted before the run's end.") || strings.Contains(out, "\ntotal           0\n") {

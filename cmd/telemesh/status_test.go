@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -20,6 +18,7 @@ import (
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // liveMesh is a whole mesh running in this test process, with the demo
@@ -60,17 +59,15 @@ func startLiveMesh(t *testing.T, tune func(*app.Options)) *liveMesh {
 		}
 	})
 	_, lm.js = lm.nats.Connect(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := lm.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("gateway consumer not created within 10s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	lm.env = []string{"TELEMESH_DATABASE_URL=" + lm.db.URL, "TELEMESH_NATS_URL=" + lm.nats.URL()}
+	testutil.Eventually(t, testWait, "the gateway's consumer", func() error {
+		_, err := lm.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway")
+		return err
+	})
+	lm.env = []string{"TELEMESH_DATABASE_URL=" + lm.db.URL, "TELEMESH_NATS_URL=" + lm.nats.URL(),
+		// status and doctor give each check this long: a stage that is
+		// down refuses at once, and one slow to answer on a busy machine
+		// is not down.
+		"TELEMESH_TIMEOUT=30s"}
 	for _, stage := range app.Stages {
 		lm.env = append(lm.env, "TELEMESH_"+strings.ToUpper(stage)+"_ADDR="+m.GRPC[stage])
 	}
@@ -144,45 +141,24 @@ func TestStatusBadSettingExits2(t *testing.T) {
 	}
 }
 
-// waitGatewayPaused waits until the gateway reports, on its metrics, that
-// it has stopped consuming for the global switch.
-func (lm *liveMesh) waitGatewayPaused(t *testing.T) {
-	t.Helper()
-	url := "http://" + lm.mesh.Admin[app.Gateway] + "/metrics"
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		res, err := http.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			if strings.Contains(string(body), "\ntelemesh_gateway_paused 1\n") {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the gateway did not pause within 30s (%s)", url)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // waitPending waits until the gateway's consumer holds want messages not
 // yet delivered.
 func (lm *liveMesh) waitPending(t *testing.T, want uint64) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testutil.Eventually(t, testWait, fmt.Sprintf("%d messages pending in the consumer", want), func() error {
 		cons, err := lm.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway")
-		if err == nil {
-			if info, err := cons.Info(t.Context()); err == nil && info.NumPending == want {
-				return
-			}
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the consumer does not hold %d pending messages within 30s", want)
+		info, err := cons.Info(t.Context())
+		if err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		if info.NumPending != want {
+			return fmt.Errorf("%d pending", info.NumPending)
+		}
+		return nil
+	})
 }
 
 // A pipeline switched off on purpose is paused, not unhealthy: status and
@@ -304,7 +280,7 @@ func TestStatusAndDoctorGroupFailuresByCode(t *testing.T) {
 	}
 	publish("devices.thermo-01.telemetry", "max-1", `{"temp_c": 500}`)
 	publish("devices.thermo-02.telemetry", "max-2", `{"temp_c": 20, "humidity": 150}`)
-	lm.waitCount(t, 30*time.Second, 10, `select count(*) from ingestion_messages where status in ('failed_terminal', 'failed_validation')`)
+	lm.waitCount(t, 10, `select count(*) from ingestion_messages where status in ('failed_terminal', 'failed_validation')`)
 
 	out, stderr, code := lm.run(t, "status")
 	t.Logf("status: exit %d\n%s%s", code, out, stderr)
@@ -329,7 +305,7 @@ func TestStatusAndDoctorGroupFailuresByCode(t *testing.T) {
 	}
 	publish("devices.thermo-01.telemetry", "kv-1", `{"temp_c": 20}`)
 	publish("devices.thermo-02.telemetry", "kv-2", `{"temp_c": 21}`)
-	lm.waitCount(t, 30*time.Second, 2, countPubFailed)
+	lm.waitCount(t, 2, countPubFailed)
 	out, _, code = lm.run(t, "doctor", "--window", "300ms")
 	t.Logf("doctor: exit %d\n%s", code, out)
 	if reasons := tableLines(out, "2 × kv_unavailable (e.g. "); code != 5 || len(reasons) != 1 || len(tableLines(out, "1 ×")) != 0 {

@@ -23,14 +23,14 @@ func TestServeViewer(t *testing.T) {
 	ns := testnats.New(t)
 	const secret = "s3cret-viewer-token"
 	p := startTelemesh(t, []string{"TELEMESH_DATABASE_URL=" + db.URL, "TELEMESH_NATS_URL=" + ns.URL(), "TELEMESH_VIEWER_TOKEN=" + secret},
-		"serve", "viewer", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--shutdown-grace", "5s")
+		"serve", "viewer", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--shutdown-grace", stopGrace.String())
 	var rec map[string]any
 	select {
 	case rec = <-p.served:
 	case err := <-p.done:
 		t.Fatalf("exited before serving: %v\n%s", err, p.output())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("not serving after 20s:\n%s", p.output())
+	case <-time.After(testWait):
+		t.Fatalf("not serving after %s:\n%s", testWait, p.output())
 	}
 	base := "http://" + rec["http"].(string)
 	get := func(url string) (int, string) {
@@ -75,11 +75,11 @@ func TestServeViewer(t *testing.T) {
 		if err != nil {
 			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.output())
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("still running 10s after SIGTERM:\n%s", p.output())
+	case <-time.After(testWait):
+		t.Fatalf("still running %s after SIGTERM:\n%s", testWait, p.output())
 	}
-	if took := time.Since(start); took > 5*time.Second {
-		t.Errorf("shutdown took %s, longer than the 5s grace", took)
+	if took := time.Since(start); took > stopGrace {
+		t.Errorf("shutdown took %s, longer than the %s grace", took, stopGrace)
 	}
 	out := p.output()
 	if strings.Contains(out, secret) {

@@ -3,6 +3,8 @@ package app
 import (
 	"bufio"
 	"crypto/sha256"
+
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // badOutcome is what must become of a bad message.
@@ -175,9 +178,12 @@ func newBadInputFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	// The catalog follows the change within a second (LISTEN/NOTIFY).
-	f.eventually(10*time.Second, "new parameters in use", func() bool {
+	testutil.Eventually(t, meshWait, "new parameters in use", func() error {
 		f.publish("devices.meter-01.telemetry", `{"temp_c": 1, "label": "ready"}`, "")
-		return f.count(`select count(*) from device_telemetry_logs where mutated_values ? 'label'`) > 0
+		if f.count(`select count(*) from device_telemetry_logs where mutated_values ? 'label'`) == 0 {
+			return errors.New("no row with a label yet")
+		}
+		return nil
 	})
 	f.waitIdle()
 	return f
@@ -253,9 +259,7 @@ func (f *fixture) checkBad(c badCase, p published) {
 		return
 	}
 	status := map[badOutcome]string{failedTerminal: "failed_terminal", failedValidation: "failed_validation", completed: "completed"}[c.want]
-	f.eventually(15*time.Second, fmt.Sprintf("sequence %d is %s", p.seq, status), func() bool {
-		return f.count(`select count(*) from ingestion_messages where stream_sequence = $1`, int64(p.seq)) == 1
-	})
+	f.waitCount(1, fmt.Sprintf("sequence %d is %s", p.seq, status), `select count(*) from ingestion_messages where stream_sequence = $1`, int64(p.seq))
 	var got, stage, summary string
 	var (
 		raw, sum []byte
@@ -298,10 +302,8 @@ func (f *fixture) checkBad(c badCase, p published) {
 			f.t.Errorf("telemetry row %s with errors %v, want invalid with its reasons", r.State, r.Errors)
 		}
 	case completed:
-		f.eventually(10*time.Second, "row processed", func() bool {
-			return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
-				where m.stream_sequence = $1 and t.processing_state = 'processed'`, int64(p.seq)) == 1
-		})
+		f.waitCount(1, "row processed", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+				where m.stream_sequence = $1 and t.processing_state = 'processed'`, int64(p.seq))
 		if c.label != "" {
 			if r := f.telemetryOf("m.stream_sequence = $1", int64(p.seq)); r.Mutated["label"] != c.label {
 				f.t.Errorf("label stored as %q, want %q", r.Mutated["label"], c.label)
@@ -323,10 +325,8 @@ func (f *fixture) checkBad(c badCase, p published) {
 func (f *fixture) waitGood(msgID string) {
 	f.t.Helper()
 	f.waitMessages(1, "source_message_id = $1 and status = 'completed'", msgID)
-	f.eventually(10*time.Second, msgID+" processed", func() bool {
-		return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
-			where m.source_message_id = $1 and t.processing_state = 'processed'`, msgID) == 1
-	})
+	f.waitCount(1, msgID+" processed", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+			where m.source_message_id = $1 and t.processing_state = 'processed'`, msgID)
 }
 
 const goodPayload = `{"temp_c": 10, "humidity": 50}`

@@ -64,7 +64,7 @@ func runPipeline(b *testing.B, n int, mode string) float64 {
 		}
 		devices = append(devices, d)
 	}
-	time.Sleep(1500 * time.Millisecond) // the catalog reloads on the change
+	f.waitDeviceKnown(devices[len(devices)-1])
 	b.ResetTimer()
 	cpu0, pg0 := processCPU(os.Getpid()), postgresCPU()
 	start := time.Now()

@@ -1,9 +1,7 @@
 package app
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,10 +12,16 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
+	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
+	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // fixture is a database seeded with the old system's example fleet, an
@@ -29,6 +33,11 @@ type fixture struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	mesh *Mesh
+	// logger is what the mesh's stages log to.
+	logger *slog.Logger
+	// gatewayCreds, if set, are what a client of the gateway's gRPC port
+	// presents; nil is plaintext.
+	gatewayCreds credentials.TransportCredentials
 
 	acme, globex               uuid.UUID
 	meter01, meter02, globex01 uuid.UUID
@@ -54,7 +63,13 @@ func (f *fixture) on(t testing.TB) *fixture {
 // every stage's options.
 func newFixture(t testing.TB, tune func(*Options)) *fixture {
 	t.Helper()
-	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t)}
+	return newFixtureLogging(t, tune, testLogger(t))
+}
+
+// newFixtureLogging is [newFixture] with the stages logging to logger.
+func newFixtureLogging(t testing.TB, tune func(*Options), logger *slog.Logger) *fixture {
+	t.Helper()
+	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t), logger: logger}
 	f.seed()
 	nc, err := nats.Connect(f.ns.URL())
 	if err != nil {
@@ -82,7 +97,7 @@ func (f *fixture) start(tune func(*Options)) {
 				tune(o)
 			}
 		},
-	}, testLogger(f.t))
+	}, f.logger)
 	if err != nil {
 		f.t.Fatalf("start mesh: %v", err)
 	}
@@ -92,10 +107,15 @@ func (f *fixture) start(tune func(*Options)) {
 			f.t.Errorf("stop mesh: %v", err)
 		}
 	})
-	// The gateway creates the stream in the background; wait for it.
-	f.eventually(10*time.Second, "stream TELEMETRY exists", func() bool {
+	f.waitStream()
+}
+
+// waitStream waits for the stream the gateway creates in the background.
+func (f *fixture) waitStream() {
+	f.t.Helper()
+	testutil.Eventually(f.t, meshWait, "stream TELEMETRY exists", func() error {
 		_, err := f.js.Stream(f.t.Context(), "TELEMETRY")
-		return err == nil
+		return err
 	})
 }
 
@@ -147,16 +167,20 @@ func (f *fixture) publish(subject, payload, msgID string) {
 	}
 }
 
-func (f *fixture) eventually(within time.Duration, what string, cond func() bool) {
+// meshWait bounds each wait on the mesh. It is generous because under -race,
+// beside other packages' tests on two cores, a stage can stall for tens of
+// seconds; a passing test never waits it out.
+const meshWait = 2 * time.Minute
+
+// waitCount waits until the query's count is want.
+func (f *fixture) waitCount(want int, what, sql string, args ...any) {
 	f.t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
+	testutil.Eventually(f.t, meshWait, what, func() error {
+		if n := f.count(sql, args...); n != want {
+			return fmt.Errorf("%d, want %d", n, want)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	f.t.Fatalf("not true within %s: %s", within, what)
+		return nil
+	})
 }
 
 func (f *fixture) count(sql string, args ...any) int {
@@ -171,60 +195,93 @@ func (f *fixture) count(sql string, args ...any) int {
 // waitMessages waits until n ingestion messages match where.
 func (f *fixture) waitMessages(n int, where string, args ...any) {
 	f.t.Helper()
-	f.eventually(15*time.Second, fmt.Sprintf("%d messages where %s", n, where), func() bool {
-		return f.count("select count(*) from ingestion_messages where "+where, args...) == n
-	})
+	f.waitCount(n, "messages where "+where, "select count(*) from ingestion_messages where "+where, args...)
 }
 
 // waitIdle waits until the consumer has nothing pending or unacknowledged.
 func (f *fixture) waitIdle() {
 	f.t.Helper()
-	f.eventually(20*time.Second, "consumer drained", func() bool {
+	testutil.Eventually(f.t, meshWait, "consumer drained", func() error {
 		c, err := f.js.Consumer(f.t.Context(), "TELEMETRY", "telemesh-gateway")
 		if err != nil {
-			return false
+			return err
 		}
 		info, err := c.Info(f.t.Context())
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+		if err != nil {
+			return err
+		}
+		if info.NumPending != 0 || info.NumAckPending != 0 {
+			return fmt.Errorf("%d pending, %d unacknowledged", info.NumPending, info.NumAckPending)
+		}
+		return nil
 	})
 }
 
-// analytics returns the events stored on the analytics stream for subject
-// filter.
-func (f *fixture) analytics(filter string) []map[string]any {
+// analytics waits until the analytics stream holds at least want events on
+// subject filter, then returns every event it holds there. It waits on the
+// stream's own count, not on a pause between reads, which a busy machine
+// stretches: the count says when everything is there to read.
+func (f *fixture) analytics(filter string, want int) []map[string]any {
 	f.t.Helper()
-	ctx, cancel := context.WithTimeout(f.t.Context(), 5*time.Second)
-	defer cancel()
+	ctx := f.t.Context()
+	stored := 0
+	testutil.Eventually(f.t, meshWait, fmt.Sprintf("%d analytics events on %s", want, filter), func() error {
+		s, err := f.js.Stream(ctx, "TELEMESH_ANALYTICS")
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
+		if err != nil {
+			return err
+		}
+		stored = 0
+		for _, n := range info.State.Subjects {
+			stored += int(n)
+		}
+		if stored < want {
+			return fmt.Errorf("%d stored", stored)
+		}
+		return nil
+	})
+	if stored == 0 {
+		return nil
+	}
 	cons, err := f.js.OrderedConsumer(ctx, "TELEMESH_ANALYTICS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	if err != nil {
 		f.t.Fatalf("analytics consumer: %v", err)
 	}
-	info, err := f.js.Stream(ctx, "TELEMESH_ANALYTICS")
-	if err != nil {
-		f.t.Fatalf("analytics stream: %v", err)
-	}
-	si, _ := info.Info(ctx, jetstream.WithSubjectFilter(filter))
-	want := 0
-	for _, n := range si.State.Subjects {
-		want += int(n)
-	}
 	var out []map[string]any
-	for len(out) < want {
-		m, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+	testutil.Eventually(f.t, meshWait, fmt.Sprintf("read the %d analytics events on %s", stored, filter), func() error {
+		batch, err := cons.Fetch(min(stored-len(out), 1000), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			if errors.Is(err, nats.ErrTimeout) {
-				break
+			return err
+		}
+		for m := range batch.Messages() {
+			var ev map[string]any
+			if err := json.Unmarshal(m.Data(), &ev); err != nil {
+				f.t.Fatalf("analytics event %q: %v", m.Data(), err)
 			}
-			f.t.Fatalf("read analytics: %v", err)
+			ev["_subject"] = m.Subject()
+			out = append(out, ev)
 		}
-		var ev map[string]any
-		if err := json.Unmarshal(m.Data(), &ev); err != nil {
-			f.t.Fatalf("analytics event %q: %v", m.Data(), err)
+		if len(out) < stored {
+			return fmt.Errorf("%d read (last fetch: %v)", len(out), batch.Error())
 		}
-		ev["_subject"] = m.Subject()
-		out = append(out, ev)
-	}
+		return nil
+	})
 	return out
+}
+
+// waitProcessed waits until the telemetry row of the message matching
+// messageWhere is processed.
+func (f *fixture) waitProcessed(messageWhere string, args ...any) {
+	f.t.Helper()
+	testutil.Eventually(f.t, meshWait, "row processed where "+messageWhere, func() error {
+		if state := f.telemetryOf(messageWhere, args...).State; state != "processed" {
+			return fmt.Errorf("row is %s", state)
+		}
+		return nil
+	})
 }
 
 // row returns a telemetry row as JSON objects by column.
@@ -262,6 +319,81 @@ func (f *fixture) setSwitch(org *uuid.UUID, enabled bool) {
 		on conflict (organization_id) do update set pipeline_enabled = excluded.pipeline_enabled, updated_at = now()`, org, enabled); err != nil {
 		f.t.Fatalf("set switch: %v", err)
 	}
+}
+
+// waitGatewayPaused waits until the gateway's metrics say it has stopped
+// pulling (paused) or pulls again: the global switch takes effect when the
+// gateway next reads it, and on a busy machine that may be seconds.
+func (f *fixture) waitGatewayPaused(paused bool) {
+	f.t.Helper()
+	want := 0.0
+	if paused {
+		want = 1
+	}
+	url := "http://" + f.mesh.Admin[Gateway] + "/metrics"
+	testutil.Eventually(f.t, meshWait, fmt.Sprintf("telemesh_gateway_paused %v", want), func() error {
+		v, err := testutil.Metric(f.t.Context(), url, "telemesh_gateway_paused")
+		if err != nil {
+			return err
+		}
+		if v != want {
+			return fmt.Errorf("it is %v", v)
+		}
+		return nil
+	})
+}
+
+// waitOrgSwitch waits until the gateway parks the device's messages (its
+// organization's switch off) or lets them through (on).
+func (f *fixture) waitOrgSwitch(device string, enabled bool) {
+	f.t.Helper()
+	testutil.Eventually(f.t, meshWait, fmt.Sprintf("the gateway sees %s's switch %v", device, enabled), func() error {
+		st, err := f.dryRun(device)
+		if err != nil {
+			return err
+		}
+		if parked := st == telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED; parked == enabled {
+			return fmt.Errorf("dry run is %v", st)
+		}
+		return nil
+	})
+}
+
+// waitDeviceKnown waits until a message of the device goes through the
+// whole chain, which needs every stage's catalog to have the device.
+func (f *fixture) waitDeviceKnown(device string) {
+	f.t.Helper()
+	testutil.Eventually(f.t, meshWait, device+" known", func() error {
+		st, err := f.dryRun(device)
+		if err != nil {
+			return err
+		}
+		if st != telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED {
+			return fmt.Errorf("dry run is %v", st)
+		}
+		return nil
+	})
+}
+
+// dryRun asks the gateway what would become of a message of the device,
+// without writing anything: it sees what the stages' catalogs see now.
+func (f *fixture) dryRun(device string) (telemetryv1.MessageStatus, error) {
+	creds := f.gatewayCreds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(f.mesh.GRPC[Gateway], grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	resp, err := gatewayv1.NewGatewayServiceClient(conn).Ingest(f.t.Context(), &gatewayv1.IngestRequest{
+		Subject: "devices." + device + ".telemetry", Payload: []byte(`{"temp_c": 1}`), DryRun: true,
+	})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetOutcome().GetStatus(), nil
 }
 
 func stageRows(pool *pgxpool.Pool, t testing.TB, dedupeLike string) map[string]int {

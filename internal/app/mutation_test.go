@@ -2,6 +2,7 @@ package app
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // goRuntimeText are fragments of Go runtime messages that no recorded
@@ -65,9 +67,12 @@ func TestFailedMutationIsRecorded(t *testing.T) {
 	f.publish("devices.cal-01.telemetry", `{"humidity": 60, "pressure": 1000}`, "mutfail-ok")
 	f.waitIdle()
 	for _, id := range []string{"mutfail-1", "mutfail-single", "mutfail-ok"} {
-		f.eventually(15*time.Second, id+" persisted and published", func() bool {
-			return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
-				where m.source_message_id = $1 and t.processing_state = 'processed'`, id) == 1
+		testutil.Eventually(t, 15*time.Second, id+" persisted and published", func() error {
+			if !(f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+				where m.source_message_id = $1 and t.processing_state = 'processed'`, id) == 1) {
+				return errors.New("not yet")
+			}
+			return nil
 		})
 	}
 
@@ -180,7 +185,7 @@ func TestFailedMutationIsRecorded(t *testing.T) {
 		if u := unresolved(t, r, "temp_c"); u["reason"] != "evaluation_error" {
 			t.Errorf("unresolved temp_c = %v, want evaluation_error", u)
 		}
-		events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.single", cal))
+		events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.single", cal), 1)
 		if len(events) != 1 {
 			t.Fatalf("%d analytics events, want 1", len(events))
 		}

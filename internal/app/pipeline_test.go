@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 func near(t *testing.T, what string, got any, want float64) {
@@ -36,9 +38,7 @@ func TestPipelineBehaviour(t *testing.T) {
 		f := f.on(t)
 		f.publish("devices.meter-01.telemetry", `{"temp_c": 10, "humidity": 50}`, "valid-1")
 		f.waitMessages(1, "source_message_id = 'valid-1' and status = 'completed'")
-		f.eventually(10*time.Second, "row processed", func() bool {
-			return f.telemetryOf("m.source_message_id = 'valid-1'").State == "processed"
-		})
+		f.waitProcessed("m.source_message_id = 'valid-1'")
 		r := f.telemetryOf("m.source_message_id = 'valid-1'")
 		near(t, "mutated temp_c", r.Mutated["temp_c"], 12)
 		near(t, "transformed temp_c", r.Transformed["temp_c"], 12)
@@ -47,7 +47,7 @@ func TestPipelineBehaviour(t *testing.T) {
 		if r.Validation != "valid" || len(r.Unresolved) != 0 {
 			t.Errorf("validation %s, unresolved %v", r.Validation, r.Unresolved)
 		}
-		events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01))
+		events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01), 1)
 		if len(events) != 1 {
 			t.Fatalf("%d analytics events, want 1", len(events))
 		}
@@ -80,9 +80,9 @@ func TestPipelineBehaviour(t *testing.T) {
 		if n := f.count(`select count(*) from ingestion_messages where source_message_id = 'invalid-1' and error_summary like '%temp_c: required%'`); n != 1 {
 			t.Errorf("error summary does not name temp_c")
 		}
-		f.eventually(5*time.Second, "invalid event published", func() bool {
-			return len(f.analytics("iot.v1.invalid.local.acme.required")) == 1
-		})
+		if n := len(f.analytics("iot.v1.invalid.local.acme.required", 1)); n != 1 {
+			t.Errorf("%d invalid events, want 1", n)
+		}
 	})
 
 	t.Run("3 inactive device is skipped, kept, not derived, not published", func(t *testing.T) {
@@ -96,7 +96,7 @@ func TestPipelineBehaviour(t *testing.T) {
 		if _, ok := r.Transformed["temp_f"]; ok {
 			t.Errorf("inactive message was derived: %v", r.Transformed)
 		}
-		if n := len(f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.>", f.meter02))); n != 0 {
+		if n := len(f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.>", f.meter02), 0)); n != 0 {
 			t.Errorf("%d analytics events for an inactive device", n)
 		}
 	})
@@ -122,13 +122,21 @@ func TestPipelineBehaviour(t *testing.T) {
 		if rows["validate:duplicate"]+rows["persist:duplicate"] != 1 {
 			t.Errorf("stage rows = %v, want the second attempt reported duplicate", rows)
 		}
-		events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01))
+		// Other subtests publish on the same subject: wait for dup-1's
+		// event among theirs, then count them all.
 		n := 0
-		for _, e := range events {
-			if vals, ok := e["values"].(map[string]any); ok && vals["temp_c"] == 22.0 {
-				n++
+		testutil.Eventually(t, meshWait, "dup-1 published", func() error {
+			n = 0
+			for _, e := range f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01), 0) {
+				if vals, ok := e["values"].(map[string]any); ok && vals["temp_c"] == 22.0 {
+					n++
+				}
 			}
-		}
+			if n == 0 {
+				return errors.New("no event of dup-1 yet")
+			}
+			return nil
+		})
 		if n != 1 {
 			t.Errorf("%d publishes of dup-1, want 1", n)
 		}
@@ -174,9 +182,7 @@ func TestPipelineBehaviour(t *testing.T) {
 		f.waitMessages(1, "source_message_id = 'order-new' and status = 'completed'")
 		f.publish("devices.globex-01.telemetry", fmt.Sprintf(`{"temp_c": 5, "recorded_at": %q}`, now.Add(-time.Hour).Format(time.RFC3339Nano)), "order-old")
 		f.waitMessages(1, "source_message_id = 'order-old' and status = 'completed'")
-		f.eventually(5*time.Second, "old row processed", func() bool {
-			return f.telemetryOf("m.source_message_id = 'order-old'").State == "processed"
-		})
+		f.waitProcessed("m.source_message_id = 'order-old'")
 		kv, _ := f.js.KeyValue(t.Context(), "device-states")
 		entry, err := kv.Get(t.Context(), f.globex01.String())
 		if err != nil {
@@ -208,10 +214,10 @@ func TestStageLogModes(t *testing.T) {
 			})
 			f.publish("devices.meter-01.telemetry", `{"temp_c": 10, "humidity": 1}`, "clean-1")
 			f.waitMessages(1, "source_message_id = 'clean-1' and status = 'completed'")
-			f.eventually(5*time.Second, "row processed", func() bool {
-				return f.telemetryOf("m.source_message_id = 'clean-1'").State == "processed"
-			})
-			time.Sleep(200 * time.Millisecond)
+			f.waitProcessed("m.source_message_id = 'clean-1'")
+			// Acknowledged is finished: every stage row that will be
+			// written has been.
+			f.waitIdle()
 			rows := stageRows(f.db.Pool, t, "%clean-1")
 			total := 0
 			for _, n := range rows {
@@ -236,10 +242,12 @@ func TestKillSwitch(t *testing.T) {
 	t.Run("6 global switch off processes nothing and keeps the backlog; on drains it", func(t *testing.T) {
 		f := f.on(t)
 		f.setSwitch(nil, false)
-		time.Sleep(1500 * time.Millisecond) // within a second, with margin
+		f.waitGatewayPaused(true)
 		for i := range 50 {
 			f.publish("devices.meter-01.telemetry", `{"temp_c": 10}`, fmt.Sprintf("paused-%d", i))
 		}
+		// Nothing to wait for: a second in which a gateway that wrongly
+		// still pulled would store some.
 		time.Sleep(time.Second)
 		if n := f.count(`select count(*) from ingestion_messages where source_message_id like 'paused-%'`); n != 0 {
 			t.Fatalf("%d messages processed while paused", n)
@@ -255,7 +263,7 @@ func TestKillSwitch(t *testing.T) {
 	t.Run("per-organization switch parks and resumes without loss", func(t *testing.T) {
 		f := f.on(t)
 		f.setSwitch(&f.globex, false)
-		time.Sleep(1500 * time.Millisecond)
+		f.waitOrgSwitch("globex-01", false)
 		for i := range 20 {
 			f.publish("devices.globex-01.telemetry", `{"temp_c": 10}`, fmt.Sprintf("parked-%d", i))
 		}
@@ -264,11 +272,7 @@ func TestKillSwitch(t *testing.T) {
 		f.waitMessages(1, "source_message_id = 'acme-while-globex-parked' and status = 'completed'")
 		f.setSwitch(&f.globex, true)
 		f.waitMessages(20, "source_message_id like 'parked-%' and status = 'completed'")
-		if n := f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id where m.source_message_id like 'parked-%' and t.processing_state = 'processed'`); n != 20 {
-			f.eventually(5*time.Second, "20 parked rows processed", func() bool {
-				return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id where m.source_message_id like 'parked-%' and t.processing_state = 'processed'`) == 20
-			})
-		}
+		f.waitCount(20, "20 parked rows processed", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id where m.source_message_id like 'parked-%' and t.processing_state = 'processed'`)
 	})
 }
 
@@ -283,21 +287,17 @@ func TestPublishFailureIsRetried(t *testing.T) {
 		f.publish("devices.meter-01.telemetry", `{"temp_c": 10}`, fmt.Sprintf("kvdown-%d", i))
 	}
 	f.waitMessages(5, "source_message_id like 'kvdown-%' and status = 'completed'")
-	f.eventually(10*time.Second, "rows publish_failed with a reason", func() bool {
-		return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
-			where m.source_message_id like 'kvdown-%' and t.processing_state = 'publish_failed' and t.failure_reason = 'KV bucket "device-states" does not exist'`) == 5
-	})
+	f.waitCount(5, "rows publish_failed with a reason", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+			where m.source_message_id like 'kvdown-%' and t.processing_state = 'publish_failed' and t.failure_reason = 'KV bucket "device-states" does not exist'`)
 	if n := f.count(`select count(*) from ingestion_stage_logs where stage = 'publish' and status = 'failed' and dedupe_key like '%kvdown-%' and errors->>'reason' <> ''`); n < 5 {
 		t.Errorf("%d failed publish stage rows with a reason, want 5", n)
 	}
 	if _, err := f.js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "device-states", History: 1}); err != nil {
 		t.Fatal(err)
 	}
-	f.eventually(15*time.Second, "rows processed by the retry loop", func() bool {
-		return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
-			where m.source_message_id like 'kvdown-%' and t.processing_state = 'processed'`) == 5
-	})
-	events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01))
+	f.waitCount(5, "rows processed by the retry loop", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+			where m.source_message_id like 'kvdown-%' and t.processing_state = 'processed'`)
+	events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01), 5)
 	if len(events) != 5 {
 		t.Errorf("%d analytics events, want exactly 5", len(events))
 	}
@@ -334,7 +334,7 @@ func TestRedeliveryAndResume(t *testing.T) {
 		if again.GetOutcomes()[0].GetMessageId() != first.GetOutcomes()[0].GetMessageId() {
 			t.Errorf("duplicate names %s, want the original %s", again.GetOutcomes()[0].GetMessageId(), first.GetOutcomes()[0].GetMessageId())
 		}
-		events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01))
+		events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01), 1)
 		if len(events) != 1 {
 			t.Errorf("%d publishes, want 1", len(events))
 		}
@@ -382,6 +382,7 @@ func TestRedeliveryAndResume(t *testing.T) {
 		if err != nil || invalid.GetOutcome().GetStatus() != telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_VALIDATION {
 			t.Errorf("dry-run of an invalid payload = %v, %v", invalid.GetOutcome(), err)
 		}
+		// Nothing to wait for: a moment in which a stray write would land.
 		time.Sleep(300 * time.Millisecond)
 		after := f.count(`select (select count(*) from ingestion_messages) + (select count(*) from device_telemetry_logs) + (select count(*) from ingestion_stage_logs)`)
 		if after != before {
@@ -465,9 +466,11 @@ func TestRestartMidStreamLosesNothing(t *testing.T) {
 				continue
 			case <-fut.Err():
 			}
+			// Until acknowledged, as a device would, however long a busy
+			// machine makes that.
 			var err error
-			for range 5 {
-				if _, err = f.js.Publish(t.Context(), "devices.meter-01.telemetry", payload(i)); err == nil {
+			for deadline := time.Now().Add(meshWait); ; {
+				if _, err = f.js.Publish(t.Context(), "devices.meter-01.telemetry", payload(i)); err == nil || time.Now().After(deadline) {
 					break
 				}
 				time.Sleep(100 * time.Millisecond)
@@ -478,11 +481,14 @@ func TestRestartMidStreamLosesNothing(t *testing.T) {
 			}
 		}
 	}()
-	f.eventually(30*time.Second, "a quarter processed", func() bool {
-		return f.count(`select count(*) from ingestion_messages where source_message_id like 'stream-%'`) > n/4
+	testutil.Eventually(t, meshWait, "a quarter processed", func() error {
+		if got := f.count(`select count(*) from ingestion_messages where source_message_id like 'stream-%'`); got <= n/4 {
+			return fmt.Errorf("%d processed", got)
+		}
+		return nil
 	})
 	for _, stage := range []string{Persister, Validator, Publisher} {
-		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), meshWait)
 		if err := f.mesh.Restart(ctx, stage); err != nil {
 			t.Fatalf("restart %s: %v", stage, err)
 		}
@@ -496,18 +502,19 @@ func TestRestartMidStreamLosesNothing(t *testing.T) {
 	}
 	// Generous: under -race with the other packages' tests on two cores a
 	// restarted stage's in-flight batch waits out its call timeout first.
-	f.eventually(240*time.Second, "all 10,000 stored", func() bool {
-		return f.count(`select count(*) from ingestion_messages where source_message_id like 'stream-%'`) == n
+	testutil.Eventually(t, 4*time.Minute, "all 10,000 stored", func() error {
+		if got := f.count(`select count(*) from ingestion_messages where source_message_id like 'stream-%'`); got != n {
+			return fmt.Errorf("%d stored", got)
+		}
+		return nil
 	})
 	f.waitIdle()
-	f.eventually(30*time.Second, "all rows processed", func() bool {
-		return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
-			where m.source_message_id like 'stream-%' and t.processing_state = 'processed'`) == n
-	})
+	f.waitCount(n, "all rows processed", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+			where m.source_message_id like 'stream-%' and t.processing_state = 'processed'`)
 	if d := f.count(`select count(*) - count(distinct ingestion_message_id) from device_telemetry_logs`); d != 0 {
 		t.Errorf("%d duplicated telemetry rows", d)
 	}
-	if n2 := len(f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01))); n2 != n {
+	if n2 := len(f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01), n)); n2 != n {
 		t.Errorf("%d analytics events, want %d", n2, n)
 	}
 }

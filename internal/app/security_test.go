@@ -38,6 +38,7 @@ import (
 	"github.com/telemesh/telemesh/internal/testcerts"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
@@ -131,13 +132,15 @@ func TestMeshWithMTLSAndStageRoles(t *testing.T) {
 			t.Errorf("stop mesh: %v", err)
 		}
 	})
-	f.eventually(10*time.Second, "stream TELEMETRY exists", func() bool {
-		_, err := f.js.Stream(t.Context(), "TELEMETRY")
-		return err == nil
-	})
+	f.waitStream()
+	gatewayTLS, err := tlsx.New(files[Gateway], 0, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.gatewayCreds = gatewayTLS.ClientCredentials("")
 
 	f.setSwitch(&f.globex, false)
-	time.Sleep(1500 * time.Millisecond)
+	f.waitOrgSwitch("globex-01", false)
 	f.publish("devices.meter-01.telemetry", `{"temp_c": 10, "humidity": 50}`, "sec-valid")
 	f.publish("devices.meter-01.telemetry", `{"humidity": 50}`, "sec-invalid")
 	f.publish("devices.meter-02.telemetry", `{"temp_c": 10}`, "sec-inactive")
@@ -150,11 +153,11 @@ func TestMeshWithMTLSAndStageRoles(t *testing.T) {
 	f.waitMessages(1, "source_message_id = 'sec-inactive' and status = 'inactive_skipped'")
 	f.waitMessages(1, "source_message_id = 'sec-poison' and status = 'failed_terminal'")
 	f.waitMessages(2, "source_message_id in ('sec-valid', 'sec-parked') and status = 'completed'")
-	f.eventually(10*time.Second, "both rows published", func() bool {
-		return f.count(`select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
-			where m.source_message_id in ('sec-valid', 'sec-parked') and t.processing_state = 'processed'`) == 2
-	})
-	// Let the publisher's retry loop run a few rounds as its role.
+	f.waitCount(2, "both rows published", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+			where m.source_message_id in ('sec-valid', 'sec-parked') and t.processing_state = 'processed'`)
+	// Let the publisher's retry loop run a few rounds as its role: it
+	// leaves no trace to wait for unless it fails, which is what the log
+	// check below looks for.
 	time.Sleep(500 * time.Millisecond)
 
 	// Each stage really is its role.
@@ -186,7 +189,7 @@ func TestMeshWithMTLSAndStageRoles(t *testing.T) {
 			healthAddrs[rec["stage"].(string)], _ = rec["health"].(string)
 		}
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), meshWait)
 	defer cancel()
 	for _, stage := range Stages {
 		plainMain, _ := grpc.NewClient(m.GRPC[stage], grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -267,8 +270,8 @@ func TestServeRejectsRefusedNATSCredentials(t *testing.T) {
 				case <-serving:
 				case err := <-done:
 					t.Fatalf("Serve: %v", err)
-				case <-time.After(10 * time.Second):
-					t.Fatal("not serving after 10s")
+				case <-time.After(meshWait):
+					t.Fatalf("not serving after %s", meshWait)
 				}
 				// The gateway made its stream over the authenticated connection.
 				nc, err := nats.Connect(tt.url, nats.UserInfo("gateway", "right-password"), nats.Token("right-token"))
@@ -277,15 +280,10 @@ func TestServeRejectsRefusedNATSCredentials(t *testing.T) {
 				}
 				defer nc.Close()
 				js, _ := jetstream.New(nc)
-				deadline := time.Now().Add(10 * time.Second)
-				for {
-					if _, err := js.Stream(t.Context(), "TELEMETRY"); err == nil {
-						break
-					} else if time.Now().After(deadline) {
-						t.Fatalf("no stream TELEMETRY: %v", err)
-					}
-					time.Sleep(50 * time.Millisecond)
-				}
+				testutil.Eventually(t, meshWait, "stream TELEMETRY exists", func() error {
+					_, err := js.Stream(t.Context(), "TELEMETRY")
+					return err
+				})
 				cancel()
 				if err := <-done; err != nil {
 					t.Fatalf("Serve after stop: %v", err)
@@ -305,8 +303,8 @@ func TestServeRejectsRefusedNATSCredentials(t *testing.T) {
 				}
 			case <-serving:
 				t.Fatal("served with refused credentials")
-			case <-time.After(10 * time.Second):
-				t.Fatal("no error 10s after refused credentials")
+			case <-time.After(meshWait):
+				t.Fatalf("no error %s after refused credentials", meshWait)
 			}
 		})
 	}

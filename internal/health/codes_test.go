@@ -1,6 +1,7 @@
 package health
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/telemesh/telemesh/internal/reason"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // publishTo publishes one payload on subject with a message id.
@@ -31,10 +33,13 @@ func TestFailuresGroupedByCode(t *testing.T) {
 		select organization_id, device_type_id, 'meter-02' from devices where external_id = 'meter-01'`); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "meter-02 known to the gateway", func() bool {
+	testutil.Eventually(t, 30*time.Second, "meter-02 known to the gateway", func() error {
 		m.publishTo(t, "devices.meter-02.telemetry", fmt.Sprintf("probe-%d", time.Now().UnixNano()), `{"temp_c": 1}`)
-		return m.count(t, `select count(*) from ingestion_messages m join devices d on d.id = m.device_id
-			where d.external_id = 'meter-02' and m.status = 'completed'`) > 0
+		if m.count(t, `select count(*) from ingestion_messages m join devices d on d.id = m.device_id
+			where d.external_id = 'meter-02' and m.status = 'completed'`) == 0 {
+			return errors.New("no message of meter-02 completed yet")
+		}
+		return nil
 	})
 	// Probes sent before the gateway knew meter-02 were halted as unknown.
 	probes := m.count(t, `select count(*) from ingestion_messages where status = 'failed_terminal' and halted_stage = 'ingress'`)
@@ -47,8 +52,11 @@ func TestFailuresGroupedByCode(t *testing.T) {
 	for _, d := range []string{"meter-01", "meter-02"} {
 		m.publishTo(t, "devices."+d+".nosuchtopic", "topic-"+d, `{"temp_c": 1}`)
 	}
-	eventually(t, 30*time.Second, "8 more messages halted at ingress", func() bool {
-		return m.count(t, `select count(*) from ingestion_messages where status = 'failed_terminal' and halted_stage = 'ingress'`) == probes+8
+	testutil.Eventually(t, 30*time.Second, "8 more messages halted at ingress", func() error {
+		if !(m.count(t, `select count(*) from ingestion_messages where status = 'failed_terminal' and halted_stage = 'ingress'`) == probes+8) {
+			return errors.New("not yet")
+		}
+		return nil
 	})
 
 	rep, err := Gather(t.Context(), m.config())
@@ -89,8 +97,11 @@ func TestFailuresGroupedByCode(t *testing.T) {
 	}
 	m.publishTo(t, "devices.meter-01.telemetry", "kv-1", `{"temp_c": 5}`)
 	m.publishTo(t, "devices.meter-02.telemetry", "kv-2", `{"temp_c": 6}`)
-	eventually(t, 30*time.Second, "2 rows publish_failed", func() bool {
-		return m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'publish_failed'`) == 2
+	testutil.Eventually(t, 30*time.Second, "2 rows publish_failed", func() error {
+		if !(m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'publish_failed'`) == 2) {
+			return errors.New("not yet")
+		}
+		return nil
 	})
 	v := doctor(t, m.config(), DoctorOptions{})
 	var reasons []string

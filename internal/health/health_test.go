@@ -18,6 +18,7 @@ import (
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // mesh is a seeded database, an in-process NATS server and a running mesh.
@@ -62,9 +63,9 @@ func startMesh(t *testing.T) *mesh {
 			t.Errorf("stop mesh: %v", err)
 		}
 	})
-	eventually(t, 10*time.Second, "stream TELEMETRY and consumer exist", func() bool {
+	testutil.Eventually(t, testWait, "stream TELEMETRY and consumer exist", func() error {
 		_, err := m.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway")
-		return err == nil
+		return err
 	})
 	return m
 }
@@ -116,6 +117,9 @@ func (m *mesh) config() Config {
 	cfg := DefaultConfig()
 	cfg.DatabaseURL = m.db.URL
 	cfg.NATSURL = m.ns.URL()
+	// A stage that is down refuses at once; one that is slow to answer
+	// on a busy machine is not down.
+	cfg.Timeout = 30 * time.Second
 	cfg.Targets = map[string]string{}
 	for stage, addr := range m.mesh.GRPC {
 		cfg.Targets[stage] = addr
@@ -123,16 +127,20 @@ func (m *mesh) config() Config {
 	return cfg
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+// testWait bounds each wait on the mesh and each check status and doctor make:
+// generous, because on a busy machine a healthy stage can take seconds to
+// answer, and a passing test never waits it out.
+const testWait = 2 * time.Minute
+
+// waitCount waits until the query's count is want.
+func (m *mesh) waitCount(t *testing.T, want int, what, sql string) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
+	testutil.Eventually(t, testWait, what, func() error {
+		if n := m.count(t, sql); n != want {
+			return fmt.Errorf("%d, want %d", n, want)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("not true within %s: %s", within, what)
+		return nil
+	})
 }
 
 func doctor(t *testing.T, cfg Config, opts DoctorOptions) *Verdict {
@@ -140,7 +148,7 @@ func doctor(t *testing.T, cfg Config, opts DoctorOptions) *Verdict {
 	if opts.Window == 0 {
 		opts.Window = 200 * time.Millisecond
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), testWait)
 	defer cancel()
 	v, err := Doctor(ctx, cfg, opts)
 	if err != nil {
@@ -175,9 +183,7 @@ func TestDoctorBranches(t *testing.T) {
 
 	t.Run("healthy after valid messages", func(t *testing.T) {
 		m.publish(t, 3, "ok")
-		eventually(t, 15*time.Second, "3 rows processed", func() bool {
-			return m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'processed'`) == 3
-		})
+		m.waitCount(t, 3, "3 rows processed", `select count(*) from device_telemetry_logs where processing_state = 'processed'`)
 		v := doctor(t, m.config(), DoctorOptions{ExpectSubject: "devices.meter-01.telemetry"})
 		if v.Branch != BranchHealthy || v.ExitCode != 0 {
 			t.Fatalf("branch %q exit %d, want healthy", v.Branch, v.ExitCode)
@@ -236,9 +242,7 @@ func TestDoctorBranches(t *testing.T) {
 			t.Fatal(err)
 		}
 		m.publish(t, 3, "kvdown")
-		eventually(t, 15*time.Second, "3 rows publish_failed", func() bool {
-			return m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'publish_failed'`) == 3
-		})
+		m.waitCount(t, 3, "3 rows publish_failed", `select count(*) from device_telemetry_logs where processing_state = 'publish_failed'`)
 		v := doctor(t, m.config(), DoctorOptions{})
 		if v.Branch != BranchPublishing || v.ExitCode != ExitPublishing {
 			t.Fatalf("branch %q exit %d, want %q exit %d", v.Branch, v.ExitCode, BranchPublishing, ExitPublishing)
@@ -278,15 +282,18 @@ func TestCovers(t *testing.T) {
 
 func TestCheckTargetDNSAndLists(t *testing.T) {
 	closed := closedPort(t)
-	h := CheckTarget(t.Context(), "validator", closed+","+closed, time.Second)
+	// Generous timeouts: a closed port refuses at once, and resolving
+	// localhost must not time out on a busy machine.
+	const timeout = 30 * time.Second
+	h := CheckTarget(t.Context(), "validator", closed+","+closed, timeout)
 	if h.Status == Serving || len(h.Addresses) != 2 {
 		t.Errorf("list target: %+v", h)
 	}
-	h = CheckTarget(t.Context(), "validator", "dns:///localhost:"+strings.Split(closed, ":")[1], time.Second)
+	h = CheckTarget(t.Context(), "validator", "dns:///localhost:"+strings.Split(closed, ":")[1], timeout)
 	if h.Status == Serving || len(h.Addresses) == 0 {
 		t.Errorf("dns target: %+v", h)
 	}
-	h = CheckTarget(t.Context(), "validator", "", time.Second)
+	h = CheckTarget(t.Context(), "validator", "", timeout)
 	if h.Status != "UNKNOWN" {
 		t.Errorf("empty target: %+v", h)
 	}

@@ -1,12 +1,13 @@
 package health
 
 import (
+	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // waitPaused waits until the gateway reports, on its metrics, that it has
@@ -14,14 +15,15 @@ import (
 func (m *mesh) waitPaused(t *testing.T) {
 	t.Helper()
 	url := "http://" + m.mesh.Admin["gateway"] + "/metrics"
-	eventually(t, 30*time.Second, "the gateway paused", func() bool {
-		res, err := http.Get(url)
+	testutil.Eventually(t, 30*time.Second, "the gateway paused", func() error {
+		v, err := testutil.Metric(t.Context(), url, "telemesh_gateway_paused")
 		if err != nil {
-			return false
+			return err
 		}
-		defer res.Body.Close()
-		body, _ := io.ReadAll(res.Body)
-		return strings.Contains(string(body), "\ntelemesh_gateway_paused 1\n")
+		if v != 1 {
+			return fmt.Errorf("telemesh_gateway_paused %v", v)
+		}
+		return nil
 	})
 }
 
@@ -30,8 +32,11 @@ func (m *mesh) waitPaused(t *testing.T) {
 func TestPausedIsNotUnhealthy(t *testing.T) {
 	m := startMesh(t)
 	m.publish(t, 2, "before")
-	eventually(t, 30*time.Second, "2 rows processed", func() bool {
-		return m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'processed'`) == 2
+	testutil.Eventually(t, 30*time.Second, "2 rows processed", func() error {
+		if !(m.count(t, `select count(*) from device_telemetry_logs where processing_state = 'processed'`) == 2) {
+			return errors.New("not yet")
+		}
+		return nil
 	})
 	if _, err := m.db.Pool.Exec(t.Context(), `update pipeline_switches set pipeline_enabled = false, updated_by = 'ops-oncall'
 		where organization_id is null`); err != nil {
@@ -39,13 +44,19 @@ func TestPausedIsNotUnhealthy(t *testing.T) {
 	}
 	m.waitPaused(t)
 	m.publish(t, 4, "while-paused")
-	eventually(t, 30*time.Second, "4 messages pending in the consumer", func() bool {
+	testutil.Eventually(t, 30*time.Second, "4 messages pending in the consumer", func() error {
 		c, err := m.js.Consumer(t.Context(), "TELEMETRY", "telemesh-gateway")
 		if err != nil {
-			return false
+			return err
 		}
 		info, err := c.Info(t.Context())
-		return err == nil && info.NumPending == 4
+		if err != nil {
+			return err
+		}
+		if info.NumPending != 4 {
+			return fmt.Errorf("%d pending", info.NumPending)
+		}
+		return nil
 	})
 
 	rep, err := Gather(t.Context(), m.config())
@@ -100,8 +111,11 @@ func TestOrganizationOffIsShownNotPaused(t *testing.T) {
 			t.Fatal("no three messages parked after 200 tries")
 		}
 		m.publish(t, 1, fmt.Sprintf("org-off-%d", i))
-		eventually(t, 30*time.Second, "the message recorded", func() bool {
-			return m.count(t, fmt.Sprintf(`select count(*) from ingestion_messages where source_message_id = 'org-off-%d-0'`, i)) == 1
+		testutil.Eventually(t, 30*time.Second, "the message recorded", func() error {
+			if !(m.count(t, fmt.Sprintf(`select count(*) from ingestion_messages where source_message_id = 'org-off-%d-0'`, i)) == 1) {
+				return errors.New("not yet")
+			}
+			return nil
 		})
 	}
 	rep, err := Gather(t.Context(), m.config())

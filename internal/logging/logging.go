@@ -19,26 +19,31 @@ var Formats = []string{"auto", "text", "json"}
 var Levels = []string{"debug", "info", "warn", "error"}
 
 // New returns a logger writing to w. format is auto, text or json; auto picks
-// text when w is a terminal. level is debug, info, warn or error.
+// text when w is a terminal. level is debug, info, warn or error. Each line
+// carries each key once: a key set again, by [slog.Logger.With] and at the
+// call, keeps its last value (see [uniqueKeys]).
 func New(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
 		return nil, fmt.Errorf("log level %q: %w", level, err)
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		h = slog.NewTextHandler(w, opts)
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
 	case "auto", "":
 		if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
-			return slog.New(slog.NewTextHandler(w, opts)), nil
+			h = slog.NewTextHandler(w, opts)
+		} else {
+			h = slog.NewJSONHandler(w, opts)
 		}
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	default:
 		return nil, fmt.Errorf("log format %q: want auto, text or json", format)
 	}
+	return slog.New(newUniqueKeys(h)), nil
 }
 
 // Discard returns a logger that writes nothing, for embedders and tests that

@@ -2,6 +2,7 @@ package natsx_test
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 func TestConnectWithCredentials(t *testing.T) {
@@ -44,7 +46,9 @@ func TestConnectWithCredentials(t *testing.T) {
 				if tt.secret != "" && strings.Contains(err.Error(), tt.secret) {
 					t.Fatalf("the error shows the secret: %v", err)
 				}
-				if took := time.Since(start); took > 3*time.Second {
+				// Refused at once; a minute is far more than a busy
+				// machine adds, and far less than retrying would take.
+				if took := time.Since(start); took > time.Minute {
 					t.Errorf("refused credentials took %s to report", took)
 				}
 				return
@@ -77,13 +81,12 @@ func TestConnectWaitsForAServerNotUpYet(t *testing.T) {
 	}
 	defer nc.Close()
 	testnats.NewWith(t, func(o *server.Options) { o.Port = port })
-	deadline := time.Now().Add(10 * time.Second)
-	for !nc.IsConnected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not connected 10s after the server started: %s", nc.Status())
+	testutil.Eventually(t, 2*time.Minute, "connected once the server started", func() error {
+		if !nc.IsConnected() {
+			return fmt.Errorf("status %s", nc.Status())
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestAuthMethod(t *testing.T) {

@@ -114,7 +114,8 @@ func TestParkedAndRepark(t *testing.T) {
 func TestReplayDeadLetters(t *testing.T) {
 	db := testdb.New(t)
 	f := fixture{t, db.Pool}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous: a busy machine makes each step slow; none waits it out.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	acme := f.org("acme")
 	ns := testnats.New(t)
@@ -149,7 +150,8 @@ func TestReplayDeadLetters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+	// Both are stored: the fetch returns once it has them.
+	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(2*time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func testOptions(t *testing.T, db *testdb.DB) roles.Options {
 	_, _ = rand.Read(b)
 	o := roles.Options{Prefix: "tmt" + hex.EncodeToString(b) + "_"}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if err := roles.Drop(ctx, db.Pool, o); err != nil {
 			t.Errorf("drop test roles %s*: %v", o.Prefix, err)

@@ -44,10 +44,13 @@ const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 // server. Its database is used only to create and drop test databases.
 const EnvURL = "TELEMESH_TEST_DATABASE_URL"
 
+// The bounds are generous: on a busy machine a connection or a CREATE
+// DATABASE can take seconds, and a server that is down refuses at once
+// rather than running into them.
 const (
 	setupTimeout   = 2 * time.Minute
-	cleanupTimeout = 30 * time.Second
-	connectTimeout = 5 * time.Second
+	cleanupTimeout = 2 * time.Minute
+	connectTimeout = 30 * time.Second
 	templatePrefix = "telemesh_tmpl_"
 	// templateLockKey serialises template builds across test processes.
 	templateLockKey = int64(0x7465_6c65_6d65_7368) // "telemesh"

@@ -12,8 +12,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// readyTimeout bounds the wait for a (re)started server to accept clients.
-const readyTimeout = 10 * time.Second
+// readyTimeout bounds the wait for a (re)started server to accept clients:
+// generous, since on a busy machine a start can take seconds and a server
+// that is ready never waits it out.
+const readyTimeout = 2 * time.Minute
 
 // Server is an in-process NATS server with JetStream enabled. It is shut
 // down when the test that created it ends.

@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 func TestChangesNeedTheToken(t *testing.T) {
@@ -251,10 +253,11 @@ func TestHealthPanel(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 5*time.Second, "backlog of 3", func() bool {
+	testutil.Eventually(t, testWait, "backlog of 3", func() error {
 		var h Health
 		e.do(http.MethodGet, "/api/health", "", nil, &h)
-		return h.Backlog != nil && h.Backlog.Total == 3 && h.Backlog.Pending == 3 && h.Backlog.StreamMessages == 3
+		b := h.Backlog
+		return holds(b != nil && b.Total == 3 && b.Pending == 3 && b.StreamMessages == 3, "backlog %+v", b)
 	})
 }
 

@@ -2,6 +2,7 @@ package viewer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // clientFrom returns an HTTP client whose connections come from the
@@ -111,7 +114,12 @@ func TestOneAddressCannotTakeEveryLiveSlot(t *testing.T) {
 		t.Errorf("another address while one holds its share: %d %s, want 200", a.status, a.body)
 	}
 	// A slot given back is the address's again.
-	eventually(t, 5*time.Second, "live connections counted", func() bool { return e.srv.hub.clientCount() == 9 })
+	testutil.Eventually(t, 5*time.Second, "live connections counted", func() error {
+		if !(e.srv.hub.clientCount() == 9) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
 }
 
 func TestPerClientLimitBehindTrustedProxy(t *testing.T) {

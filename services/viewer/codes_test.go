@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // The failures tables group by cause, whatever the texts: payloads cut at
@@ -35,12 +36,15 @@ func TestFailuresGroupedByCode(t *testing.T) {
 	}
 	publish("devices.thermo-01.telemetry", "max-1", `{"temp_c": 500}`)
 	publish("devices.thermo-02.telemetry", "max-2", `{"temp_c": 20, "humidity": 150}`)
-	eventually(t, 30*time.Second, "10 messages failed", func() bool {
-		return e.count(`select count(*) from ingestion_messages where status in ('failed_terminal', 'failed_validation')`) == 10
+	testutil.Eventually(t, 30*time.Second, "10 messages failed", func() error {
+		if n := e.count(`select count(*) from ingestion_messages where status in ('failed_terminal', 'failed_validation')`); n != 10 {
+			return fmt.Errorf("%d failed", n)
+		}
+		return nil
 	})
 	var h Health
 	var lines []string
-	eventually(t, 15*time.Second, "the failures in the panel", func() bool {
+	testutil.Eventually(t, 30*time.Second, "the failures in the panel", func() error {
 		h = Health{}
 		e.do(http.MethodGet, "/api/health", "", nil, &h)
 		lines = nil
@@ -49,7 +53,10 @@ func TestFailuresGroupedByCode(t *testing.T) {
 			lines = append(lines, fmt.Sprintf("%s %s %d × %s (e.g. %s)", f.Stage, f.Status, f.Count, f.Code, f.Example))
 			total += f.Count
 		}
-		return total == 10
+		if total != 10 {
+			return fmt.Errorf("%d failures in the panel", total)
+		}
+		return nil
 	})
 	t.Logf("failures, 5 minutes:\n%s", strings.Join(lines, "\n"))
 	if len(lines) != 4 {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -37,6 +38,9 @@ type env struct {
 	stop func() error
 	// logger, if set before start, is the viewer's logger.
 	logger *slog.Logger
+	// gatewayAdmin is the admin address of the mesh's gateway, when the
+	// env has a mesh.
+	gatewayAdmin string
 }
 
 // testLogger keeps the viewer's logs out of the test output unless asked.
@@ -101,8 +105,8 @@ func (e *env) start(cfg Config) {
 			cancel()
 			select {
 			case runErr = <-done:
-			case <-time.After(15 * time.Second):
-				e.t.Fatal("viewer did not stop within 15s")
+			case <-time.After(testWait):
+				e.t.Fatalf("viewer did not stop within %s", testWait)
 			}
 		}
 		return runErr
@@ -264,14 +268,15 @@ func (s *sse) next(d time.Duration, kinds ...string) (sseEvent, bool) {
 	}
 }
 
-// eventually polls cond until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
+// testWait bounds each wait for something the viewer or the mesh must do:
+// generous, because on a busy machine that can take seconds, and a passing
+// test never waits it out.
+const testWait = 2 * time.Minute
+
+// holds turns a condition into what [testutil.Eventually] takes.
+func holds(ok bool, format string, args ...any) error {
+	if ok {
+		return nil
 	}
+	return fmt.Errorf(format, args...)
 }

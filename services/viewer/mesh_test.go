@@ -3,6 +3,7 @@ package viewer
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/telemesh/telemesh/internal/simulate"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 	"github.com/telemesh/telemesh/services/publisher"
 )
 
@@ -47,9 +49,10 @@ func newMeshEnv(t *testing.T) *env {
 			t.Errorf("stop mesh: %v", err)
 		}
 	})
-	eventually(t, 10*time.Second, "stream TELEMETRY", func() bool {
+	e.gatewayAdmin = mesh.Admin[app.Gateway]
+	testutil.Eventually(t, testWait, "stream TELEMETRY", func() error {
 		_, err := e.js.Stream(t.Context(), "TELEMETRY")
-		return err == nil
+		return err
 	})
 	cfg := testConfig()
 	cfg.Env = "local"
@@ -58,7 +61,9 @@ func newMeshEnv(t *testing.T) *env {
 		cfg.Targets[stage] = addr
 	}
 	e.start(cfg)
-	eventually(t, 10*time.Second, "the viewer's catalog", func() bool { return e.srv.catalog.Snapshot() != nil })
+	testutil.Eventually(t, testWait, "the viewer's catalog", func() error {
+		return holds(e.srv.catalog.Snapshot() != nil, "not loaded")
+	})
 	return e
 }
 
@@ -84,23 +89,24 @@ func TestViewerOnMesh(t *testing.T) {
 	t.Parallel()
 	e := newMeshEnv(t)
 	ctx := t.Context()
-	eventually(t, 5*time.Second, "viewer subscribed", func() bool {
-		return interested(e, "iot.v1.analytics.local.acme.x.telemetry")
-	})
+	waitSubscribed(t, e, "iot.v1.analytics.local.acme.x.telemetry")
 
 	t.Run("live telemetry from the simulator", func(t *testing.T) {
 		live := e.openSSE("?device=thermo-01", nil)
 		raw := e.openSSE("?raw=1", nil)
-		eventually(t, 5*time.Second, "raw stream on", func() bool { return len(e.srv.raw.currentSubjects()) == 2 })
+		testutil.Eventually(t, testWait, "raw stream on", func() error {
+			n := len(e.srv.raw.currentSubjects())
+			return holds(n == 2, "%d subjects", n)
+		})
 		start := time.Now()
 		if _, err := simulate.Run(ctx, e.js, simulate.Config{
 			Devices: simulate.DemoDevices(0), Count: 28, MessageIDs: true, Seed: 7,
 		}, nil); err != nil {
 			t.Fatal(err)
 		}
-		ev, ok := live.next(5*time.Second, kindTelemetry)
+		ev, ok := live.next(testWait, kindTelemetry)
 		if !ok {
-			t.Fatal("no telemetry of thermo-01 within 5s")
+			t.Fatalf("no telemetry of thermo-01 within %s", testWait)
 		}
 		t.Logf("first telemetry of thermo-01 %s after the simulator started", time.Since(start).Round(time.Millisecond))
 		var le liveEvent
@@ -111,9 +117,9 @@ func TestViewerOnMesh(t *testing.T) {
 			le.Values["temp_c"] == nil || le.Values["temp_f"] == nil {
 			t.Errorf("thermo-01's event %+v", le)
 		}
-		rev, ok := raw.next(5*time.Second, kindRaw)
+		rev, ok := raw.next(testWait, kindRaw)
 		if !ok {
-			t.Fatal("no raw message within 5s")
+			t.Fatalf("no raw message within %s", testWait)
 		}
 		var re rawEvent
 		if err := json.Unmarshal([]byte(rev.data), &re); err != nil {
@@ -132,22 +138,21 @@ func TestViewerOnMesh(t *testing.T) {
 			t.Fatal(err)
 		}
 		var id uuid.UUID
-		eventually(t, 10*time.Second, "a publish_failed row", func() bool {
-			err := e.db.Pool.QueryRow(ctx, `select t.id from device_telemetry_logs t join ingestion_messages m on m.id = t.id
+		testutil.Eventually(t, testWait, "a publish_failed row", func() error {
+			return e.db.Pool.QueryRow(ctx, `select t.id from device_telemetry_logs t join ingestion_messages m on m.id = t.id
 				where m.source_message_id = 'retry-me' and t.processing_state = 'publish_failed'`).Scan(&id)
-			return err == nil
 		})
 		var row PublishFailedRow
-		eventually(t, 5*time.Second, "the row in the health panel", func() bool {
+		testutil.Eventually(t, testWait, "the row in the health panel", func() error {
 			var h Health
 			e.do(http.MethodGet, "/api/health", "", nil, &h)
 			for _, r := range h.PublishFailed.Latest {
 				if r.MessageID == id {
 					row = r
-					return true
+					return nil
 				}
 			}
-			return false
+			return fmt.Errorf("%d rows in the panel, not %s", len(h.PublishFailed.Latest), id)
 		})
 		if !strings.Contains(row.Reason, `KV bucket "device-states"`) || row.Device != "aq-01" || row.Organization != "acme" {
 			t.Errorf("row %+v", row)
@@ -161,8 +166,9 @@ func TestViewerOnMesh(t *testing.T) {
 		if got := e.do(http.MethodPost, "/api/publish-failed/retry", testToken, map[string]any{"message_ids": []uuid.UUID{id}}, &out); got != http.StatusOK || out.Rows != 1 {
 			t.Fatalf("retry: %d %+v", got, out)
 		}
-		eventually(t, 5*time.Second, "the row processed", func() bool {
-			return e.count(`select count(*) from device_telemetry_logs where id = $1 and processing_state = 'processed'`, id) == 1
+		testutil.Eventually(t, testWait, "the row processed", func() error {
+			n := e.count(`select count(*) from device_telemetry_logs where id = $1 and processing_state = 'processed'`, id)
+			return holds(n == 1, "%d processed", n)
 		})
 	})
 
@@ -175,26 +181,34 @@ func TestViewerOnMesh(t *testing.T) {
 			}
 		}
 		set(false)
-		// The gateway sees the switch within a second.
-		time.Sleep(1500 * time.Millisecond)
+		// The gateway sees the switch when it next reads it, which on a
+		// busy machine may take a while: wait until it says it paused.
+		testutil.Eventually(t, testWait, "the gateway paused", func() error {
+			v, err := testutil.Metric(ctx, "http://"+e.gatewayAdmin+"/metrics", "telemesh_gateway_paused")
+			if err != nil {
+				return err
+			}
+			return holds(v == 1, "telemesh_gateway_paused %v", v)
+		})
 		for i := 0; i < 5; i++ {
 			if _, err := e.js.Publish(ctx, "devices.thermo-02.telemetry", []byte(`{"temp_c": 20, "humidity": 50}`)); err != nil {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, 5*time.Second, "a backlog of 5", func() bool {
+		testutil.Eventually(t, testWait, "a backlog of 5", func() error {
 			var h Health
 			e.do(http.MethodGet, "/api/health", "", nil, &h)
-			return h.Backlog != nil && h.Backlog.Total == 5
+			return holds(h.Backlog != nil && h.Backlog.Total == 5, "backlog %+v", h.Backlog)
 		})
 		if n := e.count(`select count(*) from ingestion_messages`); n != completed {
 			t.Fatalf("%d messages taken while paused", n-completed)
 		}
 		set(true)
-		eventually(t, 10*time.Second, "the backlog drained", func() bool {
+		testutil.Eventually(t, testWait, "the backlog drained", func() error {
 			var h Health
 			e.do(http.MethodGet, "/api/health", "", nil, &h)
-			return h.Backlog != nil && h.Backlog.Total == 0 && e.count(`select count(*) from ingestion_messages`) == completed+5
+			n := e.count(`select count(*) from ingestion_messages`)
+			return holds(h.Backlog != nil && h.Backlog.Total == 0 && n == completed+5, "backlog %+v, %d messages, want %d", h.Backlog, n, completed+5)
 		})
 	})
 
@@ -228,17 +242,17 @@ func TestViewerOnMesh(t *testing.T) {
 
 	t.Run("stage health", func(t *testing.T) {
 		var h Health
-		eventually(t, 5*time.Second, "every stage serving", func() bool {
+		testutil.Eventually(t, testWait, "every stage serving", func() error {
 			e.do(http.MethodGet, "/api/health", "", nil, &h)
 			if len(h.StageHealth) != 5 {
-				return false
+				return fmt.Errorf("%d stages", len(h.StageHealth))
 			}
 			for _, s := range h.StageHealth {
 				if s.Status != "SERVING" {
-					return false
+					return fmt.Errorf("%+v", s)
 				}
 			}
-			return true
+			return nil
 		})
 		if h.Stages[0].Count == 0 || h.Stages[0].P50US == 0 {
 			t.Errorf("ingress stats %+v", h.Stages[0])

@@ -1,11 +1,13 @@
 package viewer
 
 import (
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // A pipeline switched off on purpose shows as paused, with since when, by
@@ -35,10 +37,13 @@ func TestHealthBadgePaused(t *testing.T) {
 
 	e.exec(`update pipeline_switches set pipeline_enabled = false, updated_by = 'ops-oncall' where organization_id is null`)
 	var h Health
-	eventually(t, 15*time.Second, "the badge paused", func() bool {
+	testutil.Eventually(t, 30*time.Second, "the badge paused", func() error {
 		h = Health{}
 		e.do(http.MethodGet, "/api/health", "", nil, &h)
-		return h.Badge == BadgePaused
+		if h.Badge != BadgePaused {
+			return fmt.Errorf("badge %q", h.Badge)
+		}
+		return nil
 	})
 	if p := h.Pause; p == nil || p.By != "ops-oncall" || p.Backlog != 2 || time.Since(p.Since) > time.Minute {
 		t.Errorf("pause %+v, want since a moment ago, by ops-oncall and a backlog of 2", h.Pause)
@@ -49,9 +54,12 @@ func TestHealthBadgePaused(t *testing.T) {
 	}
 
 	e.exec(`update pipeline_switches set pipeline_enabled = true, updated_by = 'ops-oncall' where organization_id is null`)
-	eventually(t, 15*time.Second, "the badge back to the failure rate", func() bool {
+	testutil.Eventually(t, 30*time.Second, "the badge back to the failure rate", func() error {
 		h = Health{}
 		e.do(http.MethodGet, "/api/health", "", nil, &h)
-		return h.Badge == BadgeStable && h.Pause == nil
+		if h.Badge != BadgeStable || h.Pause != nil {
+			return fmt.Errorf("badge %q, pause %+v", h.Badge, h.Pause)
+		}
+		return nil
 	})
 }

@@ -25,6 +25,11 @@ const EnvNATSServer = "TELEMESH_FAULTS_NATS_SERVER"
 // last lines are kept, and shown when a fault fails.
 const EnvLogs = "TELEMESH_FAULTS_LOGS"
 
+// startWait bounds the wait for something the suite starts (a process,
+// the stream) to be ready: generous, because on a busy machine a start can
+// take seconds, and a start that works never waits it out.
+const startWait = 2 * time.Minute
+
 var (
 	// telemeshBin and natsServerBin are the binaries under test, built once
 	// by TestMain.

@@ -93,9 +93,9 @@ func startMesh(t testing.TB, cfg meshConfig) *mesh {
 func (s *stageProc) start(t testing.TB, listen string) {
 	t.Helper()
 	s.p = startProc(t, s.name, telemeshBin, append(s.args, "--listen", listen)...)
-	line, ok := s.p.waitLine(func(l string) bool { return strings.Contains(l, `"msg":"serving"`) }, 60*time.Second)
+	line, ok := s.p.waitLine(func(l string) bool { return strings.Contains(l, `"msg":"serving"`) }, startWait)
 	if !ok {
-		t.Fatalf("%s not serving within 60s:\n%s", s.name, s.p.output())
+		t.Fatalf("%s not serving within %s:\n%s", s.name, startWait, s.p.output())
 	}
 	var rec struct {
 		GRPC  string `json:"grpc"`
@@ -149,14 +149,15 @@ func (s *stageProc) inFlight() (int, error) {
 func (m *mesh) waitBusy(t testing.TB, name string) int {
 	t.Helper()
 	s := m.stages[name]
-	deadline := time.Now().Add(30 * time.Second)
+	// No pause between looks: a batch can be over in milliseconds.
+	deadline := time.Now().Add(startWait)
 	for time.Now().Before(deadline) {
 		n, err := s.inFlight()
 		if err == nil && n > 0 {
 			return n
 		}
 	}
-	t.Fatalf("%s never had a call in flight within 30s", name)
+	t.Fatalf("%s never had a call in flight within %s", name, startWait)
 	return 0
 }
 

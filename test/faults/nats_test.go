@@ -1,7 +1,6 @@
 package faults_test
 
 import (
-	"context"
 	"io"
 	"net"
 	"strconv"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // natsServer is a nats-server process with JetStream, on a loopback port it
@@ -41,8 +42,8 @@ func (n *natsServer) start(t testing.TB) {
 	t.Helper()
 	n.p = startProc(t, "nats-server", natsServerBin,
 		"-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-js", "-sd", n.store, "-n", "telemesh-faults")
-	if _, ok := n.p.waitLine(func(l string) bool { return strings.Contains(l, "Server is ready") }, 20*time.Second); !ok {
-		t.Fatalf("nats-server on port %d not ready within 20s:\n%s", n.port, n.p.output())
+	if _, ok := n.p.waitLine(func(l string) bool { return strings.Contains(l, "Server is ready") }, startWait); !ok {
+		t.Fatalf("nats-server on port %d not ready within %s:\n%s", n.port, startWait, n.p.output())
 	}
 }
 
@@ -182,17 +183,11 @@ func (p *proxy) Restore() {
 // waitStream waits until the stream exists (the gateway creates it).
 func waitStream(t testing.TB, js jetstream.JetStream, name string) jetstream.Stream {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-		s, err := js.Stream(ctx, name)
-		cancel()
-		if err == nil {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stream %s not there 30s after the gateway started: %v", name, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	var s jetstream.Stream
+	testutil.Eventually(t, startWait, "stream "+name+" made by the gateway", func() error {
+		var err error
+		s, err = js.Stream(t.Context(), name)
+		return err
+	})
+	return s
 }
