@@ -27,7 +27,7 @@ var goRuntimeText = []string{"interface conversion", "runtime error", "interface
 // row, the mutate stage log and the message's reason, never the raw value
 // passed on as if mutated.
 func TestFailedMutationIsRecorded(t *testing.T) {
-	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t)}
+	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t), logger: testLogger(t)}
 	f.seed()
 	cal := uuid.New()
 	exec := func(sql string, args ...any) {

@@ -67,7 +67,7 @@ func (s *syncBuffer) String() string {
 // inactive, dead-lettered, parked and resumed, published) must work, and no
 // stage may log a permission or TLS failure.
 func TestMeshWithMTLSAndStageRoles(t *testing.T) {
-	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t)}
+	f := &fixture{t: t, db: testdb.New(t), ns: testnats.New(t), logger: testLogger(t)}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	ro := roles.Options{Prefix: "tma" + hex.EncodeToString(b) + "_"}
