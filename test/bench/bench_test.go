@@ -15,8 +15,9 @@ var modes = []string{"all", "failures"}
 // results is every figure of one run of the harness.
 type results struct {
 	settings settings
-	// postgres and nats are the servers' versions.
-	postgres, nats string
+	// machine says where it ran; postgres and nats are the servers'
+	// versions.
+	machine, postgres, nats string
 	modes          map[string]*modeResults
 	// prefilled is mode all's in-process run into tables that already
 	// held settings.prefill telemetry rows.
@@ -42,7 +43,7 @@ type modeResults struct {
 // `make bench` (-benchtime 1x: each run once).
 func BenchmarkPipeline(b *testing.B) {
 	s := currentSettings(b)
-	res := &results{settings: s, modes: map[string]*modeResults{}}
+	res := &results{settings: s, machine: machine(), modes: map[string]*modeResults{}}
 	latencyFor := time.Duration(s.latencySeconds) * time.Second
 	for _, mode := range modes {
 		mr := &modeResults{}

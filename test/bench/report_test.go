@@ -6,8 +6,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/telemesh/telemesh/internal/app"
 )
@@ -31,19 +31,36 @@ func (res *results) write(w io.Writer) {
 	s := res.settings
 	fmt.Fprintf(w, "\ntelemesh pipeline benchmark: %s messages per backlog run, batches of %d, paced latency runs of %d s\n",
 		thousands(float64(s.messages)), tuning.batchSize, s.latencySeconds)
-	fmt.Fprintf(w, "%s; PostgreSQL %s; nats-server %s (its own process, JetStream file store)\n\n", machine(), res.postgres, res.nats)
+	fmt.Fprintf(w, "%s; PostgreSQL %s; nats-server %s (its own process, JetStream file store)\n\n", res.machine, res.postgres, res.nats)
 
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\tmode all\tmode failures\ttarget (all / failures)")
+	// Headings stand on their own lines and do not widen the first column.
+	rows := [][]string{{"", "mode all", "mode failures", "target (all / failures)"}}
 	for _, f := range res.figures() {
 		if f.value == nil {
-			fmt.Fprintf(tw, "%s\t\t\t\n", f.label)
+			rows = append(rows, []string{f.label})
 			continue
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", f.label, cell(f.value, res.modes["all"]), cell(f.value, res.modes["failures"]), f.target)
+		rows = append(rows, []string{"  " + f.label, cell(f.value, res.modes["all"]), cell(f.value, res.modes["failures"]), f.target})
 	}
-	_ = tw.Flush()
-
+	var widths [3]int
+	for _, r := range rows {
+		for i := 0; i < len(widths) && len(r) > 1; i++ {
+			widths[i] = max(widths[i], utf8.RuneCountInString(r[i]))
+		}
+	}
+	for _, r := range rows {
+		if len(r) == 1 {
+			fmt.Fprintln(w, r[0])
+			continue
+		}
+		var b strings.Builder
+		for i, c := range r[:3] {
+			b.WriteString(c)
+			b.WriteString(strings.Repeat(" ", widths[i]-utf8.RuneCountInString(c)+3))
+		}
+		b.WriteString(r[3])
+		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
+	}
 	fmt.Fprint(w, `
 backlog: every message published at once, as fast as NATS takes them; msg/s is the messages over first
   publish -> last device_telemetry_logs.processed_at. Latency is measured apart, on paced runs.
@@ -159,7 +176,7 @@ func (res *results) figures() []figure {
 			if mr.lat80 == nil {
 				return notMeasured
 			}
-			return rateCell(mr.lat80)
+			return thousands(mr.lat80.rate)
 		}},
 		figure{label: "at 80 %: p50 / p99 / max", target: "p99 < 500 ms", value: func(mr *modeResults) string {
 			return latencyCell(mr.lat80)
@@ -237,25 +254,24 @@ func latencyCell(l *latency) string {
 	if l == nil {
 		return notMeasured
 	}
-	return fmt.Sprintf("%s / %s / %s ms", msCell(l.p50), msCell(l.p99), msCell(l.max))
-}
-
-// rateCell is the rate a paced run asked for, and the rate it managed
-// when that fell short.
-func rateCell(l *latency) string {
-	out := thousands(l.rate)
-	if l.achieved < 0.97*l.rate {
-		out += " (published " + thousands(l.achieved) + ")"
+	out := fmt.Sprintf("%s / %s / %s ms", msCell(l.p50), msCell(l.p99), msCell(l.max))
+	if short(l) {
+		out += " (published " + thousands(l.achieved) + " msg/s)"
 	}
 	return out
 }
+
+// short reports whether the paced publisher fell behind its rate: the
+// latency is then that of a lower rate.
+func short(l *latency) bool { return l.achieved < 0.97*l.rate }
+
 
 func msCell(d time.Duration) string {
 	v := ms(d)
 	if v < 10 {
 		return strconv.FormatFloat(v, 'f', 1, 64)
 	}
-	return strconv.FormatFloat(v, 'f', 0, 64)
+	return thousands(v)
 }
 
 func percent(f float64) string { return fmt.Sprintf("%.0f %%", 100*f) }
