@@ -18,7 +18,7 @@ type results struct {
 	// machine says where it ran; postgres and nats are the servers'
 	// versions.
 	machine, postgres, nats string
-	modes          map[string]*modeResults
+	modes                   map[string]*modeResults
 	// prefilled is mode all's in-process run into tables that already
 	// held settings.prefill telemetry rows.
 	prefilled *throughput

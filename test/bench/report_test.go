@@ -265,7 +265,6 @@ func latencyCell(l *latency) string {
 // latency is then that of a lower rate.
 func short(l *latency) bool { return l.achieved < 0.97*l.rate }
 
-
 func msCell(d time.Duration) string {
 	v := ms(d)
 	if v < 10 {
