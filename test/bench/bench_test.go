@@ -89,6 +89,7 @@ func BenchmarkPipeline(b *testing.B) {
 		b.Run(fmt.Sprintf("prefill=%d", s.prefill), func(b *testing.B) {
 			b.Run("mode=all", func(b *testing.B) {
 				r := setup(b, func(r *rig) { prefill(b, r.db.Pool, r.fleet, s.prefill) })
+				res.versions(r)
 				r.start(inProcess, "all")
 				res.prefilled = r.runBacklog(s.messages)
 				reportThroughput(b, res.prefilled)

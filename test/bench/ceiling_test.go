@@ -3,6 +3,8 @@ package bench_test
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,30 +182,63 @@ func rowsPerMessage(mode string) map[string]int {
 	return out
 }
 
+// prefillWriters is how many connections the prefill writes on: two, so
+// Postgres's work on one batch overlaps the harness's encoding of the next.
+const prefillWriters = 2
+
 // prefill writes the rows of n messages of mode all, received over the day
 // before now, so the tables hold what a day of traffic leaves behind, then
 // vacuums and analyzes them and checkpoints, so the run after starts from
 // settled tables.
 func prefill(tb testing.TB, pool *pgxpool.Pool, fl *fleet, n int) {
 	tb.Helper()
-	ctx := context.Background()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	const batch = 10_000
 	start, day := time.Now(), 24*time.Hour
-	msgs := make([]writtenMessage, 0, batch)
-	next := n / 10
-	for done := 0; done < n; done += batch {
-		msgs = msgs[:0]
-		for i := done; i < min(done+batch, n); i++ {
-			at := start.Add(-day + time.Duration(float64(day)*float64(i)/float64(n)))
-			msgs = append(msgs, writtenMessage{id: uuid.Must(uuid.NewV7()), m: fl.message("f", i), seq: int64(i + 1), received: at})
+	batches := make(chan int)
+	go func() {
+		defer close(batches)
+		for from := 0; from < n; from += batch {
+			select {
+			case batches <- from:
+			case <-ctx.Done():
+				return
+			}
 		}
-		if err := copyMessages(ctx, pool, msgs, "all"); err != nil {
-			tb.Fatalf("prefill: %v", err)
-		}
-		if done+batch >= next && next < n {
-			tb.Logf("prefill: %d of %d messages written in %s", done+len(msgs), n, time.Since(start).Round(time.Second))
-			next += n / 10
-		}
+	}()
+	var (
+		written atomic.Int64
+		wg      sync.WaitGroup
+		errs    = make(chan error, prefillWriters)
+	)
+	for range prefillWriters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msgs := make([]writtenMessage, 0, batch)
+			for from := range batches {
+				msgs = msgs[:0]
+				for i := from; i < min(from+batch, n); i++ {
+					at := start.Add(-day + time.Duration(float64(day)*float64(i)/float64(n)))
+					msgs = append(msgs, writtenMessage{id: uuid.Must(uuid.NewV7()), m: fl.message("f", i), seq: int64(i + 1), received: at})
+				}
+				if err := copyMessages(ctx, pool, msgs, "all"); err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+				// About every tenth of the way, say how far it is.
+				if w := written.Add(int64(len(msgs))); w*10/int64(n) != (w-int64(len(msgs)))*10/int64(n) && w < int64(n) {
+					tb.Logf("prefill: %d of %d messages written in %s", w, n, time.Since(start).Round(time.Second))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		tb.Fatalf("prefill: %v", err)
 	}
 	for _, shape := range rowShapes {
 		if _, err := pool.Exec(ctx, "vacuum (analyze) "+pgx.Identifier{shape.table}.Sanitize()); err != nil {
