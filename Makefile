@@ -136,11 +136,15 @@ test-short: services ## The quick set: go test -short, no race detector
 test-faults: services ## Fault suite, long form: every stage killed, NATS and Postgres restarted, late duplicates; prints a table
 	TELEMESH_FAULTS=long go test -count=1 -v -timeout 90m -run '^TestFaults$$' ./test/faults/
 
+# The pipeline benchmark (test/bench) runs last, so its table of every
+# figure ends the output; TELEMESH_BENCH_MESSAGES,
+# TELEMESH_BENCH_LATENCY_SECONDS and TELEMESH_BENCH_PREFILL size it
+# (README.md, "Benchmark").
 .PHONY: bench
-bench: services ## Benchmarks: pipeline throughput, latency and CPU per message, the Postgres-only ceiling, trace on millions of rows
-	go test -run '^$$' -bench 'Pipeline' -benchtime 1x -timeout 60m ./internal/app/
-	go test -run '^$$' -bench 'TraceLargeTables' -benchtime 300x -timeout 30m ./internal/ops/
+bench: services ## Benchmarks: the pipeline's table (throughput, CPU, WAL, latency, both shapes, memory, the Postgres-only ceiling), micro-benchmarks, trace on millions of rows
 	go test -run '^$$' -bench . -benchmem ./services/... ./gateway/...
+	go test -run '^$$' -bench 'TraceLargeTables' -benchtime 300x -timeout 30m ./internal/ops/
+	go test -run '^$$' -bench '^BenchmarkPipeline$$' -benchtime 1x -timeout 180m ./test/bench/
 
 .PHONY: image
 image: ## Build the container image telemesh:$(VERSION) (one image for every stage; needs Docker)
