@@ -46,15 +46,9 @@ func (n *natsServer) start(t testing.TB) {
 	}
 }
 
-// restart stops the server with SIGTERM (a clean shutdown that flushes its
-// store), leaves it down for down, and starts it again on the same port and
-// store.
-func (n *natsServer) restart(t testing.TB, down time.Duration) {
-	t.Helper()
-	n.p.terminate(30 * time.Second)
-	time.Sleep(down)
-	n.start(t)
-}
+// stop stops the server with SIGTERM, a clean shutdown that flushes its
+// store; start runs it again on the same port and store.
+func (n *natsServer) stop() { n.p.terminate(30 * time.Second) }
 
 // connectNATS returns a JetStream client that reconnects forever, as a
 // device gateway would; it is closed when the test ends.
