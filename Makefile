@@ -143,10 +143,33 @@ FAULTS_TARGETS ?= enforce
 test-faults: services ## Fault suite, long form: stages killed, NATS (one server and a 3-node cluster) and Postgres (restart, failover) faults; recovery targets enforced; prints a table
 	TELEMESH_FAULTS=long TELEMESH_FAULTS_TARGETS=$(FAULTS_TARGETS) go test -count=1 -v -timeout 120m -run '^TestFaults$$' ./test/faults/
 
+# The soak: a paced stream of SOAK_RATE messages per second for
+# SOAK_DURATION on a three-node NATS cluster and a Postgres primary with a
+# synchronous standby, while a nemesis injects a random fault of the suite
+# every 20-60 s (a stage or a NATS server killed, Postgres restarted or
+# failed over, the pipeline paused, an organization parked, the KV bucket
+# deleted). It prints its seed; SOAK_SEED=<seed> replays the nemesis's
+# choices. At the end: the set check and a latency histogram. SOAK_RATE's
+# default is about half of what one two-core machine sustains.
+SOAK_DURATION ?= 30m
+SOAK_RATE     ?= 2500
+SOAK_SEED     ?=
+
+.PHONY: soak
+soak: services ## Randomized soak (not part of make test): SOAK_DURATION (30m) at SOAK_RATE (2500) msg/s under a random fault every 20-60 s; SOAK_SEED replays
+	TELEMESH_SOAK_DURATION=$(SOAK_DURATION) TELEMESH_SOAK_RATE=$(SOAK_RATE) TELEMESH_SOAK_SEED=$(SOAK_SEED) \
+		go test -count=1 -v -timeout 0 -run '^TestSoak$$' ./test/faults/
+
+# BENCH_DATABASE_URL points the benchmarks at another Postgres server (say,
+# a primary with a synchronous standby, to measure what replication costs);
+# they create and drop their own databases there. Empty: the local server.
+BENCH_DATABASE_URL ?=
+BENCH_ENV := $(if $(BENCH_DATABASE_URL),TELEMESH_TEST_DATABASE_URL='$(BENCH_DATABASE_URL)')
+
 .PHONY: bench
-bench: services ## Benchmarks: pipeline throughput, latency and CPU per message, the Postgres-only ceiling, trace on millions of rows
-	go test -run '^$$' -bench 'Pipeline' -benchtime 1x -timeout 60m ./internal/app/
-	go test -run '^$$' -bench 'TraceLargeTables' -benchtime 300x -timeout 30m ./internal/ops/
+bench: services ## Benchmarks: pipeline throughput, latency and CPU per message, the Postgres-only ceiling, trace on millions of rows (BENCH_DATABASE_URL: another server)
+	$(BENCH_ENV) go test -run '^$$' -bench 'Pipeline' -benchtime 1x -timeout 60m ./internal/app/
+	$(BENCH_ENV) go test -run '^$$' -bench 'TraceLargeTables' -benchtime 300x -timeout 30m ./internal/ops/
 	go test -run '^$$' -bench . -benchmem ./services/... ./gateway/...
 
 .PHONY: image

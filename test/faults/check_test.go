@@ -176,30 +176,72 @@ func check(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, publ
 // them by message id.
 func readAnalytics(ctx context.Context, js jetstream.JetStream) (map[string]int, error) {
 	out := map[string]int{}
+	err := eachAnalytics(ctx, js, func(id string) error {
+		out[id]++
+		return nil
+	}, func() error {
+		clear(out)
+		return nil
+	})
+	return out, err
+}
+
+// callbackError is an error of eachAnalytics' fn, which ends the read.
+type callbackError struct{ err error }
+
+func (e callbackError) Error() string { return e.err.Error() }
+func (e callbackError) Unwrap() error { return e.err }
+
+// eachAnalytics calls fn with the message id of every message of the
+// analytics stream (telemesh's message id, also its Nats-Msg-Id). A read
+// that NATS breaks off (on a cluster whose servers just restarted, the
+// reading consumer's server may not be reachable yet) is started again
+// from the beginning, after restart has undone what fn did.
+func eachAnalytics(ctx context.Context, js jetstream.JetStream, fn func(id string) error, restart func() error) error {
+	const attempts = 5
+	for attempt := 1; ; attempt++ {
+		err := readAnalyticsOnce(ctx, js, fn)
+		var cbErr callbackError
+		if err == nil || ctx.Err() != nil || errors.As(err, &cbErr) || attempt == attempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(2 * time.Second):
+		}
+		if err := restart(); err != nil {
+			return err
+		}
+	}
+}
+
+// readAnalyticsOnce reads the analytics stream once, from the beginning.
+func readAnalyticsOnce(ctx context.Context, js jetstream.JetStream, fn func(id string) error) error {
 	stream, err := js.Stream(ctx, analyticsStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return out, nil
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("analytics stream: %w", err)
+		return fmt.Errorf("analytics stream: %w", err)
 	}
 	info, err := stream.Info(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("analytics stream: %w", err)
+		return fmt.Errorf("analytics stream: %w", err)
 	}
 	if info.State.Msgs == 0 {
-		return out, nil
+		return nil
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		return nil, fmt.Errorf("read analytics stream: %w", err)
+		return fmt.Errorf("read analytics stream: %w", err)
 	}
 	for read := uint64(0); read < info.State.Msgs; {
 		// Ask for no more than is left, so the fetch returns as soon as
 		// it has them rather than at its deadline.
 		batch, err := cons.Fetch(int(min(500, info.State.Msgs-read)), jetstream.FetchMaxWait(10*time.Second))
 		if err != nil {
-			return nil, fmt.Errorf("read analytics stream: %w", err)
+			return fmt.Errorf("read analytics stream: %w", err)
 		}
 		n := 0
 		for m := range batch.Messages() {
@@ -210,21 +252,23 @@ func readAnalytics(ctx context.Context, js jetstream.JetStream) (map[string]int,
 			id := m.Headers().Get("Nats-Msg-Id")
 			if err := json.Unmarshal(m.Data(), &ev); err == nil && ev.MessageID != "" {
 				if id != "" && id != ev.MessageID {
-					return nil, fmt.Errorf("analytics event %s carries message_id %s", id, ev.MessageID)
+					return fmt.Errorf("analytics event %s carries message_id %s", id, ev.MessageID)
 				}
 				id = ev.MessageID
 			}
-			out[id]++
+			if err := fn(id); err != nil {
+				return callbackError{err}
+			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("read analytics stream: %w", err)
+			return fmt.Errorf("read analytics stream: %w", err)
 		}
 		if n == 0 {
-			return nil, fmt.Errorf("read analytics stream: %d of %d messages read, then nothing", read, info.State.Msgs)
+			return fmt.Errorf("read analytics stream: %d of %d messages read, then nothing", read, info.State.Msgs)
 		}
 		read += uint64(n)
 	}
-	return out, nil
+	return nil
 }
 
 // table renders the reports as the suite's summary. The times run from

@@ -3,6 +3,7 @@ package faults_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"testing"
@@ -488,6 +489,14 @@ func runFault(t *testing.T, s suite, f fault, r *report) {
 		t.Fatalf("measure the recovery: %v", err)
 	}
 	got.notes = append(got.notes, fmt.Sprintf("the times run from %s", e.momentWhat))
+	// The soak's checker, held to this one on every fault.
+	bulk, err := bulkCheck(checkCtx, e.db.Pool, js, maps.All(e.driver.ackedTimes()))
+	if err != nil {
+		t.Fatalf("bulk check: %v", err)
+	}
+	for _, d := range bulk.agrees(got, got.timings) {
+		t.Errorf("the bulk check disagrees with the check: %s", d)
+	}
 	if rec.done && rec.drained-rec.processed >= time.Second {
 		got.notes = append(got.notes, fmt.Sprintf("every row processed %s after the end of the fault; the stream drained %s after it (redeliveries of messages already stored)",
 			rec.processed.Round(100*time.Millisecond), rec.drained.Round(100*time.Millisecond)))
