@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -218,55 +219,86 @@ func eachAnalytics(ctx context.Context, js jetstream.JetStream, fn func(id strin
 
 // readAnalyticsOnce reads the analytics stream once, from the beginning.
 func readAnalyticsOnce(ctx context.Context, js jetstream.JetStream, fn func(id string) error) error {
-	stream, err := js.Stream(ctx, analyticsStream)
+	return readStreamOnce(ctx, js, analyticsStream, func(m jetstream.Msg) error {
+		var ev struct {
+			MessageID string `json:"message_id"`
+		}
+		id := m.Headers().Get("Nats-Msg-Id")
+		if err := json.Unmarshal(m.Data(), &ev); err == nil && ev.MessageID != "" {
+			if id != "" && id != ev.MessageID {
+				return fmt.Errorf("analytics event %s carries message_id %s", id, ev.MessageID)
+			}
+			id = ev.MessageID
+		}
+		if err := fn(id); err != nil {
+			return callbackError{err}
+		}
+		return nil
+	})
+}
+
+// readStreamOnce calls fn with every message of the stream, through one
+// ephemeral consumer that acknowledges nothing. On a cluster, a pull sent
+// right after the consumer was made may reach a server that does not know
+// the consumer yet and come back with no responders; nothing was delivered
+// then, so the pull is sent again.
+func readStreamOnce(ctx context.Context, js jetstream.JetStream, name string, fn func(jetstream.Msg) error) error {
+	stream, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("analytics stream: %w", err)
+		return fmt.Errorf("stream %s: %w", name, err)
 	}
 	info, err := stream.Info(ctx)
 	if err != nil {
-		return fmt.Errorf("analytics stream: %w", err)
+		return fmt.Errorf("stream %s: %w", name, err)
 	}
 	if info.State.Msgs == 0 {
 		return nil
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		AckPolicy:         jetstream.AckNonePolicy,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		InactiveThreshold: time.Minute,
+		MemoryStorage:     true,
+		Replicas:          1,
+	})
 	if err != nil {
-		return fmt.Errorf("read analytics stream: %w", err)
+		return fmt.Errorf("read stream %s: %w", name, err)
 	}
+	defer func() { _ = stream.DeleteConsumer(context.WithoutCancel(ctx), cons.CachedInfo().Name) }()
+	unanswered := 0
 	for read := uint64(0); read < info.State.Msgs; {
 		// Ask for no more than is left, so the fetch returns as soon as
 		// it has them rather than at its deadline.
 		batch, err := cons.Fetch(int(min(500, info.State.Msgs-read)), jetstream.FetchMaxWait(10*time.Second))
-		if err != nil {
-			return fmt.Errorf("read analytics stream: %w", err)
-		}
 		n := 0
-		for m := range batch.Messages() {
-			n++
-			var ev struct {
-				MessageID string `json:"message_id"`
-			}
-			id := m.Headers().Get("Nats-Msg-Id")
-			if err := json.Unmarshal(m.Data(), &ev); err == nil && ev.MessageID != "" {
-				if id != "" && id != ev.MessageID {
-					return fmt.Errorf("analytics event %s carries message_id %s", id, ev.MessageID)
+		if err == nil {
+			for m := range batch.Messages() {
+				n++
+				if err := fn(m); err != nil {
+					return err
 				}
-				id = ev.MessageID
 			}
-			if err := fn(id); err != nil {
-				return callbackError{err}
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("read analytics stream: %w", err)
-		}
-		if n == 0 {
-			return fmt.Errorf("read analytics stream: %d of %d messages read, then nothing", read, info.State.Msgs)
+			err = batch.Error()
 		}
 		read += uint64(n)
+		switch {
+		case n == 0 && errors.Is(err, nats.ErrNoResponders) && unanswered < 50:
+			unanswered++
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		case err != nil && !errors.Is(err, context.DeadlineExceeded):
+			return fmt.Errorf("read stream %s: %w", name, err)
+		case n == 0:
+			return fmt.Errorf("read stream %s: %d of %d messages read, then nothing", name, read, info.State.Msgs)
+		}
+		unanswered = 0
 	}
 	return nil
 }

@@ -223,3 +223,35 @@ func TestEnforceTargets(t *testing.T) {
 		}
 	}
 }
+
+func TestTable(t *testing.T) {
+	out := table([]*report{
+		{fault: "kill-gateway", published: 300, stored: 300, recovered: true,
+			timings: timings{measured: true, moving: time.Second, last: 58 * time.Second, longestWait: 60 * time.Second}},
+		{fault: "late-duplicates", published: 300, stored: 300, recovered: true,
+			timings: timings{measured: true, settled: true, longestWait: 300 * time.Millisecond}},
+		{fault: "nats-restart", published: 300, stored: 120, lost: []string{"a"}},
+	})
+	lines := strings.Split(out, "\n")
+	for _, want := range [][]string{
+		{"fault", "moving again", "time to last processed", "longest wait"},
+		{"kill-gateway", "1s PASS", "58s FAIL", "1m0s FAIL"},
+		{"late-duplicates", "- PASS", "- PASS", "300ms PASS"},
+		{"nats-restart", "NOT RECOVERED"},
+	} {
+		found := false
+		for _, l := range lines {
+			if strings.HasPrefix(strings.TrimSpace(l), want[0]) {
+				found = true
+				for _, cell := range want[1:] {
+					if !strings.Contains(l, cell) {
+						t.Errorf("line %q lacks %q", l, cell)
+					}
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no line for %s in\n%s", want[0], out)
+		}
+	}
+}
