@@ -289,7 +289,7 @@ nemesis:
 	b.WriteString("longest waits:\n")
 	for _, w := range r.longest {
 		fmt.Fprintf(&b, "  %s waited %s, acknowledged at %s; %s\n", w.id, roundWait(w.wait),
-			w.acked.Sub(start).Round(100*time.Millisecond), faultBefore(events, w.acked.Sub(start)))
+			w.acked.Sub(start).Round(100*time.Millisecond), faultBefore(events, w.acked.Add(w.wait).Sub(start)))
 	}
 	t.Log(b.String())
 	if !r.ok() {
@@ -297,14 +297,16 @@ nemesis:
 	}
 }
 
-// faultBefore names the last fault the nemesis injected before at.
-func faultBefore(events []nemesisEvent, at time.Duration) string {
+// faultBefore names the last fault the nemesis injected before a message
+// was processed at processed: the likeliest to have held it up.
+func faultBefore(events []nemesisEvent, processed time.Duration) string {
 	for i := len(events) - 1; i >= 0; i-- {
-		if events[i].at <= at {
-			return fmt.Sprintf("the fault before it: %s at %s (%s)", events[i].fault, events[i].at.Round(100*time.Millisecond), events[i].detail)
+		if events[i].at <= processed {
+			return fmt.Sprintf("the last fault before it was processed: %s at %s (%s)",
+				events[i].fault, events[i].at.Round(100*time.Millisecond), events[i].detail)
 		}
 	}
-	return "before any fault"
+	return "processed before any fault"
 }
 
 // waitProcessed waits until every acknowledged message has a processed
