@@ -27,7 +27,9 @@ const (
 	// EnvSoakRate is how many messages per second it publishes.
 	EnvSoakRate = "TELEMESH_SOAK_RATE"
 	// EnvSoakSeed seeds the nemesis; a run prints its seed, and the same
-	// seed makes the same choices of faults, targets and pauses again.
+	// seed makes the same choices of faults, targets and pauses again, in
+	// the same order (how many fit in the run depends on how long each
+	// took).
 	EnvSoakSeed = "TELEMESH_SOAK_SEED"
 )
 
@@ -289,7 +291,7 @@ nemesis:
 	b.WriteString("longest waits:\n")
 	for _, w := range r.longest {
 		fmt.Fprintf(&b, "  %s waited %s, acknowledged at %s; %s\n", w.id, roundWait(w.wait),
-			w.acked.Sub(start).Round(100*time.Millisecond), faultBefore(events, w.acked.Add(w.wait).Sub(start)))
+			w.acked.Sub(start).Round(100*time.Millisecond), faultsWhileWaiting(events, w.acked.Sub(start), w.acked.Add(w.wait).Sub(start)))
 	}
 	t.Log(b.String())
 	if !r.ok() {
@@ -297,16 +299,19 @@ nemesis:
 	}
 }
 
-// faultBefore names the last fault the nemesis injected before a message
-// was processed at processed: the likeliest to have held it up.
-func faultBefore(events []nemesisEvent, processed time.Duration) string {
-	for i := len(events) - 1; i >= 0; i-- {
-		if events[i].at <= processed {
-			return fmt.Sprintf("the last fault before it was processed: %s at %s (%s)",
-				events[i].fault, events[i].at.Round(100*time.Millisecond), events[i].detail)
+// faultsWhileWaiting names the faults the nemesis was injecting between a
+// message's acknowledgement and its processed row: what may have held it up.
+func faultsWhileWaiting(events []nemesisEvent, acked, processed time.Duration) string {
+	var during []string
+	for _, ev := range events {
+		if ev.at <= processed && ev.at+ev.took >= acked {
+			during = append(during, fmt.Sprintf("%s at %s (%s)", ev.fault, ev.at.Round(100*time.Millisecond), ev.detail))
 		}
 	}
-	return "processed before any fault"
+	if len(during) == 0 {
+		return "no fault while it waited"
+	}
+	return "faults while it waited: " + strings.Join(during, "; ")
 }
 
 // waitProcessed waits until every acknowledged message has a processed
@@ -470,6 +475,26 @@ func TestSoakSettings(t *testing.T) {
 		}
 		if c.run && got != c.want {
 			t.Errorf("%q %q %q: %+v, want %+v", c.duration, c.rate, c.seed, got, c.want)
+		}
+	}
+}
+
+func TestFaultsWhileWaiting(t *testing.T) {
+	events := []nemesisEvent{
+		{at: 178 * time.Second, took: 8 * time.Second, fault: "kill-nats-node", detail: "n3"},
+		{at: 215 * time.Second, took: 2 * time.Second, fault: "kill-stage", detail: "validator"},
+	}
+	for _, c := range []struct {
+		acked, processed time.Duration
+		want             string
+	}{
+		{178 * time.Second, 238 * time.Second, "faults while it waited: kill-nats-node at 2m58s (n3); kill-stage at 3m35s (validator)"},
+		{170 * time.Second, 180 * time.Second, "faults while it waited: kill-nats-node at 2m58s (n3)"},
+		{100 * time.Second, 101 * time.Second, "no fault while it waited"},
+		{187 * time.Second, 190 * time.Second, "no fault while it waited"},
+	} {
+		if got := faultsWhileWaiting(events, c.acked, c.processed); got != c.want {
+			t.Errorf("acked %s, processed %s: %q, want %q", c.acked, c.processed, got, c.want)
 		}
 	}
 }
