@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -33,10 +34,10 @@ type report struct {
 	// not processed.
 	unprocessed []string
 	// recovered says whether every row was processed, and the stream
-	// drained, in time; recovery is how long after the end of the fault
-	// every row was processed.
+	// drained, in time.
 	recovered bool
-	recovery  time.Duration
+	// timings are the recovery times the targets judge.
+	timings timings
 	// notes are facts about the run worth a line (retries, resends).
 	notes []string
 }
@@ -176,71 +177,155 @@ func check(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, publ
 // them by message id.
 func readAnalytics(ctx context.Context, js jetstream.JetStream) (map[string]int, error) {
 	out := map[string]int{}
-	stream, err := js.Stream(ctx, analyticsStream)
+	err := eachAnalytics(ctx, js, func(id string) error {
+		out[id]++
+		return nil
+	}, func() error {
+		clear(out)
+		return nil
+	})
+	return out, err
+}
+
+// callbackError is an error of eachAnalytics' fn, which ends the read.
+type callbackError struct{ err error }
+
+func (e callbackError) Error() string { return e.err.Error() }
+func (e callbackError) Unwrap() error { return e.err }
+
+// eachAnalytics calls fn with the message id of every message of the
+// analytics stream (telemesh's message id, also its Nats-Msg-Id). A read
+// that NATS breaks off (on a cluster whose servers just restarted, the
+// reading consumer's server may not be reachable yet) is started again
+// from the beginning, after restart has undone what fn did.
+func eachAnalytics(ctx context.Context, js jetstream.JetStream, fn func(id string) error, restart func() error) error {
+	const attempts = 5
+	for attempt := 1; ; attempt++ {
+		err := readAnalyticsOnce(ctx, js, fn)
+		var cbErr callbackError
+		if err == nil || ctx.Err() != nil || errors.As(err, &cbErr) || attempt == attempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(2 * time.Second):
+		}
+		if err := restart(); err != nil {
+			return err
+		}
+	}
+}
+
+// readAnalyticsOnce reads the analytics stream once, from the beginning.
+func readAnalyticsOnce(ctx context.Context, js jetstream.JetStream, fn func(id string) error) error {
+	return readStreamOnce(ctx, js, analyticsStream, func(m jetstream.Msg) error {
+		var ev struct {
+			MessageID string `json:"message_id"`
+		}
+		id := m.Headers().Get("Nats-Msg-Id")
+		if err := json.Unmarshal(m.Data(), &ev); err == nil && ev.MessageID != "" {
+			if id != "" && id != ev.MessageID {
+				return fmt.Errorf("analytics event %s carries message_id %s", id, ev.MessageID)
+			}
+			id = ev.MessageID
+		}
+		if err := fn(id); err != nil {
+			return callbackError{err}
+		}
+		return nil
+	})
+}
+
+// readStreamOnce calls fn with every message of the stream, through one
+// ephemeral consumer that acknowledges nothing. On a cluster, a pull sent
+// right after the consumer was made may reach a server that does not know
+// the consumer yet and come back with no responders; nothing was delivered
+// then, so the pull is sent again.
+func readStreamOnce(ctx context.Context, js jetstream.JetStream, name string, fn func(jetstream.Msg) error) error {
+	stream, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return out, nil
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("analytics stream: %w", err)
+		return fmt.Errorf("stream %s: %w", name, err)
 	}
 	info, err := stream.Info(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("analytics stream: %w", err)
+		return fmt.Errorf("stream %s: %w", name, err)
 	}
 	if info.State.Msgs == 0 {
-		return out, nil
+		return nil
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		AckPolicy:         jetstream.AckNonePolicy,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		InactiveThreshold: time.Minute,
+		MemoryStorage:     true,
+		Replicas:          1,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("read analytics stream: %w", err)
+		return fmt.Errorf("read stream %s: %w", name, err)
 	}
+	defer func() { _ = stream.DeleteConsumer(context.WithoutCancel(ctx), cons.CachedInfo().Name) }()
+	unanswered := 0
 	for read := uint64(0); read < info.State.Msgs; {
 		// Ask for no more than is left, so the fetch returns as soon as
 		// it has them rather than at its deadline.
 		batch, err := cons.Fetch(int(min(500, info.State.Msgs-read)), jetstream.FetchMaxWait(10*time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("read analytics stream: %w", err)
-		}
 		n := 0
-		for m := range batch.Messages() {
-			n++
-			var ev struct {
-				MessageID string `json:"message_id"`
-			}
-			id := m.Headers().Get("Nats-Msg-Id")
-			if err := json.Unmarshal(m.Data(), &ev); err == nil && ev.MessageID != "" {
-				if id != "" && id != ev.MessageID {
-					return nil, fmt.Errorf("analytics event %s carries message_id %s", id, ev.MessageID)
+		if err == nil {
+			for m := range batch.Messages() {
+				n++
+				if err := fn(m); err != nil {
+					return err
 				}
-				id = ev.MessageID
 			}
-			out[id]++
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("read analytics stream: %w", err)
-		}
-		if n == 0 && ctx.Err() != nil {
-			// A pause on a busy machine is not the end: only the
-			// caller's deadline is.
-			return nil, fmt.Errorf("read analytics stream: %d of %d messages read, then nothing: %w", read, info.State.Msgs, ctx.Err())
+			err = batch.Error()
 		}
 		read += uint64(n)
+		switch {
+		case n == 0 && errors.Is(err, nats.ErrNoResponders) && unanswered < 50:
+			unanswered++
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		case err != nil && !errors.Is(err, context.DeadlineExceeded):
+			return fmt.Errorf("read stream %s: %w", name, err)
+		case n == 0 && ctx.Err() == nil:
+			// A pause on a busy machine is not the end: only the
+			// caller's deadline is.
+			continue
+		case n == 0:
+			return fmt.Errorf("read stream %s: %d of %d messages read, then nothing: %w", name, read, info.State.Msgs, ctx.Err())
+		}
+		unanswered = 0
 	}
-	return out, nil
+	return nil
 }
 
-// table renders the reports as the suite's summary.
+// table renders the reports as the suite's summary. The times run from
+// each fault's moment (see its notes); each carries PASS or FAIL against
+// its target.
 func table(reports []*report) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "fault\tpublished\tstored\tlost\tduplicated\tunexpected\tunprocessed\trecovery time\t")
+	fmt.Fprintln(w, "fault\tpublished\tstored\tlost\tduplicated\tunexpected\tunprocessed\tmoving again\ttime to last processed\tlongest wait\t")
 	for _, r := range reports {
-		rec := r.recovery.Round(100 * time.Millisecond).String()
-		if !r.recovered {
-			rec = "not recovered"
+		cells := []string{"-", "-", "-"}
+		if r.timings.measured {
+			for i, g := range r.timings.targets() {
+				cells[i] = g.cell()
+			}
 		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", r.fault, r.published, r.stored,
-			len(r.lost), len(r.duplicated), len(r.unexpected), len(r.unprocessed), rec)
+		if !r.recovered {
+			cells[1] = "NOT RECOVERED"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t\n", r.fault, r.published, r.stored,
+			len(r.lost), len(r.duplicated), len(r.unexpected), len(r.unprocessed), cells[0], cells[1], cells[2])
 	}
 	_ = w.Flush()
 	for _, r := range reports {

@@ -192,6 +192,17 @@ func (d *driver) published() []string {
 	return ids
 }
 
+// ackedTimes returns when NATS first acknowledged each id.
+func (d *driver) ackedTimes() map[string]time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]time.Time, len(d.acked))
+	for id, at := range d.acked {
+		out[id] = at
+	}
+	return out
+}
+
 // count returns how many ids have been acknowledged.
 func (d *driver) count() int {
 	d.mu.Lock()

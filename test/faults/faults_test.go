@@ -3,6 +3,8 @@ package faults_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,16 @@ type fault struct {
 	// privatePostgres runs the fault's database on a private cluster the
 	// fault may restart, instead of a fresh database on the shared server.
 	privatePostgres bool
+	// failover runs it on a primary and a synchronous standby instead,
+	// reached through one multi-host URL.
+	failover bool
+	// cluster runs NATS as a three-node cluster, with the stream, the
+	// analytics stream and the bucket at three replicas, instead of one
+	// server.
+	cluster bool
+	// minStream lowers the driver's rate so its stream lasts at least this
+	// long: a fault that takes a while happens under load.
+	minStream time.Duration
 	// proxyPublisher puts a proxy the fault may cut between the publisher
 	// and NATS.
 	proxyPublisher bool
@@ -29,27 +41,48 @@ type fault struct {
 	// window, so only telemesh's own dedupe can catch it.
 	resend bool
 	// inject waits for its moment, injects the fault and returns once the
-	// fault has ended (the stage restarted, the server back, ...).
+	// fault has ended (the stage restarted, the server back, ...). It
+	// marks the fault's moment, from which the recovery times run; without
+	// a mark they run from its return.
 	inject func(t *testing.T, e *faultEnv)
+	// verify, if set, checks what the fault left once every message is
+	// processed and the set check is done.
+	verify func(t *testing.T, e *faultEnv)
 }
 
 // faultEnv is what a fault can act on.
 type faultEnv struct {
-	s      suite
-	db     *database
-	nats   *natsServer
-	pg     *privatePostgres
-	proxy  *proxy
-	mesh   *mesh
-	driver *driver
+	s       suite
+	db      *database
+	nats    *natsServer
+	cluster *natsCluster
+	pg      *privatePostgres
+	pair    *pgPair
+	proxy   *proxy
+	mesh    *mesh
+	driver  *driver
+	// js is the suite's own JetStream client, on every NATS server.
+	js jetstream.JetStream
 	// driverDone is closed when the driver has published everything.
 	driverDone <-chan struct{}
+	// moment is when the fault's recovery starts (a restart, a
+	// failover), and momentWhat what happened then.
+	moment     time.Time
+	momentWhat string
+	// wiped is the cluster server whose store the fault removed.
+	wiped *natsNode
 	// notes are what the fault says about itself, for the table.
 	notes []string
 }
 
 // note records a fact about the fault for the table.
 func (e *faultEnv) note(s string) { e.notes = append(e.notes, s) }
+
+// mark records now as the fault's moment: what the recovery times run
+// from.
+func (e *faultEnv) mark(what string) { e.markAt(time.Now(), what) }
+
+func (e *faultEnv) markAt(at time.Time, what string) { e.moment, e.momentWhat = at, what }
 
 // faults returns the faults, one subtest each.
 func faults() []fault {
@@ -63,6 +96,7 @@ func faults() []fault {
 				e.mesh.kill(t, stage)
 				e.note(fmt.Sprintf("killed with %d call(s) in flight", calls))
 				time.Sleep(e.s.down)
+				e.mark("its restart")
 				e.mesh.restart(t, stage)
 			},
 		})
@@ -72,7 +106,10 @@ func faults() []fault {
 			name: "nats-restart",
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
-				e.nats.restart(t, e.s.down)
+				e.nats.stop()
+				time.Sleep(e.s.down)
+				e.mark("its restart")
+				e.nats.start(t)
 			},
 		},
 		fault{
@@ -82,11 +119,15 @@ func faults() []fault {
 				e.waitStored(t, e.s.messages/3)
 				// The short form restarts at once (pg_ctl restart -m
 				// fast); the long form also leaves it down a while.
-				var down time.Duration
-				if e.s.name == "long" {
-					down = e.s.down
+				if e.s.name != "long" {
+					e.mark("pg_ctl restart")
+					e.pg.restart(t)
+					return
 				}
-				e.pg.restart(t, down)
+				e.pg.stop(t)
+				time.Sleep(e.s.down)
+				e.mark("its start")
+				e.pg.resume(t)
 			},
 		},
 		fault{
@@ -120,6 +161,7 @@ func faults() []fault {
 				e.waitStored(t, e.s.messages/3)
 				e.mesh.freeze(t, deriver)
 				time.Sleep(e.s.freeze)
+				e.mark("its SIGCONT")
 				e.mesh.thaw(t, deriver)
 			},
 		},
@@ -130,6 +172,7 @@ func faults() []fault {
 				e.waitStored(t, e.s.messages/3)
 				e.proxy.Cut()
 				time.Sleep(e.s.cut)
+				e.mark("the connection restored")
 				e.proxy.Restore()
 			},
 		},
@@ -144,22 +187,162 @@ func faults() []fault {
 				}
 			},
 		},
+		fault{
+			name:    "nats-cluster-kill-stream-leader",
+			cluster: true,
+			inject: func(t *testing.T, e *faultEnv) {
+				e.waitStored(t, e.s.messages/3)
+				e.killNode(t, e.cluster.leader(t, e.js, "TELEMETRY"), "the leader of TELEMETRY")
+			},
+			verify: verifyClusterHealthy,
+		},
+		fault{
+			name:    "nats-cluster-kill-kv-leader",
+			cluster: true,
+			inject: func(t *testing.T, e *faultEnv) {
+				e.waitStored(t, e.s.messages/3)
+				e.killNode(t, e.cluster.leader(t, e.js, kvStream), "the leader of the device-states bucket")
+			},
+			verify: verifyClusterHealthy,
+		},
+		fault{
+			// The order a StatefulSet rolls in, each server back and
+			// current before the next stops.
+			name:      "nats-cluster-rolling-restart",
+			cluster:   true,
+			minStream: 15 * time.Second,
+			inject: func(t *testing.T, e *faultEnv) {
+				e.waitStored(t, e.s.messages/5)
+				nodes := e.cluster.nodes
+				for i := len(nodes) - 1; i >= 0; i-- {
+					n := nodes[i]
+					start := time.Now()
+					n.stop(t)
+					if i == 0 {
+						e.mark("the restart of the last server")
+					}
+					n.start(t)
+					n.waitHealthy(t, 2*time.Minute)
+					e.note(fmt.Sprintf("%s stopped (SIGTERM), restarted and current again in %s", n.name, time.Since(start).Round(100*time.Millisecond)))
+				}
+			},
+			verify: verifyClusterHealthy,
+		},
+		fault{
+			// A server whose disk was replaced: it comes back empty under
+			// its own name and must take every stream over from the others.
+			name:      "nats-cluster-wiped-node",
+			cluster:   true,
+			minStream: 10 * time.Second,
+			inject: func(t *testing.T, e *faultEnv) {
+				e.waitStored(t, e.s.messages/3)
+				n := e.cluster.follower(t, e.js, "TELEMETRY")
+				n.kill(t)
+				n.wipe(t)
+				e.note(fmt.Sprintf("%s (a follower of TELEMETRY) killed with SIGKILL and its store removed", n.name))
+				time.Sleep(e.s.down)
+				e.mark("its restart with an empty store")
+				n.start(t)
+				e.wiped = n
+			},
+			verify: func(t *testing.T, e *faultEnv) {
+				held := e.cluster.waitCaughtUp(t, e.js, e.wiped, []string{"TELEMETRY", analyticsStream, kvStream}, 2*time.Minute)
+				e.note(fmt.Sprintf("%s caught up: it holds %s, as the leaders do", e.wiped.name, held))
+				verifyClusterHealthy(t, e)
+			},
+		},
+		fault{
+			name:     "postgres-failover",
+			failover: true,
+			inject: func(t *testing.T, e *faultEnv) {
+				e.waitStored(t, e.s.messages/3)
+				acked := e.ackedSoFar(t)
+				old := e.pair.Primary().name
+				e.markAt(e.pair.failover(t), "the promotion of the standby")
+				e.note(fmt.Sprintf("primary %s killed with SIGKILL (every process of it), standby %s promoted; %d messages acknowledged to NATS before the kill",
+					old, e.pair.Primary().name, len(acked)))
+				// Before anything could write them again: what was
+				// acknowledged is on the new primary.
+				e.note(e.pair.holdsOnNewPrimary(t, acked))
+			},
+		},
 	)
+}
+
+// killNode kills a cluster server with SIGKILL, leaves it down for the
+// suite's down time and starts it again. The fault's moment is the kill:
+// the cluster is meant to fail over on its own, without the restart.
+func (e *faultEnv) killNode(t *testing.T, n *natsNode, role string) {
+	t.Helper()
+	e.mark("the kill: the others are to fail over without it")
+	n.kill(t)
+	e.note(fmt.Sprintf("%s, %s, killed with SIGKILL; restarted %s later", n.name, role, e.s.down))
+	time.Sleep(e.s.down)
+	n.start(t)
+}
+
+// verifyClusterHealthy checks that every server of the cluster is healthy
+// again: back, and current on every stream it replicates.
+func verifyClusterHealthy(t *testing.T, e *faultEnv) {
+	t.Helper()
+	e.cluster.waitHealthy(t, 2*time.Minute)
+}
+
+// ackedSoFar returns the ids of the messages the gateway has acknowledged
+// so far: every stream message up to the consumer's ack floor.
+func (e *faultEnv) ackedSoFar(t *testing.T) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cons, err := e.js.Consumer(ctx, "TELEMETRY", "telemesh-gateway")
+	if err != nil {
+		t.Fatalf("the gateway's consumer: %v", err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatalf("the gateway's consumer: %v", err)
+	}
+	floor := info.AckFloor.Stream
+	if floor == 0 {
+		return nil
+	}
+	stream, err := e.js.Stream(ctx, "TELEMETRY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for seq := uint64(1); seq <= floor; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("TELEMETRY message %d: %v", seq, err)
+		}
+		if id := m.Header.Get("Nats-Msg-Id"); id != "" {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // TestFaults injects each fault into a fresh mesh (its own database and
 // NATS store) while a stream of messages flows, then checks that every
 // message NATS acknowledged was stored and processed exactly once, with one
-// analytics event, and nothing else was.
+// analytics event, and nothing else was. It measures how quickly the
+// pipeline came back, against targets the long form enforces.
 func TestFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault suite runs every stage, NATS and Postgres as processes; `make test-faults` or a run without -short runs it")
 	}
 	s := currentSuite()
+	enforce, err := enforceTargets(s)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var reports []*report
 	t.Cleanup(func() {
-		t.Logf("fault suite, %s form (%d messages per fault; recovery time runs from the end of the fault until every message NATS acknowledged has a processed row):\n%s",
-			s.name, s.messages, table(reports))
+		t.Logf("fault suite, %s form (%d messages per fault; the times run from each fault's moment, named in its notes: "+
+			"moving again until the first message processed after it, time to last processed until the last, "+
+			"longest wait from a message's publish to its processed row):\n%s\n%s",
+			s.name, s.messages, formTargets(enforce), table(reports))
 	})
 	for _, f := range faults() {
 		t.Run(f.name, func(t *testing.T) {
@@ -178,6 +361,11 @@ func TestFaults(t *testing.T) {
 					t.Errorf("%s: %d %s: %s", f.name, len(c.ids), c.what, firstFew(c.ids))
 				}
 			}
+			if enforce {
+				for _, m := range r.timings.missed() {
+					t.Errorf("%s: target missed: %s", f.name, m)
+				}
+			}
 		})
 	}
 }
@@ -186,25 +374,40 @@ func TestFaults(t *testing.T) {
 // checker found.
 func runFault(t *testing.T, s suite, f fault, r *report) {
 	e := &faultEnv{s: s}
-	e.nats = startNATS(t)
-	if f.privatePostgres {
-		e.pg, e.db = startPrivatePostgres(t)
+	var natsURL string
+	if f.cluster {
+		e.cluster = startNATSCluster(t)
+		natsURL = e.cluster.URLs()
 	} else {
+		e.nats = startNATS(t)
+		natsURL = e.nats.URL()
+	}
+	switch {
+	case f.failover:
+		e.pair, e.db = startPostgresPair(t)
+	case f.privatePostgres:
+		e.pg, e.db = startPrivatePostgres(t)
+	default:
 		tdb := testdb.New(t)
 		if err := demo.Seed(t.Context(), tdb.Pool); err != nil {
 			t.Fatalf("seed the demo fleet: %v", err)
 		}
 		e.db = &database{URL: tdb.URL, Pool: tdb.Pool}
 	}
-	cfg := meshConfig{databaseURL: e.db.URL, natsURL: e.nats.URL(), args: map[string][]string{}}
+	cfg := meshConfig{databaseURL: e.db.URL, natsURL: natsURL, args: map[string][]string{}}
 	for stage, args := range s.stageArgs {
 		cfg.args[stage] = append([]string(nil), args...)
+	}
+	if f.cluster {
+		replicas := strconv.Itoa(clusterSize)
+		cfg.args[gateway] = append(cfg.args[gateway], "--stream-replicas", replicas)
+		cfg.args[publisher] = append(cfg.args[publisher], "--nats-replicas", replicas)
 	}
 	for stage, args := range f.args {
 		cfg.args[stage] = append(cfg.args[stage], args...)
 	}
 	if f.proxyPublisher {
-		e.proxy = startProxy(t, strings.TrimPrefix(e.nats.URL(), "nats://"))
+		e.proxy = startProxy(t, strings.TrimPrefix(natsURL, "nats://"))
 		cfg.publisherNATS = "nats://" + e.proxy.Addr()
 	}
 	if f.resend && s.duplicates > 0 {
@@ -212,7 +415,8 @@ func runFault(t *testing.T, s suite, f fault, r *report) {
 	}
 	e.mesh = startMesh(t, cfg)
 
-	js := connectNATS(t, e.nats.URL())
+	e.js = connectNATS(t, natsURL)
+	js := e.js
 	stream := waitStream(t, js, "TELEMETRY")
 	var resendAfter time.Duration
 	if f.resend {
@@ -228,20 +432,27 @@ func runFault(t *testing.T, s suite, f fault, r *report) {
 	}
 
 	// The driver streams while the fault happens.
-	streamFor := time.Duration(s.messages) * time.Second / time.Duration(s.rate)
+	rate := s.rate
+	if f.minStream > 0 {
+		rate = max(1, min(rate, int(time.Duration(s.messages)*time.Second/f.minStream)))
+	}
+	streamFor := time.Duration(s.messages) * time.Second / time.Duration(rate)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*streamFor+resendAfter+s.recoverWithin)
 	e.driver = newDriver(js, f.name)
 	done := make(chan struct{})
 	var driverErr error
 	go func() {
 		defer close(done)
-		driverErr = e.driver.run(ctx, s.messages, s.rate, resendAfter)
+		driverErr = e.driver.run(ctx, s.messages, rate, resendAfter)
 	}()
 	e.driverDone = done
 	t.Cleanup(func() { cancel(); <-done })
 
 	f.inject(t, e)
 	faultEnd := time.Now()
+	if e.moment.IsZero() {
+		e.markAt(faultEnd, "the end of the fault")
+	}
 
 	rec := e.waitRecovered(t, js, faultEnd)
 	<-done
@@ -257,6 +468,12 @@ func runFault(t *testing.T, s suite, f fault, r *report) {
 		t.Errorf("a stage ended on its own: %s", exited)
 	}
 
+	if e.cluster != nil {
+		// The check reads the streams: from a cluster whose servers are
+		// all back and current, so it does not meet a server still
+		// catching up.
+		e.cluster.waitHealthy(t, 2*time.Minute)
+	}
 	published := e.driver.published()
 	r.published = len(published)
 	// Generous: the check reads every row and event, and a busy machine
@@ -269,9 +486,22 @@ func runFault(t *testing.T, s suite, f fault, r *report) {
 	}
 	got.fault = f.name
 	got.notes = append(got.notes, e.notes...)
-	got.recovered, got.recovery = rec.done, rec.processed
+	got.recovered = rec.done
+	got.timings, err = measureTimings(checkCtx, e.db.Pool, e.driver.ackedTimes(), e.moment)
+	if err != nil {
+		t.Fatalf("measure the recovery: %v", err)
+	}
+	got.notes = append(got.notes, fmt.Sprintf("the times run from %s", e.momentWhat))
+	// The soak's checker, held to this one on every fault.
+	bulk, err := bulkCheck(checkCtx, e.db.Pool, js, maps.All(e.driver.ackedTimes()))
+	if err != nil {
+		t.Fatalf("bulk check: %v", err)
+	}
+	for _, d := range bulk.agrees(got, got.timings) {
+		t.Errorf("the bulk check disagrees with the check: %s", d)
+	}
 	if rec.done && rec.drained-rec.processed >= time.Second {
-		got.notes = append(got.notes, fmt.Sprintf("every row processed %s after the fault; the stream drained %s after it (redeliveries of messages already stored)",
+		got.notes = append(got.notes, fmt.Sprintf("every row processed %s after the end of the fault; the stream drained %s after it (redeliveries of messages already stored)",
 			rec.processed.Round(100*time.Millisecond), rec.drained.Round(100*time.Millisecond)))
 	}
 	if n := e.driver.retries.Load(); n > 0 {
@@ -280,6 +510,11 @@ func runFault(t *testing.T, s suite, f fault, r *report) {
 	got.notes = append(got.notes, e.traces(t, checkCtx)...)
 	if f.resend {
 		e.checkResends(t, checkCtx, got)
+	}
+	if f.verify != nil {
+		notes := len(e.notes)
+		f.verify(t, e)
+		got.notes = append(got.notes, e.notes[notes:]...)
 	}
 	if !got.ok() {
 		t.Logf("stage output:\n%s", e.mesh.logs())

@@ -47,26 +47,38 @@ func (n *natsServer) start(t testing.TB) {
 	}
 }
 
-// restart stops the server with SIGTERM (a clean shutdown that flushes its
-// store), leaves it down for down, and starts it again on the same port and
-// store.
-func (n *natsServer) restart(t testing.TB, down time.Duration) {
-	t.Helper()
-	n.p.terminate(30 * time.Second)
-	time.Sleep(down)
-	n.start(t)
-}
+// stop stops the server with SIGTERM, a clean shutdown that flushes its
+// store; start runs it again on the same port and store.
+func (n *natsServer) stop() { n.p.terminate(30 * time.Second) }
 
 // connectNATS returns a JetStream client that reconnects forever, as a
 // device gateway would; it is closed when the test ends.
 func connectNATS(t testing.TB, url string) jetstream.JetStream {
 	t.Helper()
+	// Errors the connection meets on its own (a write to a server just
+	// killed) go to the test's log while it runs, not to stderr.
+	var (
+		mu   sync.Mutex
+		open = true
+	)
 	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
-		nats.RetryOnFailedConnect(true), nats.Name("telemesh-faults"))
+		nats.RetryOnFailedConnect(true), nats.Name("telemesh-faults"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if open {
+				t.Logf("the suite's NATS connection: %v", err)
+			}
+		}))
 	if err != nil {
 		t.Fatalf("connect to NATS at %s: %v", url, err)
 	}
-	t.Cleanup(nc.Close)
+	t.Cleanup(func() {
+		mu.Lock()
+		open = false
+		mu.Unlock()
+		nc.Close()
+	})
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

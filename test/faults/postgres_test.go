@@ -30,6 +30,9 @@ type database struct {
 // (the shared server on 5432 is never touched). As root, Postgres runs as
 // the postgres user, as internal/local does for `telemesh up`.
 type privatePostgres struct {
+	// name is the server's cluster_name, which a standby also gives the
+	// primary as its application_name.
+	name             string
 	dir, pgctl, opts string
 	port             int
 }
@@ -40,13 +43,29 @@ type privatePostgres struct {
 // ends.
 func startPrivatePostgres(t testing.TB) (*privatePostgres, *database) {
 	t.Helper()
-	initdb, pgctl := findPostgresBinary("initdb"), findPostgresBinary("pg_ctl")
-	if initdb == "" || pgctl == "" {
-		t.Fatalf("the Postgres restart fault needs initdb and pg_ctl (in PATH or /usr/lib/postgresql/*/bin) to run a private cluster; " +
+	root := postgresRoot(t)
+	pg := newPrivatePostgres(t, root, "data")
+	pg.initdb(t)
+	pg.start(t)
+
+	url := pg.url()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if _, err := migrate.Up(ctx, url, nil); err != nil {
+		t.Fatalf("migrate the private cluster: %v", err)
+	}
+	return pg, openDatabase(t, url)
+}
+
+// postgresRoot makes a directory for private clusters and their sockets,
+// removed when the test ends. Not t.TempDir: as root the clusters belong
+// to the postgres user, who cannot enter a directory only root may.
+func postgresRoot(t testing.TB) string {
+	t.Helper()
+	if findPostgresBinary("initdb") == "" || findPostgresBinary("pg_ctl") == "" {
+		t.Fatalf("the Postgres faults need initdb and pg_ctl (in PATH or /usr/lib/postgresql/*/bin) to run private clusters; " +
 			"install the server binaries (Debian/Ubuntu: apt-get install postgresql)")
 	}
-	// Not t.TempDir: as root the cluster belongs to the postgres user,
-	// who cannot enter a directory only root may.
 	dir, err := os.MkdirTemp("", "telemesh-faults-pg-")
 	if err != nil {
 		t.Fatal(err)
@@ -63,42 +82,69 @@ func startPrivatePostgres(t testing.TB) (*privatePostgres, *database) {
 			t.Fatal(err)
 		}
 	}
-	pg := &privatePostgres{dir: filepath.Join(dir, "data"), pgctl: pgctl, port: freePort(t)}
-	pg.opts = fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", pg.port, dir)
+	return dir
+}
+
+// newPrivatePostgres describes a cluster in root/name on a free port,
+// with its socket in root. Nothing is created yet.
+func newPrivatePostgres(t testing.TB, root, name string) *privatePostgres {
+	t.Helper()
+	pg := &privatePostgres{name: name, dir: filepath.Join(root, name), pgctl: findPostgresBinary("pg_ctl"), port: freePort(t)}
+	pg.opts = fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c cluster_name=%s", pg.port, root, name)
+	return pg
+}
+
+// initdb creates the cluster.
+func (pg *privatePostgres) initdb(t testing.TB) {
+	t.Helper()
+	initdb := findPostgresBinary("initdb")
 	if out, err := runAsPostgres(t.Context(), initdb, "-D", pg.dir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync").CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	pg.ctl(t, "start", "-w", "-t", "60", "-l", pg.log(), "-o", pg.opts)
+}
+
+// start starts the cluster and stops it, at once, when the test ends.
+func (pg *privatePostgres) start(t testing.TB) {
+	t.Helper()
+	pg.resume(t)
 	t.Cleanup(func() {
+		// A cluster the fault killed has no postmaster.pid left: nothing
+		// to stop, and no stale pid to signal.
+		if _, err := os.Stat(filepath.Join(pg.dir, "postmaster.pid")); err != nil {
+			return
+		}
 		_ = runAsPostgres(context.Background(), pg.pgctl, "-D", pg.dir, "-m", "immediate", "-w", "stop").Run()
 	})
+}
 
-	url := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", pg.port)
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	if _, err := migrate.Up(ctx, url, nil); err != nil {
-		t.Fatalf("migrate the private cluster: %v", err)
-	}
-	return pg, openDatabase(t, url)
+// url connects to this server alone.
+func (pg *privatePostgres) url() string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", pg.port)
 }
 
 // restart restarts the cluster in fast mode, which ends every session at
-// once, as a failover or an operator's restart would. With down > 0 the
-// cluster stays stopped that long in between.
-func (pg *privatePostgres) restart(t testing.TB, down time.Duration) {
+// once, as a failover or an operator's restart would.
+func (pg *privatePostgres) restart(t testing.TB) {
 	t.Helper()
-	if down <= 0 {
-		pg.ctl(t, "restart", "-m", "fast", "-w", "-t", "60", "-l", pg.log(), "-o", pg.opts)
-		return
-	}
+	pg.ctl(t, "restart", "-m", "fast", "-w", "-t", "60", "-l", pg.log(), "-o", pg.opts)
+}
+
+// stop stops the cluster in fast mode; resume starts it again.
+func (pg *privatePostgres) stop(t testing.TB) {
+	t.Helper()
 	pg.ctl(t, "stop", "-m", "fast", "-w", "-t", "60")
-	time.Sleep(down)
+}
+
+func (pg *privatePostgres) resume(t testing.TB) {
+	t.Helper()
 	pg.ctl(t, "start", "-w", "-t", "60", "-l", pg.log(), "-o", pg.opts)
 }
 
 // log is the server's log file. Every start names it: a server started
 // without one would write to pg_ctl's output and hold it open.
-func (pg *privatePostgres) log() string { return filepath.Join(filepath.Dir(pg.dir), "server.log") }
+func (pg *privatePostgres) log() string {
+	return filepath.Join(filepath.Dir(pg.dir), pg.name+".log")
+}
 
 func (pg *privatePostgres) ctl(t testing.TB, args ...string) {
 	t.Helper()
