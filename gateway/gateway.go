@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"slices"
 	"sync"
 	"time"
 
@@ -318,35 +317,22 @@ func (g *Gateway) handle(ctx context.Context, msgs []jetstream.Msg) {
 	if len(batch) == 0 {
 		return
 	}
-	// The ingress rows are written once per delivery, before the batch
-	// goes down the chain; resending part of a rejected batch does not
-	// write them again.
-	batch = g.recordIngress(ctx, batch, time.Since(start)/time.Duration(len(batch)))
-	if len(batch) > 0 {
-		g.send(ctx, batch)
+	// Each message carries its ingress row to the stage that ends its way
+	// through the chain, which writes it with its own rows in one
+	// transaction.
+	per := time.Since(start) / time.Duration(len(batch))
+	for _, d := range batch {
+		g.carryIngress(d.env, per)
 	}
+	g.send(ctx, batch)
 	g.metrics.batchSeconds.Observe(time.Since(start).Seconds())
 }
 
-// recordIngress writes the ingress stage rows of the batch and returns the
-// messages whose rows were written. When Postgres refuses the rows for what
-// one message holds, the batch is split until that message is alone, and it
-// is dead-lettered while the rest go on; a failure that may pass NAKs the
-// messages for redelivery.
-func (g *Gateway) recordIngress(ctx context.Context, batch []delivered, per time.Duration) []delivered {
-	err := g.logs.Write(ctx, g.pool, ingressEntries(envelopes(batch), per))
-	switch {
-	case err == nil:
-		return batch
-	case !pg.Refused(err):
-		g.retryLater(ctx, batch, err)
-		return nil
-	case len(batch) == 1:
-		g.deadLetter(ctx, batch[0], reason.Rejected, "rejected by the chain: its ingress stage row was refused: "+pg.Reason(err))
-		return nil
-	}
-	mid := len(batch) / 2
-	return slices.Concat(g.recordIngress(ctx, batch[:mid], per), g.recordIngress(ctx, batch[mid:], per))
+// carryIngress adds the message's ingress row to what it carries (only its
+// count when the stage-log mode leaves the row out).
+func (g *Gateway) carryIngress(e *telemetryv1.Envelope, took time.Duration) {
+	entry := ingressEntry(e, took)
+	e.StageLog = append(e.StageLog, g.logs.Record(&entry))
 }
 
 func envelopes(batch []delivered) []*telemetryv1.Envelope {
@@ -364,7 +350,7 @@ func envelopes(batch []delivered) []*telemetryv1.Envelope {
 func (g *Gateway) send(ctx context.Context, batch []delivered) {
 	envs := envelopes(batch)
 	cctx, cancel := context.WithTimeout(ctx, g.cfg.CallTimeout)
-	resp, err := g.validator.Validate(cctx, &validatorv1.ValidateRequest{Envelopes: envs})
+	resp, err := g.validator.Validate(cctx, &validatorv1.ValidateRequest{Envelopes: envs, WireVersion: envelope.WireVersion})
 	cancel()
 	if err == nil && len(resp.GetOutcomes()) != len(batch) {
 		err = status.Errorf(codes.Internal, "validator answered %d outcomes for %d messages", len(resp.GetOutcomes()), len(batch))
@@ -407,6 +393,7 @@ func transient(err error) bool {
 // rather than dropped.
 func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error) {
 	g.logger.Warn("batch not finished; NAKed for redelivery", "messages", len(batch), "err", cause)
+	retrying := make([]stagelog.Entry, 0, len(batch))
 	for _, d := range batch {
 		attempt := int(d.env.GetDeliveryAttempt())
 		if g.cfg.MaxDeliver > 0 && attempt >= g.cfg.MaxDeliver {
@@ -419,6 +406,19 @@ func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error
 		}
 		g.metrics.naks.Inc()
 		_ = d.msg.NakWithDelay(delay)
+		retrying = append(retrying, stagelog.Entry{
+			MessageID: envelope.ParseUUID(d.env.GetMessageId()), DedupeKey: d.env.GetDedupeKey(), Stage: envelope.StageIngress,
+			Status: stagelog.StatusRetrying, Attempt: attempt, Code: reason.Transient,
+			Errors: map[string]any{"reason": bound.Text(cause.Error(), bound.MaxReasonBytes), "retry_in": delay.String()},
+		})
+	}
+	// The rows the messages carried are lost with the attempt; this one
+	// says why it ended. Postgres may well be the cause, so a write that
+	// fails is only logged: the redelivery is what matters.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := g.logs.Write(wctx, g.pool, retrying); err != nil {
+		g.logger.Warn("could not record the retrying rows of a NAKed batch", "messages", len(retrying), "err", err)
 	}
 }
 
@@ -526,27 +526,24 @@ func nullUUID(s string) any {
 	return nil
 }
 
-// ingressEntries are the ingress stage rows of a batch.
-func ingressEntries(envs []*telemetryv1.Envelope, per time.Duration) []stagelog.Entry {
-	entries := make([]stagelog.Entry, len(envs))
-	for i, e := range envs {
-		entries[i] = stagelog.Entry{
-			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StageIngress,
-			Status: stagelog.StatusCompleted, Duration: per, Attempt: int(e.GetDeliveryAttempt()),
-		}
-		switch e.GetStatus() {
-		case telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL:
-			entries[i].Status = stagelog.StatusHalted
-			entries[i].Errors = map[string]any{"reason": e.GetReason()}
-			entries[i].Code = e.GetReasonCode()
-			entries[i].Input = map[string]any{"subject": e.GetSourceSubject(), "payload": string(e.GetPayload())}
-		case telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED:
-			entries[i].Status = stagelog.StatusParked
-			entries[i].Errors = map[string]any{"reason": e.GetReason()}
-			entries[i].Code = e.GetReasonCode()
-		}
+// ingressEntry is the ingress stage row of a message.
+func ingressEntry(e *telemetryv1.Envelope, took time.Duration) stagelog.Entry {
+	entry := stagelog.Entry{
+		MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StageIngress,
+		Status: stagelog.StatusCompleted, Duration: took, Attempt: int(e.GetDeliveryAttempt()),
 	}
-	return entries
+	switch e.GetStatus() {
+	case telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL:
+		entry.Status = stagelog.StatusHalted
+		entry.Errors = map[string]any{"reason": e.GetReason()}
+		entry.Code = e.GetReasonCode()
+		entry.Input = map[string]any{"subject": e.GetSourceSubject(), "payload": string(e.GetPayload())}
+	case telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED:
+		entry.Status = stagelog.StatusParked
+		entry.Errors = map[string]any{"reason": e.GetReason()}
+		entry.Code = e.GetReasonCode()
+	}
+	return entry
 }
 
 // Validate checks the settings and names the first bad one by its flag.

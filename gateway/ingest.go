@@ -11,6 +11,7 @@ import (
 	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
+	"github.com/telemesh/telemesh/internal/envelope"
 )
 
 // ErrIgnoredSubject is returned by Ingest for an internal or system subject.
@@ -40,11 +41,9 @@ func (g *Gateway) Ingest(ctx context.Context, req *gatewayv1.IngestRequest) (*ga
 	}
 	envs := []*telemetryv1.Envelope{env}
 	if !req.GetDryRun() {
-		if err := g.logs.Write(ctx, g.pool, ingressEntries(envs, time.Since(in.ReceivedAt))); err != nil {
-			return nil, err
-		}
+		g.carryIngress(env, time.Since(in.ReceivedAt))
 	}
-	resp, err := g.validator.Validate(ctx, &validatorv1.ValidateRequest{Envelopes: envs, DryRun: req.GetDryRun()})
+	resp, err := g.validator.Validate(ctx, &validatorv1.ValidateRequest{Envelopes: envs, DryRun: req.GetDryRun(), WireVersion: envelope.WireVersion})
 	if err != nil {
 		return nil, fmt.Errorf("validator: %w", err)
 	}

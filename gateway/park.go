@@ -10,6 +10,7 @@ import (
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
+	"github.com/telemesh/telemesh/internal/envelope"
 )
 
 // claimParked takes up to limit parked messages of organizations whose
@@ -88,7 +89,7 @@ func (g *Gateway) ResumeOnce(ctx context.Context, limit int) (int, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, g.cfg.CallTimeout)
 	defer cancel()
-	if _, err := g.validator.Validate(cctx, &validatorv1.ValidateRequest{Envelopes: envs}); err != nil {
+	if _, err := g.validator.Validate(cctx, &validatorv1.ValidateRequest{Envelopes: envs, WireVersion: envelope.WireVersion}); err != nil {
 		// Put them back so they are visible as parked and tried again.
 		ids := make([]uuid.UUID, len(ins))
 		for i, in := range ins {

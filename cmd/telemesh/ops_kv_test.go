@@ -12,6 +12,7 @@ import (
 
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/value"
 	"github.com/telemesh/telemesh/services/publisher"
 )
 
@@ -111,8 +112,8 @@ func TestReplayKVRebuildCommand(t *testing.T) {
 		s, _ := kvState(t, kv, d1)
 		tel, stat := s.Topics["telemetry"], s.Topics["status"]
 		if s.DeviceUUID != d1.String() || s.Organization != "acme" || len(s.Topics) != 2 ||
-			tel.MessageID != latest.String() || !tel.RecordedAt.Equal(t0.Add(time.Minute)) || tel.Values["t"] != 21.5 || tel.Values["f"] != 70.7 ||
-			stat.MessageID != status.String() || stat.Values["battery"] != 80.0 || s.UpdatedAt.IsZero() {
+			tel.MessageID != latest.String() || !tel.RecordedAt.Equal(t0.Add(time.Minute)) || tel.Value("t") != 21.5 || tel.Value("f") != 70.7 ||
+			stat.MessageID != status.String() || stat.Value("battery") != 80.0 || s.UpdatedAt.IsZero() {
 			t.Errorf("d1 state %+v, want the latest processed row of each topic", s)
 		}
 		if s, _ := kvState(t, kv, d2); s.Topics["telemetry"].MessageID != quiet.String() {
@@ -131,7 +132,7 @@ func TestReplayKVRebuildCommand(t *testing.T) {
 		// The publisher wrote a newer message of g1 meanwhile.
 		newer := publisher.DeviceState{DeviceUUID: g1.String(), Organization: "globex", UpdatedAt: time.Now().UTC(),
 			Topics: map[string]publisher.TopicState{"telemetry": {
-				Values: map[string]any{"t": 2.0}, MessageID: uuid.Must(uuid.NewV7()).String(), RecordedAt: t0.Add(time.Hour)}}}
+				Values: json.RawMessage(value.Object(map[string]any{"t": 2.0})), MessageID: uuid.Must(uuid.NewV7()).String(), RecordedAt: t0.Add(time.Hour)}}}
 		body, _ := json.Marshal(newer)
 		if _, err := kv.Create(ctx, g1.String(), body); err != nil {
 			t.Fatal(err)

@@ -159,11 +159,16 @@ func TestReplayCommands(t *testing.T) {
 				ingestion_message_id, validation_status, processing_state, failure_reason, publish_attempts, next_publish_at)
 			values ($1, now(), now(), $2, $3, 'telemetry', $1, 'valid', 'publish_failed', 'nats: timeout', 3, now() + interval '1 hour')`,
 			id, o.org, o.dev)
+		// The publisher keeps it in the publish outbox, due in an hour.
+		opsExec(t, db, `insert into publish_outbox (id, message_ids, recorded_from, recorded_to, due_at, attempts)
+			select gen_random_uuid(), array[id], recorded_at, recorded_at, now() + interval '1 hour', 3
+			from device_telemetry_logs where id = $1`, id)
 	}
+	// due counts the rows an outbox entry makes due now.
 	due := func() (n int) {
 		t.Helper()
-		if err := db.Pool.QueryRow(ctx, `select count(*) from device_telemetry_logs
-			where processing_state in ('pending', 'publish_failed') and next_publish_at <= now()`).Scan(&n); err != nil {
+		if err := db.Pool.QueryRow(ctx, `select count(distinct m) from publish_outbox, unnest(message_ids) m
+			where due_at <= now()`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n

@@ -71,7 +71,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger)
 		return &builtStage{handler: v}, nil
 	case Deriver:
-		return &builtStage{handler: deriver.New(d.catalog, d.pool, persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger)}, nil
+		return &builtStage{handler: deriver.New(d.catalog, persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger)}, nil
 	case Persister:
 		store := persister.NewStore(d.pool, o.Persister.PublishLease).WithStoredPayloadLimit(o.Process.StoredPayloadBytes)
 		return &builtStage{handler: persister.New(o.Persister, store, d.logs, publisherv1.NewPublisherServiceClient(d.conns[Publisher]), d.logger)}, nil

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,6 +31,7 @@ import (
 	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
+	"github.com/telemesh/telemesh/internal/envelope"
 )
 
 // limitBytes is every stage's request limit in TestStageRequestLimits.
@@ -49,7 +51,7 @@ func TestStageRequestLimits(t *testing.T) {
 			OrganizationId: f.acme.String(), OrganizationSlug: "acme", DeviceUuid: f.meter01.String(), DeviceExternalId: "meter-01",
 			DeviceActive: true, Topic: "telemetry", TopicId: topic, DeliveryAttempt: 1,
 			ReceivedAt: timestamppb.Now(), Payload: []byte(`{"temp_c": 1}`), ContentType: "application/json",
-			Status: status, Extracted: map[string]*telemetryv1.Value{"temp_c": {Kind: &telemetryv1.Value_Number{Number: 1}}},
+			Status: status, Values: `{"temp_c":1}`,
 		}
 	}
 	big := func(status telemetryv1.MessageStatus) *telemetryv1.Envelope {
@@ -81,25 +83,25 @@ func TestStageRequestLimits(t *testing.T) {
 	type call func(ctx context.Context, conn *grpc.ClientConn) (telemetryv1.MessageStatus, error)
 	validate := func(envs ...*telemetryv1.Envelope) call {
 		return func(ctx context.Context, conn *grpc.ClientConn) (telemetryv1.MessageStatus, error) {
-			r, err := validatorv1.NewValidatorServiceClient(conn).Validate(ctx, &validatorv1.ValidateRequest{Envelopes: envs})
+			r, err := validatorv1.NewValidatorServiceClient(conn).Validate(ctx, &validatorv1.ValidateRequest{WireVersion: envelope.WireVersion, Envelopes: envs})
 			return firstStatus(r.GetOutcomes()), err
 		}
 	}
 	derive := func(envs ...*telemetryv1.Envelope) call {
 		return func(ctx context.Context, conn *grpc.ClientConn) (telemetryv1.MessageStatus, error) {
-			r, err := deriverv1.NewDeriverServiceClient(conn).Derive(ctx, &deriverv1.DeriveRequest{Envelopes: envs})
+			r, err := deriverv1.NewDeriverServiceClient(conn).Derive(ctx, &deriverv1.DeriveRequest{WireVersion: envelope.WireVersion, Envelopes: envs})
 			return firstStatus(r.GetOutcomes()), err
 		}
 	}
 	persist := func(envs ...*telemetryv1.Envelope) call {
 		return func(ctx context.Context, conn *grpc.ClientConn) (telemetryv1.MessageStatus, error) {
-			r, err := persisterv1.NewPersisterServiceClient(conn).Persist(ctx, &persisterv1.PersistRequest{Envelopes: envs})
+			r, err := persisterv1.NewPersisterServiceClient(conn).Persist(ctx, &persisterv1.PersistRequest{WireVersion: envelope.WireVersion, Envelopes: envs})
 			return firstStatus(r.GetOutcomes()), err
 		}
 	}
 	publish := func(envs ...*telemetryv1.Envelope) call {
 		return func(ctx context.Context, conn *grpc.ClientConn) (telemetryv1.MessageStatus, error) {
-			r, err := publisherv1.NewPublisherServiceClient(conn).Publish(ctx, &publisherv1.PublishRequest{Envelopes: envs})
+			r, err := publisherv1.NewPublisherServiceClient(conn).Publish(ctx, &publisherv1.PublishRequest{WireVersion: envelope.WireVersion, Envelopes: envs})
 			return firstStatus(r.GetOutcomes()), err
 		}
 	}
@@ -600,51 +602,79 @@ func TestHostileIDsAndHeadersOverNATS(t *testing.T) {
 	}
 }
 
-// TestChainRejectionWritesIngressRowsOnce makes Postgres refuse the
-// validator's stage row of one message (a check constraint stands in for
-// any content it refuses), so the validator fails its batch; the gateway
-// splits the batch until that message is alone and dead-letters it. The
-// healthy neighbours complete, each with exactly one ingress stage row
-// however often its part of the batch was sent again.
-func TestChainRejectionWritesIngressRowsOnce(t *testing.T) {
-	f := newFixture(t, func(o *Options) {
-		o.Gateway.BatchSize = 8
-		o.Gateway.BatchAge = 5 * time.Second
-	})
-	if _, err := f.db.Pool.Exec(t.Context(), `alter table ingestion_stage_logs add constraint refuse_poison_validate
-		check (stage <> 'validate' or dedupe_key not like '%poison%')`); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 8 {
-		id := fmt.Sprintf("neighbour-%d", i)
-		if i == 5 {
-			id = "poison-1"
-		}
-		f.publish("devices.meter-01.telemetry", `{"temp_c": 1}`, id)
-	}
-	f.waitMessages(1, "source_message_id = 'poison-1' and status = 'failed_terminal' and halted_stage = 'ingress' and error_summary like 'rejected by the chain%'")
-	f.waitMessages(7, "source_message_id like 'neighbour-%' and status = 'completed'")
-	f.waitIdle()
-	rows, err := f.db.Pool.Query(t.Context(), `select m.source_message_id, count(s.*) from ingestion_messages m
-		left join ingestion_stage_logs s on s.message_id = m.id and s.stage = 'ingress' and s.status = 'completed'
-		group by 1 order by 1`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	counts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
-		var (
-			id string
-			n  int
-		)
-		err := r.Scan(&id, &n)
-		return fmt.Sprintf("%s:%d", id, n), err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := "neighbour-0:1 neighbour-1:1 neighbour-2:1 neighbour-3:1 neighbour-4:1 neighbour-6:1 neighbour-7:1 poison-1:1"
-	if got := strings.Join(counts, " "); got != want {
-		t.Errorf("completed ingress rows per message:\n got %s\nwant %s", got, want)
+// TestRefusedStageRowIsolatesItsMessage makes Postgres refuse one
+// message's stage row of one stage (a trigger stands in for any content it
+// refuses). The rows of the stages before persist travel with their
+// messages and are written in the persister's transaction, so the
+// persister splits the batch until that message is alone and records it
+// failed_terminal at persist with the reason and its persist row. The
+// healthy neighbours complete with exactly one completed row per stage,
+// nothing is NAKed and nothing is dead-lettered.
+func TestRefusedStageRowIsolatesItsMessage(t *testing.T) {
+	for _, stage := range []string{"ingress", "validate", "derive"} {
+		t.Run(stage, func(t *testing.T) {
+			f := newFixture(t, func(o *Options) {
+				o.Gateway.BatchSize = 8
+				o.Gateway.BatchAge = 5 * time.Second
+			})
+			if _, err := f.db.Pool.Exec(t.Context(), `
+				create function refuse_poison() returns trigger language plpgsql as $$
+				begin
+					if new.stage = tg_argv[0] and new.status = 'completed' and exists (
+						select 1 from ingestion_messages where id = new.message_id and source_message_id like 'poison%') then
+						raise exception 'the % row of a poison message', new.stage using errcode = 'check_violation';
+					end if;
+					return new;
+				end $$;
+				create trigger refuse_poison before insert on ingestion_stage_logs
+					for each row execute function refuse_poison('`+stage+`')`); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 8 {
+				id := fmt.Sprintf("neighbour-%d", i)
+				if i == 5 {
+					id = "poison-1"
+				}
+				f.publish("devices.meter-01.telemetry", `{"temp_c": 1, "humidity": 40}`, id)
+			}
+			f.waitMessages(1, `source_message_id = 'poison-1' and status = 'failed_terminal' and halted_stage = 'persist'
+				and error_summary like 'could not be stored: the `+stage+` row of a poison message'`)
+			f.waitMessages(7, "source_message_id like 'neighbour-%' and status = 'completed'")
+			f.waitIdle()
+			rows, err := f.db.Pool.Query(t.Context(), `select m.source_message_id, string_agg(s.stage || ':' || s.status, ' ' order by s.stage)
+				from ingestion_messages m join ingestion_stage_logs s on s.message_id = m.id
+				group by 1 order by 1`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+				var id, stages string
+				err := r.Scan(&id, &stages)
+				return id + ": " + stages, err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			every := "derive:completed ingress:completed mutate:completed persist:completed publish:completed validate:completed"
+			var want []string
+			for i := range 8 {
+				if i == 5 {
+					want = append(want, "poison-1: persist:failed")
+					continue
+				}
+				want = append(want, fmt.Sprintf("neighbour-%d: %s", i, every))
+			}
+			slices.Sort(want)
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("stage rows per message:\n got %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+			}
+			if v := f.gatewayMetric("telemesh_gateway_naks_total"); v != 0 {
+				t.Errorf("telemesh_gateway_naks_total = %v, want 0", v)
+			}
+			if v := f.gatewayMetric("telemesh_gateway_dead_lettered_total"); v != 0 {
+				t.Errorf("telemesh_gateway_dead_lettered_total = %v, want 0", v)
+			}
+		})
 	}
 }
 
@@ -818,42 +848,4 @@ func deref[T any](p *T) any {
 		return nil
 	}
 	return *p
-}
-
-// TestRefusedIngressRowIsolatesItsMessage makes Postgres refuse the ingress
-// stage row of one message of a batch (a check constraint stands in for any
-// content it refuses). The gateway splits the batch until that message is
-// alone and dead-letters it with the reason; its neighbours are not held
-// back, NAKed or dead-lettered with it.
-func TestRefusedIngressRowIsolatesItsMessage(t *testing.T) {
-	f := newFixture(t, func(o *Options) {
-		o.Gateway.BatchSize = 6
-		o.Gateway.BatchAge = 5 * time.Second
-		o.Gateway.MaxDeliver = 3
-		o.Gateway.Backoff = []time.Duration{100 * time.Millisecond}
-	})
-	if _, err := f.db.Pool.Exec(t.Context(), `alter table ingestion_stage_logs add constraint refuse_poison_ingress
-		check (stage <> 'ingress' or status = 'failed' or dedupe_key not like '%poison%')`); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 6 {
-		id := fmt.Sprintf("neighbour-%d", i)
-		if i == 2 {
-			id = "poison-1"
-		}
-		f.publish("devices.meter-01.telemetry", `{"temp_c": 1}`, id)
-	}
-	f.waitMessages(5, "source_message_id like 'neighbour-%' and status = 'completed'")
-	f.waitMessages(1, `source_message_id = 'poison-1' and status = 'failed_terminal' and halted_stage = 'ingress'
-		and error_summary like 'rejected by the chain: its ingress stage row was refused: %violates check constraint "refuse_poison_ingress"'`)
-	f.waitIdle()
-	if n := f.count(`select count(*) from ingestion_stage_logs where stage = 'ingress' and status = 'completed'`); n != 5 {
-		t.Errorf("%d completed ingress rows, want one per neighbour", n)
-	}
-	if v := f.gatewayMetric("telemesh_gateway_naks_total"); v != 0 {
-		t.Errorf("telemesh_gateway_naks_total = %v, want 0", v)
-	}
-	if v := f.gatewayMetric("telemesh_gateway_dead_lettered_total"); v != 1 {
-		t.Errorf("telemesh_gateway_dead_lettered_total = %v, want the poison message alone", v)
-	}
 }

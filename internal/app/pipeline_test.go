@@ -19,6 +19,9 @@ import (
 	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
+	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/value"
+
 	"github.com/telemesh/telemesh/internal/testutil"
 )
 
@@ -311,7 +314,7 @@ func TestRedeliveryAndResume(t *testing.T) {
 	}
 	defer conn.Close()
 	validator := validatorv1.NewValidatorServiceClient(conn)
-	envelope := func(key string, attempt uint32) *telemetryv1.Envelope {
+	newEnvelope := func(key string, attempt uint32) *telemetryv1.Envelope {
 		return &telemetryv1.Envelope{
 			MessageId: uuid.Must(uuid.NewV7()).String(), DedupeKey: key, SourceSubject: "devices.meter-01.telemetry",
 			OrganizationId: f.acme.String(), OrganizationSlug: "acme", DeviceUuid: f.meter01.String(), DeviceExternalId: "meter-01",
@@ -323,11 +326,11 @@ func TestRedeliveryAndResume(t *testing.T) {
 
 	t.Run("a redelivery after persist (crash before ack) is a duplicate and publishes once", func(t *testing.T) {
 		f := f.on(t)
-		first, err := validator.Validate(t.Context(), &validatorv1.ValidateRequest{Envelopes: []*telemetryv1.Envelope{envelope("seq:test@1:42", 1)}})
+		first, err := validator.Validate(t.Context(), &validatorv1.ValidateRequest{WireVersion: envelope.WireVersion, Envelopes: []*telemetryv1.Envelope{newEnvelope("seq:test@1:42", 1)}})
 		if err != nil || first.GetOutcomes()[0].GetStatus() != telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED {
 			t.Fatalf("first = %v, %v", first, err)
 		}
-		again, err := validator.Validate(t.Context(), &validatorv1.ValidateRequest{Envelopes: []*telemetryv1.Envelope{envelope("seq:test@1:42", 2)}})
+		again, err := validator.Validate(t.Context(), &validatorv1.ValidateRequest{WireVersion: envelope.WireVersion, Envelopes: []*telemetryv1.Envelope{newEnvelope("seq:test@1:42", 2)}})
 		if err != nil || again.GetOutcomes()[0].GetStatus() != telemetryv1.MessageStatus_MESSAGE_STATUS_DUPLICATE {
 			t.Fatalf("redelivery = %v, %v", again, err)
 		}
@@ -344,12 +347,12 @@ func TestRedeliveryAndResume(t *testing.T) {
 		f := f.on(t)
 		// A crashed original leaves its ingress and validate rows, and no
 		// message row.
-		e := envelope("seq:test@1:43", 1)
-		if _, err := f.db.Pool.Exec(t.Context(), `insert into ingestion_stage_logs (id, message_id, dedupe_key, stage, status, duration_us, attempt, instance)
-			values ($1, $2, $3, 'validate', 'completed', 10, 1, 'crashed')`, uuid.New(), e.GetMessageId(), e.GetDedupeKey()); err != nil {
+		e := newEnvelope("seq:test@1:43", 1)
+		if _, err := f.db.Pool.Exec(t.Context(), `insert into ingestion_stage_logs (message_id, dedupe_key, stage, status, duration_us, attempt, instance)
+			values ($1, $2, 'validate', 'completed', 10, 1, 'crashed')`, e.GetMessageId(), e.GetDedupeKey()); err != nil {
 			t.Fatal(err)
 		}
-		resp, err := validator.Validate(t.Context(), &validatorv1.ValidateRequest{Envelopes: []*telemetryv1.Envelope{envelope("seq:test@1:43", 2)}})
+		resp, err := validator.Validate(t.Context(), &validatorv1.ValidateRequest{WireVersion: envelope.WireVersion, Envelopes: []*telemetryv1.Envelope{newEnvelope("seq:test@1:43", 2)}})
 		if err != nil || resp.GetOutcomes()[0].GetStatus() != telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED {
 			t.Fatalf("resumed = %v, %v", resp, err)
 		}
@@ -373,8 +376,9 @@ func TestRedeliveryAndResume(t *testing.T) {
 		if o.GetStatus() != telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED {
 			t.Errorf("dry-run status = %v (%s)", o.GetStatus(), o.GetReason())
 		}
-		if d := o.GetEnvelope().GetDerived()["temp_f"].GetValue().GetNumber(); math.Abs(d-53.6) > 1e-9 {
-			t.Errorf("dry-run temp_f = %v, want 53.6", d)
+		transformed, err := value.ParseObject(o.GetEnvelope().GetTransformed())
+		if d, _ := transformed["temp_f"].(float64); err != nil || math.Abs(d-53.6) > 1e-9 {
+			t.Errorf("dry-run temp_f = %v (%v), want 53.6", transformed["temp_f"], err)
 		}
 		invalid, err := gatewayv1.NewGatewayServiceClient(gconn).Ingest(t.Context(), &gatewayv1.IngestRequest{
 			Subject: "devices.meter-01.telemetry", Payload: []byte(`{"temp_c": 1000}`), DryRun: true,

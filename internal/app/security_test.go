@@ -33,6 +33,7 @@ import (
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
 
 	"github.com/telemesh/telemesh/internal/config"
+	"github.com/telemesh/telemesh/internal/envelope"
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/roles"
 	"github.com/telemesh/telemesh/internal/testcerts"
@@ -362,12 +363,12 @@ func checkCallers(t *testing.T, m *Mesh, ca *testcerts.CA, stageFiles map[string
 	if err != nil || dry.GetOutcome().GetStatus() != telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED {
 		t.Errorf("operator's dry-run Ingest: %v, %v; want completed", dry.GetOutcome(), err)
 	}
-	_, err = persisterv1.NewPersisterServiceClient(as(op, Persister)).Persist(ctx, &persisterv1.PersistRequest{})
+	_, err = persisterv1.NewPersisterServiceClient(as(op, Persister)).Persist(ctx, &persisterv1.PersistRequest{WireVersion: envelope.WireVersion})
 	refused("operator calling Persist", "operator", "/telemesh.persister.v1.PersisterService/Persist", err)
-	_, err = deriverv1.NewDeriverServiceClient(as(op, Deriver)).Derive(ctx, &deriverv1.DeriveRequest{})
+	_, err = deriverv1.NewDeriverServiceClient(as(op, Deriver)).Derive(ctx, &deriverv1.DeriveRequest{WireVersion: envelope.WireVersion})
 	refused("operator calling Derive", "operator", "/telemesh.deriver.v1.DeriverService/Derive", err)
 	_, err = persisterv1.NewPersisterServiceClient(as(tlsx.Files{CertFile: named.Cert, KeyFile: named.Key, CAFile: named.CA}, Persister)).
-		Persist(ctx, &persisterv1.PersistRequest{})
+		Persist(ctx, &persisterv1.PersistRequest{WireVersion: envelope.WireVersion})
 	refused("CN=deriver without an identity calling Persist", "no telemesh identity", "/telemesh.persister.v1.PersisterService/Persist", err)
 	// Probes and grpcurl: health from any certificate of the CA, reflection
 	// for the operator.
@@ -384,24 +385,24 @@ func checkCallers(t *testing.T, m *Mesh, ca *testcerts.CA, stageFiles map[string
 		reflectionList(ctx, as(stageFiles[Deriver], Validator)))
 
 	// A stage's certificate at a stage it does not call.
-	_, err = validatorv1.NewValidatorServiceClient(as(stageFiles[Deriver], Validator)).Validate(ctx, &validatorv1.ValidateRequest{})
+	_, err = validatorv1.NewValidatorServiceClient(as(stageFiles[Deriver], Validator)).Validate(ctx, &validatorv1.ValidateRequest{WireVersion: envelope.WireVersion})
 	refused("the deriver calling Validate", "deriver", "/telemesh.validator.v1.ValidatorService/Validate", err)
-	_, err = publisherv1.NewPublisherServiceClient(as(stageFiles[Gateway], Publisher)).Publish(ctx, &publisherv1.PublishRequest{})
+	_, err = publisherv1.NewPublisherServiceClient(as(stageFiles[Gateway], Publisher)).Publish(ctx, &publisherv1.PublishRequest{WireVersion: envelope.WireVersion})
 	refused("the gateway calling Publish", "gateway", "/telemesh.publisher.v1.PublisherService/Publish", err)
 	_, err = gatewayv1.NewGatewayServiceClient(as(stageFiles[Validator], Gateway)).Ingest(ctx, &gatewayv1.IngestRequest{
 		Subject: "devices.meter-01.telemetry", Payload: []byte(`{}`), DryRun: true})
 	refused("the validator calling Ingest", "validator", "/telemesh.gateway.v1.GatewayService/Ingest", err)
 
 	// And the callers the chain has.
-	_, err = validatorv1.NewValidatorServiceClient(as(stageFiles[Gateway], Validator)).Validate(ctx, &validatorv1.ValidateRequest{})
+	_, err = validatorv1.NewValidatorServiceClient(as(stageFiles[Gateway], Validator)).Validate(ctx, &validatorv1.ValidateRequest{WireVersion: envelope.WireVersion})
 	passes("the gateway calling Validate", err)
-	_, err = deriverv1.NewDeriverServiceClient(as(stageFiles[Validator], Deriver)).Derive(ctx, &deriverv1.DeriveRequest{})
+	_, err = deriverv1.NewDeriverServiceClient(as(stageFiles[Validator], Deriver)).Derive(ctx, &deriverv1.DeriveRequest{WireVersion: envelope.WireVersion})
 	passes("the validator calling Derive", err)
-	_, err = persisterv1.NewPersisterServiceClient(as(stageFiles[Validator], Persister)).Persist(ctx, &persisterv1.PersistRequest{})
+	_, err = persisterv1.NewPersisterServiceClient(as(stageFiles[Validator], Persister)).Persist(ctx, &persisterv1.PersistRequest{WireVersion: envelope.WireVersion})
 	passes("the validator calling Persist", err)
-	_, err = persisterv1.NewPersisterServiceClient(as(stageFiles[Deriver], Persister)).Persist(ctx, &persisterv1.PersistRequest{})
+	_, err = persisterv1.NewPersisterServiceClient(as(stageFiles[Deriver], Persister)).Persist(ctx, &persisterv1.PersistRequest{WireVersion: envelope.WireVersion})
 	passes("the deriver calling Persist", err)
-	_, err = publisherv1.NewPublisherServiceClient(as(stageFiles[Persister], Publisher)).Publish(ctx, &publisherv1.PublishRequest{})
+	_, err = publisherv1.NewPublisherServiceClient(as(stageFiles[Persister], Publisher)).Publish(ctx, &publisherv1.PublishRequest{WireVersion: envelope.WireVersion})
 	passes("the persister calling Publish", err)
 }
 

@@ -2,6 +2,8 @@ package app
 
 import (
 	"errors"
+	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
+	"strings"
 	"time"
 
 	"github.com/telemesh/telemesh/internal/config"
@@ -161,7 +163,16 @@ func (s *Process) ServerConfig() grpcx.ServerConfig {
 	c.MaxSendMsgBytes = s.MaxRecvMsgBytes
 	c.MaxConcurrentStreams = s.MaxConcurrentStreams
 	c.MaxConnectionAge = s.MaxConnectionAge
+	c.Validated = publicMethod
 	return c
+}
+
+// publicMethod reports whether a method is reached from outside the mesh:
+// the gateway's Ingest, which operators call. Its requests are checked
+// field by field; the stages' batches, which only the stage before sends,
+// are checked by their handlers for what the stage relies on.
+func publicMethod(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/"+gatewayv1.GatewayService_ServiceDesc.ServiceName+"/")
 }
 
 // DefaultProcess returns the process settings used when none are given.

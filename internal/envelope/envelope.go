@@ -4,6 +4,7 @@
 package envelope
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -13,6 +14,13 @@ import (
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/value"
 )
+
+// WireVersion is the version of the envelope's layout this build speaks.
+// Every batch request carries it, and a stage refuses a batch of another
+// version as Unavailable, so the caller retries once both ends run the same
+// release. Raise it whenever a change to the envelope would make a stage of
+// the previous release misread a batch.
+const WireVersion = 2
 
 // Stage names as stored in ingestion_stage_logs.stage.
 const (
@@ -152,4 +160,67 @@ func ValidationErrors(errs []*telemetryv1.ValidationError) []ValidationError {
 		out[i] = ValidationError{Parameter: e.GetParameter(), Code: e.GetCode(), Message: e.GetMessage(), Critical: e.GetCritical()}
 	}
 	return out
+}
+
+// MaxBatch is the most envelopes one batch request may hold.
+const MaxBatch = 10000
+
+// WireVersionError is a batch sent by a stage of another release: the two
+// would misread each other's envelopes. It is temporary: the caller
+// retries, and succeeds once both ends run the same release.
+type WireVersionError struct {
+	// Got is the version the batch was sent with; 0 is a release from
+	// before versions were sent.
+	Got uint32
+}
+
+func (e WireVersionError) Error() string {
+	return fmt.Sprintf("the batch is of wire version %d and this stage speaks %d: stages of two releases are running; "+
+		"the batch is retried once every stage runs the same release", e.Got, WireVersion)
+}
+
+// Temporary marks the error as one that passes: the batch is retried.
+func (WireVersionError) Temporary() bool { return true }
+
+// BatchError is a batch that breaks what every stage relies on.
+type BatchError struct {
+	// Index is the envelope at fault, or -1 for the batch as a whole.
+	Index  int
+	Reason string
+}
+
+func (e BatchError) Error() string {
+	if e.Index < 0 {
+		return "invalid batch: " + e.Reason
+	}
+	return fmt.Sprintf("invalid batch: envelope %d: %s", e.Index, e.Reason)
+}
+
+// InvalidInput marks the error as the caller's.
+func (BatchError) InvalidInput() bool { return true }
+
+// CheckBatch checks a batch one stage sends another: its wire version, its
+// size, and in each envelope what every stage relies on, a message id
+// that is a UUID and a dedupe key. It is what the stages check instead of
+// every field of every envelope at every hop; the gateway's Ingest, which
+// is reached from outside, has its request checked in full.
+func CheckBatch(version uint32, envs []*telemetryv1.Envelope) error {
+	if version != WireVersion {
+		return WireVersionError{Got: version}
+	}
+	if len(envs) == 0 || len(envs) > MaxBatch {
+		return BatchError{Index: -1, Reason: fmt.Sprintf("%d envelopes, want 1 to %d", len(envs), MaxBatch)}
+	}
+	for i, e := range envs {
+		if e == nil {
+			return BatchError{Index: i, Reason: "missing"}
+		}
+		if ParseUUID(e.GetMessageId()) == uuid.Nil {
+			return BatchError{Index: i, Reason: "message_id is not a UUID"}
+		}
+		if e.GetDedupeKey() == "" {
+			return BatchError{Index: i, Reason: "dedupe_key is empty"}
+		}
+	}
+	return nil
 }

@@ -43,6 +43,11 @@ type ServerConfig struct {
 	MaxConnectionAge time.Duration
 	// Credentials secure the server; nil means plaintext.
 	Credentials credentials.TransportCredentials
+	// Validated, if set, says which methods protovalidate checks the
+	// requests of: the ones callers outside the mesh reach. The stages'
+	// own batches are checked by their handlers, cheaply, instead of every
+	// envelope field by field at every hop. Nil checks every request.
+	Validated func(fullMethod string) bool
 	// Authorize, if set, admits each call only from the callers it names
 	// for the method, known by their verified client certificate; set it
 	// with Credentials that require one. Nil admits every call.
@@ -104,7 +109,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 			logging.UnaryServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
 			authorizeUnary(cfg.Authorize),
 			timeoutInterceptor(cfg.RequestTimeout),
-			protovalidatemw.UnaryServerInterceptor(validator),
+			validateUnary(protovalidatemw.UnaryServerInterceptor(validator), cfg.Validated),
 			errorMappingInterceptor(),
 			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(recoverHandler(logger))),
 		),
@@ -112,7 +117,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 			metrics.StreamServerInterceptor(),
 			logging.StreamServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
 			authorizeStream(cfg.Authorize),
-			protovalidatemw.StreamServerInterceptor(validator),
+			validateStream(protovalidatemw.StreamServerInterceptor(validator), cfg.Validated),
 			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(recoverHandler(logger))),
 		),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
@@ -145,6 +150,33 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	}
 	s.SetServing(false)
 	return s, nil
+}
+
+// validateUnary applies the validation interceptor to the methods only
+// selects; all of them when only is nil.
+func validateUnary(validate grpc.UnaryServerInterceptor, only func(string) bool) grpc.UnaryServerInterceptor {
+	if only == nil {
+		return validate
+	}
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if !only(info.FullMethod) {
+			return handler(ctx, req)
+		}
+		return validate(ctx, req, info, handler)
+	}
+}
+
+// validateStream is [validateUnary] for streams.
+func validateStream(validate grpc.StreamServerInterceptor, only func(string) bool) grpc.StreamServerInterceptor {
+	if only == nil {
+		return validate
+	}
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !only(info.FullMethod) {
+			return handler(srv, ss)
+		}
+		return validate(srv, ss, info, handler)
+	}
 }
 
 // NewHealthServer returns a plaintext gRPC server that serves only the

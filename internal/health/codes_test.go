@@ -128,11 +128,14 @@ func TestFailuresGroupedByCode(t *testing.T) {
 }
 
 // A failure row written before codes were recorded is still counted, as
-// unclassified, with its text as the example.
+// unclassified, with its text as the example. Its count is the one the
+// migration that added the per-minute counts made of the last hour's rows.
 func TestFailureWithoutCodeIsUnclassified(t *testing.T) {
 	m := startMesh(t)
 	if _, err := m.db.Pool.Exec(t.Context(), `insert into ingestion_stage_logs (message_id, stage, status, duration_us, instance, errors)
-		values (gen_random_uuid(), 'ingress', 'halted', 1, 'old', '{"reason": "written before codes"}')`); err != nil {
+		values (gen_random_uuid(), 'ingress', 'halted', 1, 'old', '{"reason": "written before codes"}');
+		insert into ingestion_stage_counts (minute, stage, status, reason_code, rows)
+		values (date_trunc('minute', now()), 'ingress', 'halted', '', 1)`); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := Gather(t.Context(), m.config())

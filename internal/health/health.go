@@ -23,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/telemesh/telemesh/internal/natsx"
+	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
@@ -277,19 +278,20 @@ func (r *Report) Stage(name string) *StageHealth {
 // exampleWidth bounds the example reason shown beside a reason code.
 const exampleWidth = 160
 
-// stageCounts groups the stage logs of the last minutes by stage, status
-// and reason code. The example of each group is found apart, by the index
-// on (stage, status, created_at), so the grouping reads no jsonb.
+// stageCounts sums the per-minute counts of the stage logs of the last
+// minutes by stage, status and reason code; the example of each group that
+// is not completed is found apart, by the partial index on the rows that
+// are not completed, so neither reads the completed rows.
 const stageCounts = `
 with g as (
-	select stage, status, reason_code, count(*) as n from ingestion_stage_logs
-	where created_at > now() - make_interval(mins => $1)
+	select stage, status, reason_code, sum(rows) as n from ingestion_stage_counts
+	where minute >= date_trunc('minute', now() - make_interval(mins => $1))
 	group by 1, 2, 3)
-select g.stage, g.status, coalesce(g.reason_code, ''), g.n, coalesce(left(x.example, $2), '')
+select g.stage, g.status, g.reason_code, g.n, coalesce(left(x.example, $2), '')
 from g left join lateral (
 	select coalesce(l.errors->>'reason', l.errors::text) as example from ingestion_stage_logs l
-	where g.status <> 'completed' and l.stage = g.stage and l.status = g.status
-	  and l.reason_code is not distinct from g.reason_code and l.created_at > now() - make_interval(mins => $1)
+	where g.status <> 'completed' and l.status <> 'completed' and l.stage = g.stage and l.status = g.status
+	  and coalesce(l.reason_code, '') = g.reason_code and l.created_at > now() - make_interval(mins => $1)
 	order by l.created_at desc limit 1) x on true
 order by 1, 2, 4 desc, 3`
 
@@ -298,15 +300,25 @@ order by 1, 2, 4 desc, 3`
 const publishFailures = `
 with g as (
 	select reason_code, count(distinct message_id) as n from ingestion_stage_logs
-	where stage = 'publish' and status = 'failed' and created_at > now() - make_interval(mins => $1)
+	where stage = 'publish' and status = 'failed' and status <> 'completed' and created_at > now() - make_interval(mins => $1)
 	group by 1)
 select coalesce(g.reason_code, ''), g.n, coalesce(left(x.example, $2), '')
 from g left join lateral (
 	select l.errors->>'reason' as example from ingestion_stage_logs l
-	where l.stage = 'publish' and l.status = 'failed' and l.reason_code is not distinct from g.reason_code
+	where l.stage = 'publish' and l.status = 'failed' and l.status <> 'completed' and l.reason_code is not distinct from g.reason_code
 	  and l.created_at > now() - make_interval(mins => $1)
 	order by l.created_at desc limit 1) x on true
 order by 2 desc, 1 limit 5`
+
+// publishFailedCounts counts the publish_failed rows, in all and those
+// that failed in the last minutes, among the rows the publish outbox holds:
+// every row not yet published is there, and no index on
+// device_telemetry_logs covers processing_state.
+const publishFailedCounts = `
+select count(*), count(*) filter (where t.updated_at > now() - make_interval(mins => $1))
+from (select distinct id, recorded_from, recorded_to from (` + outbox.RowsSQL + `) r) o
+join device_telemetry_logs t on t.id = o.id and t.recorded_at between o.recorded_from and o.recorded_to
+where t.processing_state = 'publish_failed'`
 
 // Gather connects to the mesh described by cfg and builds a report. A part
 // that cannot be reached is recorded in the report's Errors and Problems;
@@ -532,9 +544,7 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 		return order[r.Throughput[i].Stage] < order[r.Throughput[j].Stage]
 	})
 
-	err = pool.QueryRow(ctx, `select count(*), count(*) filter (where updated_at > now() - make_interval(mins => $1))
-		from device_telemetry_logs where processing_state = 'publish_failed'`, cfg.Minutes).
-		Scan(&r.PublishFailed, &r.PublishFailedRecent)
+	err = pool.QueryRow(ctx, publishFailedCounts, cfg.Minutes).Scan(&r.PublishFailed, &r.PublishFailedRecent)
 	if err != nil {
 		return fmt.Errorf("publish_failed rows: %w", err)
 	}

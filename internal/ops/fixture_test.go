@@ -85,6 +85,12 @@ func (f fixture) telemetry(id, org, device uuid.UUID, state string, recorded tim
 			'{"dew": "missing input humidity"}', 'valid', '[]', $5,
 			case when $5 = 'publish_failed' then 'nats: timeout' end, now() + interval '1 hour')`,
 		id, recorded, nilUUID(org), device, state)
+	if state == "pending" || state == "publish_failed" {
+		// The persister or the publisher keeps it in the publish outbox,
+		// due at its next attempt.
+		f.exec(`insert into publish_outbox (id, message_ids, recorded_from, recorded_to, due_at, attempts)
+			values (gen_random_uuid(), array[$1::uuid], $2, $2, now() + interval '1 hour', 1)`, id, recorded)
+	}
 }
 
 // stageLog adds a stage log row.

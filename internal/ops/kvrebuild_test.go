@@ -15,6 +15,7 @@ import (
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/value"
 	"github.com/telemesh/telemesh/services/publisher"
 )
 
@@ -121,8 +122,8 @@ func TestRebuildKV(t *testing.T) {
 		s, _ := entry(t, kv, d1)
 		tel, stat := s.Topics["telemetry"], s.Topics["status"]
 		if s.DeviceUUID != d1.String() || s.Organization != "acme" || len(s.Topics) != 2 ||
-			tel.MessageID != d1Latest.String() || !tel.RecordedAt.Equal(t0.Add(time.Minute)) || tel.Values["t"] != 21.5 ||
-			stat.MessageID != d1Status.String() || stat.Values["battery"] != 80.0 {
+			tel.MessageID != d1Latest.String() || !tel.RecordedAt.Equal(t0.Add(time.Minute)) || tel.Value("t") != 21.5 ||
+			stat.MessageID != d1Status.String() || stat.Value("battery") != 80.0 {
 			t.Errorf("d1: %+v, want its latest processed row of each topic", s)
 		}
 		if s, _ := entry(t, kv, d2); s.Topics["telemetry"].MessageID != d2Quiet.String() {
@@ -148,7 +149,7 @@ func TestRebuildKV(t *testing.T) {
 		// The analytics stream does not exist here: only the state write
 		// matters, and it comes first.
 		pub.Publish(ctx, []publisher.Item{{MessageID: id, OrganizationID: globex, OrganizationSlug: "globex", DeviceUUID: dev.String(),
-			Topic: topic, RecordedAt: recorded, Values: map[string]any{"t": v}}}, false)
+			Topic: topic, RecordedAt: recorded, Values: json.RawMessage(value.Object(map[string]any{"t": v}))}}, false)
 		return id
 	}
 	items, err := LatestProcessed(ctx, db.Pool, Filter{Device: "g1"})
@@ -165,7 +166,7 @@ func TestRebuildKV(t *testing.T) {
 		if err != nil || done != (KVRebuild{Kept: 1}) {
 			t.Fatalf("rebuild: %+v, %v; want 1 kept", done, err)
 		}
-		if s, _ := entry(t, kv, g1); s.Topics["telemetry"].MessageID != newer.String() || s.Topics["telemetry"].Values["t"] != 2.0 {
+		if s, _ := entry(t, kv, g1); s.Topics["telemetry"].MessageID != newer.String() || s.Topics["telemetry"].Value("t") != 2.0 {
 			t.Errorf("g1: %+v, want the publisher's newer message %s", s, newer)
 		}
 	})

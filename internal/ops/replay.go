@@ -10,12 +10,23 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telemesh/telemesh/internal/outbox"
 )
 
 // StaleQueued is how long a resumed message may stay queued before
 // Repark puts it back to parked: the gateway claims parked messages by
 // marking them queued, and one that crashes leaves them there.
 const StaleQueued = 2 * time.Minute
+
+// publishFailedRows selects the publish_failed telemetry rows the publish
+// outbox holds and f matches, as (id, recorded_at); no index covers
+// processing_state, and the outbox holds every row not yet published.
+func publishFailedRows(start int) string {
+	return `select distinct t.id, t.recorded_at from (` + outbox.RowsSQL + `) o
+		join device_telemetry_logs t on t.id = o.id and t.recorded_at between o.recorded_from and o.recorded_to
+		where t.processing_state = 'publish_failed' and ` + filterSQL("t", start)
+}
 
 // CountPublishFailed returns how many telemetry rows matching f are
 // publish_failed.
@@ -25,8 +36,7 @@ func CountPublishFailed(ctx context.Context, pool *pgxpool.Pool, f Filter) (int6
 		return 0, err
 	}
 	var n int64
-	err = pool.QueryRow(ctx, `select count(*) from device_telemetry_logs t
-		where t.processing_state = 'publish_failed' and `+filterSQL("t", 1), r.args()...).Scan(&n)
+	err = pool.QueryRow(ctx, `select count(*) from (`+publishFailedRows(1)+`) x`, r.args()...).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("count publish_failed rows: %w", err)
 	}
@@ -34,19 +44,36 @@ func CountPublishFailed(ctx context.Context, pool *pgxpool.Pool, f Filter) (int6
 }
 
 // ReplayPublishFailed makes every publish_failed telemetry row matching f
-// due now, so the publisher's retry loop publishes it on its next pass. It
-// returns how many rows it changed.
+// due now, so the publisher's retry loop publishes it on its next pass: it
+// adds an outbox entry for them, due now. It returns how many rows it
+// made due.
 func ReplayPublishFailed(ctx context.Context, pool *pgxpool.Pool, f Filter) (int64, error) {
 	r, err := f.resolve(ctx, pool)
 	if err != nil {
 		return 0, err
 	}
-	tag, err := pool.Exec(ctx, `update device_telemetry_logs t set next_publish_at = now(), updated_at = now()
-		where t.processing_state = 'publish_failed' and `+filterSQL("t", 1), r.args()...)
+	return replayRows(ctx, pool, publishFailedRows(1), r.args()...)
+}
+
+// replayRows adds one outbox entry, due now, for the rows query selects as
+// (id, recorded_at), and returns how many there are.
+func replayRows(ctx context.Context, pool *pgxpool.Pool, query string, args ...any) (int64, error) {
+	rows, err := pool.Query(ctx, query, args...)
 	if err != nil {
+		return 0, fmt.Errorf("find publish_failed rows: %w", err)
+	}
+	due, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (outbox.Row, error) {
+		var o outbox.Row
+		err := r.Scan(&o.ID, &o.RecordedAt)
+		return o, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("find publish_failed rows: %w", err)
+	}
+	if _, err := outbox.Add(ctx, pool, due, time.Now(), 0); err != nil {
 		return 0, fmt.Errorf("make publish_failed rows due: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return int64(len(due)), nil
 }
 
 // ParkedGroup is how many messages of one organization are parked, and

@@ -2,10 +2,11 @@ package ops
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/telemesh/telemesh/internal/outbox"
 )
 
 // ReplayPublishFailedRows makes the publish_failed telemetry rows of the
@@ -17,10 +18,7 @@ func ReplayPublishFailedRows(ctx context.Context, pool *pgxpool.Pool, ids []uuid
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	tag, err := pool.Exec(ctx, `update device_telemetry_logs t set next_publish_at = now(), updated_at = now()
+	return replayRows(ctx, pool, `select distinct t.id, t.recorded_at from (`+outbox.RowsSQL+`) o
+		join device_telemetry_logs t on t.id = o.id and t.recorded_at between o.recorded_from and o.recorded_to
 		where t.processing_state = 'publish_failed' and t.id = any($1)`, ids)
-	if err != nil {
-		return 0, fmt.Errorf("make publish_failed rows due: %w", err)
-	}
-	return tag.RowsAffected(), nil
 }

@@ -31,7 +31,7 @@ func TestReplayPublishFailedRows(t *testing.T) {
 	due := func(id uuid.UUID) bool {
 		t.Helper()
 		var ok bool
-		if err := db.Pool.QueryRow(ctx, `select coalesce(next_publish_at <= now(), false) from device_telemetry_logs where id = $1`, id).Scan(&ok); err != nil {
+		if err := db.Pool.QueryRow(ctx, `select exists (select 1 from publish_outbox where $1 = any(message_ids) and due_at <= now())`, id).Scan(&ok); err != nil {
 			t.Fatal(err)
 		}
 		return ok

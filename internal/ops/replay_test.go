@@ -62,8 +62,8 @@ func TestReplayPublishFailed(t *testing.T) {
 		t.Fatalf("replayed %d, %v; want 2", n, err)
 	}
 	var due int
-	if err := db.Pool.QueryRow(ctx, `select count(*) from device_telemetry_logs
-		where processing_state in ('pending', 'publish_failed') and next_publish_at <= now()`).Scan(&due); err != nil {
+	if err := db.Pool.QueryRow(ctx, `select count(distinct m) from publish_outbox, unnest(message_ids) m
+		where due_at <= now()`).Scan(&due); err != nil {
 		t.Fatal(err)
 	}
 	if due != 2 {

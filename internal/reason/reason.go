@@ -33,6 +33,10 @@ const (
 	// Rejected is a message the chain refused with a non-transient error,
 	// recorded failed_terminal.
 	Rejected = "rejected"
+	// Transient is a delivery the chain did not finish for a reason that
+	// may pass (a stage or Postgres unreachable, a deadline exceeded); the
+	// message is redelivered with backoff.
+	Transient = "transient"
 )
 
 // Codes of a payload that cannot be read, at ingress or validate.

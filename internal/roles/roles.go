@@ -118,25 +118,31 @@ var (
 	// (internal/catalog) and keeps fresh.
 	catalogTables = append(slices.Clone(definitionTables), "pipeline_switches")
 	// dataTables hold what happened to each message.
-	dataTables = []string{"ingestion_messages", "device_telemetry_logs", "ingestion_stage_logs"}
+	dataTables = []string{"ingestion_messages", "device_telemetry_logs", "ingestion_stage_logs", "ingestion_stage_counts", "publish_outbox"}
 
 	// switchColumns are what ops.SetSwitch sets of a pipeline_switches row.
 	switchColumns = []string{"pipeline_enabled", "publish_analytics", "publish_invalid_events", "updated_by", "updated_at"}
-	// dueColumns are what a replay of publish_failed rows sets
-	// (ops.ReplayPublishFailed and ReplayPublishFailedRows).
-	dueColumns = []string{"next_publish_at", "updated_at"}
+
+	// settingsTables tune the schema; only the migrator changes them.
+	settingsTables = []string{"telemesh_partition_storage"}
 )
 
 // Tables returns every table some role is granted privileges on.
-func Tables() []string { return append(slices.Clone(catalogTables), dataTables...) }
+func Tables() []string {
+	return slices.Concat(catalogTables, dataTables, settingsTables)
+}
 
 // Roles returns every role, the migrator first. The privileges follow the
 // SQL each one runs; the comments name where.
 func Roles() []Role {
 	// Every stage reads its catalog and appends its ingestion_stage_logs
-	// rows (internal/stagelog, COPY).
+	// rows (internal/stagelog, COPY), adding to their per-minute counts
+	// (an upsert, which reads the row it adds to).
 	stage := func(extra ...Grant) []Grant {
-		g := []Grant{{Table: "ingestion_stage_logs", Privileges: []string{Insert}}}
+		g := []Grant{
+			{Table: "ingestion_stage_logs", Privileges: []string{Insert}},
+			{Table: "ingestion_stage_counts", Privileges: []string{Select, Insert}, Columns: updateOf("rows", "durations")},
+		}
 		for _, t := range catalogTables {
 			g = append(g, Grant{Table: t, Privileges: []string{Select}})
 		}
@@ -192,6 +198,10 @@ func Roles() []Role {
 					"delivery_attempts", "processed_at", "updated_at")},
 				Grant{Table: "device_telemetry_logs", Privileges: []string{Select, Insert}, Columns: updateOf(
 					"processing_state", "failure_reason", "next_publish_at", "publish_attempts", "updated_at")},
+				// The rows to publish go in the outbox in the same
+				// transaction, and are made due later when the publisher
+				// cannot be reached (internal/outbox Add, Delay).
+				Grant{Table: "publish_outbox", Privileges: []string{Insert}, Columns: updateOf("due_at", "attempts")},
 			),
 		},
 		{
@@ -203,6 +213,10 @@ func Roles() []Role {
 				// (services/publisher/store.go).
 				Grant{Table: "device_telemetry_logs", Privileges: []string{Select}, Columns: updateOf(
 					"processing_state", "failure_reason", "next_publish_at", "publish_attempts", "processed_at", "updated_at")},
+				// It removes the outbox entries of the rows it recorded and
+				// adds one for the rows that failed; the retry loop claims
+				// due entries FOR UPDATE SKIP LOCKED (internal/outbox).
+				Grant{Table: "publish_outbox", Privileges: []string{Select, Insert, Delete}, Columns: updateOf("due_at")},
 			),
 		},
 		{
@@ -211,9 +225,9 @@ func Roles() []Role {
 			Grants: merge(append(on(Tables(), Select),
 				// ops.SetSwitch upserts a switch row.
 				Grant{Table: "pipeline_switches", Privileges: []string{Insert}, Columns: updateOf(switchColumns...)},
-				// Retry makes publish_failed rows due now
-				// (internal/ops/replay.go, replay_rows.go).
-				Grant{Table: "device_telemetry_logs", Columns: updateOf(dueColumns...)},
+				// Retry makes publish_failed rows due now: an outbox entry
+				// for them (internal/ops/replay.go, replay_rows.go).
+				Grant{Table: "publish_outbox", Privileges: []string{Insert}},
 			)),
 		},
 		{
@@ -226,8 +240,10 @@ func Roles() []Role {
 				// letter's replay (internal/ops/replay.go); the rest of
 				// what happened to a message stays as it was recorded.
 				Grant{Table: "ingestion_messages", Privileges: []string{Select}, Columns: updateOf("status", "error_summary", "updated_at")},
-				Grant{Table: "device_telemetry_logs", Privileges: []string{Select}, Columns: updateOf(dueColumns...)},
+				Grant{Table: "device_telemetry_logs", Privileges: []string{Select}},
 				Grant{Table: "ingestion_stage_logs", Privileges: []string{Select}},
+				Grant{Table: "ingestion_stage_counts", Privileges: []string{Select}},
+				Grant{Table: "publish_outbox", Privileges: []string{Select, Insert}},
 			)),
 		},
 	}

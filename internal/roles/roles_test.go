@@ -91,6 +91,8 @@ const (
 	insertStageLog = `insert into ingestion_stage_logs (message_id, stage, status, duration_us, instance)
 		values (gen_random_uuid(), 'validate', 'completed', 1, 'test')`
 	insertOrganization = `insert into organizations (slug, name) values ('roles-test', 'Roles test')`
+	insertOutbox       = `insert into publish_outbox (id, message_ids, recorded_from, recorded_to, due_at)
+		values (gen_random_uuid(), array[gen_random_uuid()], now(), now(), now())`
 )
 
 func TestEachRoleHasOnlyTheGrantsItNeeds(t *testing.T) {
@@ -150,16 +152,17 @@ func TestEachRoleHasOnlyTheGrantsItNeeds(t *testing.T) {
 			allowed: []string{`select count(*) from ingestion_messages`, `select count(*) from ingestion_stage_logs`, `select count(*) from device_telemetry_logs`,
 				`insert into pipeline_switches (organization_id, pipeline_enabled, updated_by) values (null, false, 'viewer')
 					on conflict (organization_id) do update set pipeline_enabled = excluded.pipeline_enabled`,
-				`update device_telemetry_logs set next_publish_at = now(), updated_at = now() where processing_state = 'publish_failed'`},
+				insertOutbox},
 			forbidden: []string{`delete from ingestion_messages`, `insert into devices (organization_id, device_type_id, external_id) values (gen_random_uuid(), gen_random_uuid(), 'x')`,
-				insertTelemetry, insertStageLog, `update devices set is_active = false`},
+				insertTelemetry, insertStageLog, `update devices set is_active = false`,
+				`update device_telemetry_logs set next_publish_at = now() where processing_state = 'publish_failed'`},
 		},
 		{
 			role: "operator",
 			allowed: []string{insertOrganization, `update devices set is_active = true, updated_at = now() where false`,
 				`update ingestion_messages set status = 'parked', updated_at = now() where status = 'queued'`,
 				`update ingestion_messages set error_summary = error_summary || ' (replayed)', updated_at = now() where false`,
-				`update device_telemetry_logs set next_publish_at = now(), updated_at = now() where processing_state = 'publish_failed'`},
+				insertOutbox},
 			forbidden: []string{`create table operator_was_here (i int)`, `drop table devices`, `truncate ingestion_messages`,
 				`select telemesh_drop_partitions_before('device_telemetry_logs', current_date + 1)`,
 				`select telemesh_ensure_partitions('device_telemetry_logs', current_date + 40, current_date + 40)`, `alter table devices add column x int`},
@@ -260,7 +263,6 @@ func TestApplyIsIdempotentAndConverges(t *testing.T) {
 		o.RoleName("gateway") + ": revoked UPDATE (raw_payload) on ingestion_messages",
 		o.RoleName("publisher") + ": granted UPDATE (failure_reason) on device_telemetry_logs",
 		o.RoleName("viewer") + ": revoked UPDATE on device_telemetry_logs",
-		o.RoleName("viewer") + ": granted UPDATE (next_publish_at, updated_at) on device_telemetry_logs",
 	}
 	for _, w := range want {
 		if !slices.Contains(fixed.Changes, w) {
@@ -445,29 +447,40 @@ func TestEveryRoleIsRefusedWritesItDoesNotNeed(t *testing.T) {
 		}
 		return w
 	}
-	// stageLogs: a stage appends its rows and never changes them.
-	stageLogs := []string{updateSet("ingestion_stage_logs", "status"), deleteFrom("ingestion_stage_logs")}
+	// stageLogs: a stage appends its rows and never changes them; it adds
+	// to their counts and never takes from them.
+	stageLogs := []string{updateSet("ingestion_stage_logs", "status"), deleteFrom("ingestion_stage_logs"),
+		updateSet("ingestion_stage_counts", "stage"), deleteFrom("ingestion_stage_counts"),
+		insertInto("telemesh_partition_storage"), updateSet("telemesh_partition_storage", "fillfactor")}
+	// noOutbox: a stage other than the persister and the publisher leaves
+	// the publish outbox alone.
+	noOutbox := noWrites("publish_outbox", "due_at")
 	tests := map[string][]string{
-		"gateway": append(readOnlyCatalog(), append(stageLogs,
+		"gateway": append(readOnlyCatalog(), append(append(stageLogs, noOutbox...),
 			// It inserts dead letters and parks and resumes messages:
 			// status alone changes, never what a message carried.
 			updateSet("ingestion_messages", "raw_payload"), updateSet("ingestion_messages", "dedupe_key"),
 			updateSet("ingestion_messages", "error_summary"), deleteFrom("ingestion_messages"),
 			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "processing_state"), deleteFrom("device_telemetry_logs"))...),
-		"validator": append(readOnlyCatalog(), append(stageLogs,
+		"validator": append(readOnlyCatalog(), append(append(stageLogs, noOutbox...),
 			insertInto("ingestion_messages"), updateSet("ingestion_messages", "status"), deleteFrom("ingestion_messages"),
 			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "processing_state"), deleteFrom("device_telemetry_logs"))...),
-		"deriver": append(readOnlyCatalog(), append(stageLogs,
+		"deriver": append(readOnlyCatalog(), append(append(stageLogs, noOutbox...),
 			insertInto("ingestion_messages"), updateSet("ingestion_messages", "status"), deleteFrom("ingestion_messages"),
 			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "transformed_values"), deleteFrom("device_telemetry_logs"))...),
-		"persister": append(readOnlyCatalog(), append(stageLogs,
+		"persister": append(readOnlyCatalog(), append(append(stageLogs,
+			// It adds outbox entries and makes them due later, never
+			// removing one or changing what it holds.
+			deleteFrom("publish_outbox"), updateSet("publish_outbox", "message_ids")),
 			// It completes a parked message's row, never rewriting what
 			// was received; of a telemetry row it changes the publish state.
 			updateSet("ingestion_messages", "raw_payload"), updateSet("ingestion_messages", "dedupe_key"),
 			updateSet("ingestion_messages", "received_at"), deleteFrom("ingestion_messages"),
 			updateSet("device_telemetry_logs", "transformed_values"), updateSet("device_telemetry_logs", "raw_payload"),
 			updateSet("device_telemetry_logs", "processed_at"), deleteFrom("device_telemetry_logs"))...),
-		"publisher": append(readOnlyCatalog(), append(stageLogs,
+		"publisher": append(readOnlyCatalog(), append(append(stageLogs,
+			// It settles outbox entries; what an entry holds never changes.
+			updateSet("publish_outbox", "message_ids")),
 			insertInto("ingestion_messages"), updateSet("ingestion_messages", "status"), deleteFrom("ingestion_messages"),
 			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "transformed_values"),
 			updateSet("device_telemetry_logs", "raw_payload"), updateSet("device_telemetry_logs", "device_id"), deleteFrom("device_telemetry_logs"))...),
@@ -486,6 +499,10 @@ func TestEveryRoleIsRefusedWritesItDoesNotNeed(t *testing.T) {
 			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "transformed_values"),
 			updateSet("device_telemetry_logs", "raw_payload"), updateSet("device_telemetry_logs", "processing_state"), deleteFrom("device_telemetry_logs"),
 			insertInto("ingestion_stage_logs"), updateSet("ingestion_stage_logs", "status"), deleteFrom("ingestion_stage_logs"),
+			insertInto("ingestion_stage_counts"), updateSet("ingestion_stage_counts", "rows"), deleteFrom("ingestion_stage_counts"),
+			// A retry adds an outbox entry and changes none.
+			updateSet("publish_outbox", "due_at"), deleteFrom("publish_outbox"),
+			insertInto("telemesh_partition_storage"), updateSet("telemesh_partition_storage", "fillfactor"), deleteFrom("telemesh_partition_storage"),
 		},
 		"operator": {
 			// It curates the catalog and flips switches, and deletes
@@ -499,6 +516,9 @@ func TestEveryRoleIsRefusedWritesItDoesNotNeed(t *testing.T) {
 			insertInto("device_telemetry_logs"), updateSet("device_telemetry_logs", "transformed_values"),
 			updateSet("device_telemetry_logs", "processing_state"), deleteFrom("device_telemetry_logs"),
 			insertInto("ingestion_stage_logs"), updateSet("ingestion_stage_logs", "status"), deleteFrom("ingestion_stage_logs"),
+			insertInto("ingestion_stage_counts"), updateSet("ingestion_stage_counts", "rows"), deleteFrom("ingestion_stage_counts"),
+			updateSet("publish_outbox", "due_at"), deleteFrom("publish_outbox"),
+			insertInto("telemesh_partition_storage"), updateSet("telemesh_partition_storage", "fillfactor"), deleteFrom("telemesh_partition_storage"),
 		},
 	}
 	for _, r := range roles.Roles() {
@@ -565,6 +585,12 @@ func TestViewerAndOperatorDoTheirWork(t *testing.T) {
 		select now(), now(), d.id, 'telemetry', gen_random_uuid(), 'valid', 'publish_failed', 'nats down', now() + interval '1 hour'
 		from devices d where d.external_id = 'thermo-01' returning id`).Scan(&failedRow)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The publisher keeps a failed row in the publish outbox, due later.
+	if _, err := db.Pool.Exec(ctx, `insert into publish_outbox (id, message_ids, recorded_from, recorded_to, due_at, attempts)
+		select gen_random_uuid(), array[id], recorded_at, recorded_at, now() + interval '1 hour', 1
+		from device_telemetry_logs where id = $1`, failedRow); err != nil {
 		t.Fatal(err)
 	}
 	for _, sql := range []string{

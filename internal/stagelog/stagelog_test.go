@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/testdb"
 )
@@ -104,10 +106,15 @@ func TestWriteBoundsWhatAMessageHolds(t *testing.T) {
 	if err := w.Write(ctx, db.Pool, entries); err != nil {
 		t.Fatalf("Write: %v", err)
 	}
+	// Rows are found by message id: a completed row keeps no dedupe key.
+	ids := map[string]uuid.UUID{}
+	for _, e := range entries {
+		ids[e.DedupeKey] = e.MessageID
+	}
 	row := func(key string) (in, out, errs *string) {
 		t.Helper()
 		if err := db.Pool.QueryRow(ctx, `select input_snapshot::text, output_snapshot::text, errors::text from ingestion_stage_logs
-			where dedupe_key = $1`, key).Scan(&in, &out, &errs); err != nil {
+			where message_id = $1`, ids[key]).Scan(&in, &out, &errs); err != nil {
 			t.Fatalf("row %.40q: %v", key, err)
 		}
 		return in, out, errs
@@ -148,4 +155,97 @@ func deref(s *string) any {
 		return nil
 	}
 	return *s
+}
+
+// TestBatchCountsEveryRowAndWritesWhatTheModeKeeps writes, in mode
+// failures, completed rows a message carried only as counts and a failed
+// row in full, and reads the per-minute counts back with their duration
+// histograms.
+func TestBatchCountsEveryRowAndWritesWhatTheModeKeeps(t *testing.T) {
+	db := testdb.New(t)
+	ctx := t.Context()
+	w, err := New(ModeFailures, 0, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := uuid.New()
+	at := time.Date(2026, 12, 1, 10, 30, 15, 0, time.UTC)
+	carried := []*telemetryv1.StageRecord{
+		w.Record(&Entry{MessageID: id, Stage: "ingress", Status: StatusCompleted, Duration: 3 * time.Microsecond, At: at}),
+		w.Record(&Entry{MessageID: id, Stage: "validate", Status: StatusCompleted, Duration: 40 * time.Microsecond, At: at}),
+	}
+	for _, r := range carried {
+		if !r.GetCountOnly() || r.GetInstance() != "" || r.GetChangeSet() != "" {
+			t.Fatalf("a completed row in mode failures is carried as %v, want a count alone", r)
+		}
+	}
+	b := w.Batch()
+	b.AddCarried(id, "k", carried...)
+	b.Add(&Entry{MessageID: id, DedupeKey: "k", Stage: "persist", Status: StatusFailed, Code: "unstorable",
+		Duration: 1000 * time.Microsecond, At: at, Errors: map[string]any{"reason": "x"}})
+	if err := b.Write(ctx, db.Pool); err != nil {
+		t.Fatal(err)
+	}
+	// Twice: the counts add up.
+	if err := b.Write(ctx, db.Pool); err != nil {
+		t.Fatal(err)
+	}
+	var rows int
+	if err := db.Pool.QueryRow(ctx, `select count(*) from ingestion_stage_logs where message_id = $1`, id).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2 {
+		t.Errorf("%d stage rows written, want the failed one, twice", rows)
+	}
+	got := map[string]string{}
+	r, err := db.Pool.Query(ctx, `select stage, status, reason_code, rows, durations from ingestion_stage_counts where minute = $1`, at.Truncate(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r.Next() {
+		var (
+			stage, status, code string
+			n                   int64
+			h                   []int64
+		)
+		if err := r.Scan(&stage, &status, &code, &n, &h); err != nil {
+			t.Fatal(err)
+		}
+		got[stage+"/"+status+"/"+code] = fmt.Sprintf("%d p50=%d", n, Percentile(h, 0.5))
+	}
+	want := map[string]string{
+		"ingress/completed/":        "2 p50=3",
+		"validate/completed/":       "2 p50=38",
+		"persist/failed/unstorable": "2 p50=861",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("counts %v, want %v", got, want)
+	}
+}
+
+func TestBucketAndPercentile(t *testing.T) {
+	for _, tt := range []struct {
+		us   int64
+		want int
+	}{{0, 0}, {1, 1}, {2, 3}, {3, 4}, {4, 5}, {1 << 20, 41}, {1 << 40, Buckets - 1}} {
+		if got := Bucket(tt.us); got != tt.want {
+			t.Errorf("Bucket(%d) = %d, want %d", tt.us, got, tt.want)
+		}
+	}
+	h := make([]int64, Buckets)
+	for us := int64(1); us <= 1000; us++ {
+		h[Bucket(us)]++
+	}
+	for _, tt := range []struct {
+		p    float64
+		want int64
+	}{{0.5, 500}, {0.99, 990}} {
+		got := Percentile(h, tt.p)
+		if float64(got) < float64(tt.want)/1.42 || float64(got) > float64(tt.want)*1.42 {
+			t.Errorf("p%v of 1..1000 = %d, want within 42 %% of %d", tt.p*100, got, tt.want)
+		}
+	}
+	if Percentile(make([]int64, Buckets), 0.5) != 0 {
+		t.Errorf("the percentile of an empty histogram is not 0")
+	}
 }

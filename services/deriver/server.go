@@ -5,15 +5,16 @@ package deriver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 
 	deriverv1 "github.com/telemesh/telemesh/gen/telemesh/deriver/v1"
@@ -30,19 +31,25 @@ import (
 type Server struct {
 	deriverv1.UnimplementedDeriverServiceServer
 	catalog   *catalog.Cache
-	pool      *pgxpool.Pool
 	persister persisterv1.PersisterServiceClient
 	logs      *stagelog.Writer
 	logger    *slog.Logger
 
 	mu       sync.Mutex
 	compiled *catalog.Snapshot
-	programs map[uuid.UUID]*Program
+	programs map[uuid.UUID]*topicProgram
+}
+
+// topicProgram is a topic's compiled definitions and its parameters' data
+// types.
+type topicProgram struct {
+	*Program
+	types map[string]string
 }
 
 // New returns the deriver.
-func New(cat *catalog.Cache, pool *pgxpool.Pool, persister persisterv1.PersisterServiceClient, logs *stagelog.Writer, logger *slog.Logger) *Server {
-	return &Server{catalog: cat, pool: pool, persister: persister, logs: logs, logger: logger}
+func New(cat *catalog.Cache, persister persisterv1.PersisterServiceClient, logs *stagelog.Writer, logger *slog.Logger) *Server {
+	return &Server{catalog: cat, persister: persister, logs: logs, logger: logger}
 }
 
 // Register registers the stage's service on s.
@@ -52,7 +59,7 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 
 // program returns the compiled definitions of a topic, compiling them once
 // per catalog snapshot.
-func (srv *Server) program(topicID uuid.UUID) (*Program, error) {
+func (srv *Server) program(topicID uuid.UUID) (*topicProgram, error) {
 	snap := srv.catalog.Snapshot()
 	if snap == nil {
 		return nil, errCatalogNotLoaded
@@ -60,57 +67,89 @@ func (srv *Server) program(topicID uuid.UUID) (*Program, error) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	if srv.compiled != snap {
-		srv.compiled, srv.programs = snap, map[uuid.UUID]*Program{}
+		srv.compiled, srv.programs = snap, map[uuid.UUID]*topicProgram{}
 	}
 	if p, ok := srv.programs[topicID]; ok {
 		return p, nil
 	}
-	var p *Program
+	p := &topicProgram{types: map[string]string{}}
 	if t := snap.Topics[topicID]; t != nil {
-		p = compileTopic(t.Parameters, t.Derived)
+		p.Program = compileTopic(t.Parameters, t.Derived)
+		for _, prm := range t.Parameters {
+			p.types[prm.Key] = prm.DataType
+		}
 	} else {
-		p = compileTopic(nil, nil)
+		p.Program = compileTopic(nil, nil)
 	}
 	srv.programs[topicID] = p
 	return p, nil
+}
+
+// typed gives each value the Go type its parameter's data type has when the
+// validator extracts it (see validator.Checker.Check): JSON tells 12 from
+// 12.0 no more than a string from a json parameter holding one.
+func typed(values map[string]any, types map[string]string) {
+	for k, v := range values {
+		switch types[k] {
+		case "decimal":
+			if n, ok := v.(int64); ok {
+				values[k] = float64(n)
+			}
+		case "integer":
+			if f, ok := v.(float64); ok && f == math.Trunc(f) && math.Abs(f) < 1<<63 {
+				values[k] = int64(f)
+			}
+		case "json":
+			if _, ok := v.(json.RawMessage); !ok {
+				values[k] = json.RawMessage(value.AppendValue(nil, v))
+			}
+		}
+	}
 }
 
 // Derive mutates and derives every message of the batch, then sends the
 // batch to the persister.
 func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*deriverv1.DeriveResponse, error) {
 	envs := req.GetEnvelopes()
-	entries := make([]stagelog.Entry, 0, 2*len(envs))
-	for _, e := range envs {
+	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
+		return nil, err
+	}
+	for i, e := range envs {
 		start := time.Now()
 		p, err := srv.program(envelope.ParseUUID(e.GetTopicId()))
 		if err != nil {
 			return nil, fmt.Errorf("topic %s: %w", e.GetTopicId(), err)
 		}
-		extracted := value.MapFromProto(e.GetExtracted())
+		extracted := map[string]any{}
+		if v := e.GetValues(); v != "" {
+			if extracted, err = value.ParseObject(v); err != nil {
+				return nil, envelope.BatchError{Index: i, Reason: fmt.Sprintf("values: %v", err)}
+			}
+			typed(extracted, p.types)
+		}
 		res := p.Apply(extracted)
 		mutate, derive := record(e, extracted, res, time.Since(start))
-		entries = append(entries, mutate, derive)
-	}
-	if !req.GetDryRun() {
-		if err := srv.logs.Write(ctx, srv.pool, entries); err != nil {
-			return nil, err
+		if req.GetDryRun() {
+			continue
+		}
+		for _, entry := range []*stagelog.Entry{&mutate, &derive} {
+			e.StageLog = append(e.StageLog, srv.logs.Record(entry))
 		}
 	}
-	resp, err := srv.persister.Persist(ctx, &persisterv1.PersistRequest{Envelopes: envs, DryRun: req.GetDryRun()})
+	resp, err := srv.persister.Persist(ctx, &persisterv1.PersistRequest{Envelopes: envs, DryRun: req.GetDryRun(), WireVersion: envelope.WireVersion})
 	if err != nil {
 		return nil, fmt.Errorf("persister: %w", err)
 	}
 	return &deriverv1.DeriveResponse{Outcomes: resp.GetOutcomes()}, nil
 }
 
-// record writes a message's result into its envelope and returns its
-// mutate and derive stage-log entries.
+// record writes a message's result into its envelope (values, transformed
+// and unresolved) and returns its mutate and derive stage-log entries.
 //
-// A value whose mutation failed is carried as an unresolved entry of the
-// envelope's derived values, with reason evaluation_error and the failure
-// as the detail, and is absent from the mutated values. The persister
-// stores those entries in unresolved_values beside the unresolved derived
-// values, so one column answers "which values of this message are missing,
+// A value whose mutation failed is carried in the envelope's unresolved
+// values, with reason evaluation_error and the failure as the detail, and
+// is absent from the mutated values. The persister stores them in
+// unresolved_values beside the unresolved derived values, so one column answers "which values of this message are missing,
 // and why", and the publisher sends them in the event's unresolved values.
 // Keeping the extracted value instead would store, publish and derive from
 // a value the definition says is wrong (an uncalibrated reading) with
@@ -119,18 +158,22 @@ func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*d
 // the failure belongs to the definition, so its reason (error_summary)
 // names each failed mutation and the mutate stage is logged as failed.
 func record(e *telemetryv1.Envelope, extracted map[string]any, res Result, took time.Duration) (mutate, derive stagelog.Entry) {
-	e.Mutated = value.MapToProto(res.Mutated)
-	e.Derived = make(map[string]*telemetryv1.DerivedValue, len(res.Derived)+len(res.Unresolved)+len(res.MutationErrors))
-	for k, v := range res.Derived {
-		e.Derived[k] = &telemetryv1.DerivedValue{Result: &telemetryv1.DerivedValue_Value{Value: value.ToProto(v)}}
-	}
-	for k, u := range res.Unresolved {
-		e.Derived[k] = &telemetryv1.DerivedValue{Result: &telemetryv1.DerivedValue_Unresolved{Unresolved: unresolvedProto(u)}}
-	}
 	failed := mutationFailures(res.MutationErrors)
-	for k, u := range failed {
-		e.Derived[k] = &telemetryv1.DerivedValue{Result: &telemetryv1.DerivedValue_Unresolved{Unresolved: unresolvedProto(u)}}
+	transformed := make(map[string]any, len(res.Mutated)+len(res.Derived))
+	for k, v := range res.Mutated {
+		transformed[k] = v
 	}
+	for k, v := range res.Derived {
+		transformed[k] = v
+	}
+	unresolved := make(map[string]any, len(res.Unresolved)+len(failed))
+	for k, u := range res.Unresolved {
+		unresolved[k] = unresolvedValue(u)
+	}
+	for k, u := range failed {
+		unresolved[k] = unresolvedValue(u)
+	}
+	e.Values, e.Transformed, e.Unresolved = value.Object(res.Mutated), value.Object(transformed), value.Object(unresolved)
 
 	id := envelope.ParseUUID(e.GetMessageId())
 	mutate = stagelog.Entry{MessageID: id, DedupeKey: e.GetDedupeKey(), Stage: envelope.StageMutate,
@@ -187,15 +230,15 @@ func mutationReason(errs map[string]string) string {
 	return strings.Join(parts, "; ")
 }
 
-func unresolvedProto(u Unresolved) *telemetryv1.Unresolved {
-	r := telemetryv1.UnresolvedReason_UNRESOLVED_REASON_EVALUATION_ERROR
-	switch u.Reason {
-	case ReasonMissingInput:
-		r = telemetryv1.UnresolvedReason_UNRESOLVED_REASON_MISSING_INPUT
-	case ReasonCycle:
-		r = telemetryv1.UnresolvedReason_UNRESOLVED_REASON_CYCLE
+// unresolvedValue is an unresolved value as device_telemetry_logs'
+// unresolved_values holds it: {"reason": ..., "missing_inputs": [...],
+// "cycle": [...], "detail": ...}.
+func unresolvedValue(u Unresolved) json.RawMessage {
+	b, err := json.Marshal(envelope.Unresolved{Reason: string(u.Reason), MissingInputs: u.MissingInputs, Cycle: u.Cycle, Detail: u.Detail})
+	if err != nil {
+		return json.RawMessage(`{"reason":"evaluation_error"}`)
 	}
-	return &telemetryv1.Unresolved{Reason: r, MissingInputs: u.MissingInputs, Cycle: u.Cycle, Detail: u.Detail}
+	return b
 }
 
 func unresolvedJSON(m map[string]Unresolved) map[string]envelope.Unresolved {

@@ -1,6 +1,7 @@
 package deriver
 
 import (
+	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
@@ -90,17 +91,35 @@ func TestRecord(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := &telemetryv1.Envelope{MessageId: uuid.NewString(), DedupeKey: "k", DeliveryAttempt: 1,
-				Extracted: value.MapToProto(tt.extracted), Reason: tt.reason}
+				Values: value.Object(tt.extracted), Reason: tt.reason}
 			mutate, derive := record(e, tt.extracted, p.Apply(tt.extracted), time.Millisecond)
 
-			if got := value.MapFromProto(e.GetMutated()); !sameValues(got, tt.wantMutated) {
-				t.Errorf("envelope mutated = %v, want %v", got, tt.wantMutated)
+			// JSON does not tell 12 from 12.0: the parameters' types do.
+			types := map[string]string{"temp_c": "decimal", "raw_c": "decimal", "humidity": "decimal", "temp_f": "decimal", "raw_f": "decimal"}
+			mutated, err := value.ParseObject(e.GetValues())
+			typed(mutated, types)
+			if err != nil || !sameValues(mutated, tt.wantMutated) {
+				t.Errorf("envelope values = %v (%v), want %v", mutated, err, tt.wantMutated)
 			}
-			values, unresolved := envelope.Derived(e.GetDerived())
+			transformed, err := value.ParseObject(e.GetTransformed())
+			if err != nil {
+				t.Fatalf("envelope transformed %q: %v", e.GetTransformed(), err)
+			}
+			typed(transformed, types)
+			values := map[string]any{}
+			for k, v := range transformed {
+				if _, ok := mutated[k]; !ok {
+					values[k] = v
+				}
+			}
 			if !sameValues(values, tt.wantDerived) {
 				t.Errorf("envelope derived values = %v, want %v", values, tt.wantDerived)
 			}
-			wantUnresolved := map[string]any{}
+			unresolved := map[string]envelope.Unresolved{}
+			if err := json.Unmarshal([]byte(e.GetUnresolved()), &unresolved); err != nil {
+				t.Fatalf("envelope unresolved %q: %v", e.GetUnresolved(), err)
+			}
+			wantUnresolved := map[string]envelope.Unresolved{}
 			for k, u := range tt.wantUnresolved {
 				wantUnresolved[k] = u
 			}
@@ -144,4 +163,16 @@ func sameValues(got, want map[string]any) bool {
 		}
 	}
 	return true
+}
+
+// TestTyped shows the values read back from the envelope's JSON getting
+// the types the validator extracted them with.
+func TestTyped(t *testing.T) {
+	types := map[string]string{"d": "decimal", "i": "integer", "j": "json", "js": "json", "s": "string", "b": "boolean"}
+	got := map[string]any{"d": int64(12), "i": 7.0, "j": int64(3), "js": "x", "s": "12", "b": true, "extra": int64(1)}
+	typed(got, types)
+	want := map[string]any{"d": 12.0, "i": int64(7), "j": json.RawMessage(`3`), "js": json.RawMessage(`"x"`), "s": "12", "b": true, "extra": int64(1)}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("typed = %#v, want %#v", got, want)
+	}
 }

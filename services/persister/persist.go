@@ -58,10 +58,12 @@ type Telemetry struct {
 	State            string
 	Valid            bool
 	ValidationErrors any
-	Mutated          map[string]any
-	// Transformed holds the raw extracted values and the derived ones.
-	Transformed   map[string]any
-	Unresolved    map[string]any
+	// Mutated, Transformed and Unresolved are JSON objects: the values
+	// after their mutations, those plus the derived values, and the values
+	// that could not be computed with their reasons. Empty is {}.
+	Mutated       string
+	Transformed   string
+	Unresolved    string
 	FailureReason string
 	// PayloadRefused says the validator refused the payload as a whole (its
 	// size, keys, depth or encoding): it was never decoded, and the row

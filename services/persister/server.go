@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 
 	persisterv1 "github.com/telemesh/telemesh/gen/telemesh/persister/v1"
 	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
@@ -65,14 +64,29 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest) (*persisterv1.PersistResponse, error) {
 	start := time.Now()
 	envs := req.GetEnvelopes()
+	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
+		return nil, err
+	}
 	msgs := make([]Message, len(envs))
 	for i, e := range envs {
 		msgs[i] = toMessage(e)
 	}
-	logs := func(i int, r Result) stagelog.Entry {
+	// Each message's rows: the ones it carried from the stages before, then
+	// the persist stage's own, all in the batch's transaction.
+	logs := func(b *stagelog.Batch, i int, r Result, carried bool) {
 		e := envs[i]
+		if carried {
+			b.AddCarried(envelope.ParseUUID(e.GetMessageId()), e.GetDedupeKey(), e.GetStageLog()...)
+		}
+		// A duplicate's row goes with the rest of its delivery's rows, under
+		// the delivery's own id; its dedupe key leads to it from the
+		// original, whose id it names.
+		id := r.OriginalID
+		if r.Disposition == Duplicate {
+			id = envelope.ParseUUID(e.GetMessageId())
+		}
 		entry := stagelog.Entry{
-			MessageID: r.OriginalID, DedupeKey: e.GetDedupeKey(), Stage: envelope.StagePersist,
+			MessageID: id, DedupeKey: e.GetDedupeKey(), Stage: envelope.StagePersist,
 			Status: stagelog.StatusCompleted, Duration: time.Since(start) / time.Duration(max(len(envs), 1)), Attempt: int(e.GetDeliveryAttempt()),
 		}
 		switch r.Disposition {
@@ -85,9 +99,9 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 			entry.Errors = map[string]any{"reason": r.Reason}
 			entry.Code = reason.Unstorable
 		}
-		return entry
+		b.Add(&entry)
 	}
-	results, err := srv.store.Persist(ctx, msgs, req.GetDryRun(), srv.logs, logs)
+	results, entries, err := srv.store.Persist(ctx, msgs, req.GetDryRun(), srv.logs, logs)
 	if err != nil {
 		return nil, fmt.Errorf("persist %d messages: %w", len(envs), err)
 	}
@@ -121,18 +135,14 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 		if m.Telemetry != nil {
 			out.ProcessingState = envelope.StateFromString(m.Telemetry.State)
 			if m.Telemetry.State == StatePending || m.Telemetry.State == StateInvalid {
-				pub := proto.Clone(e).(*telemetryv1.Envelope)
-				pub.MessageId = r.OriginalID.String()
-				pub.Status = out.Status
-				pub.ProcessingState = out.ProcessingState
-				toPublish = append(toPublish, pub)
+				toPublish = append(toPublish, forPublisher(e, r.OriginalID, out, req.GetDryRun()))
 				publishIdx = append(publishIdx, i)
 			}
 		}
 		outcomes[i] = out
 	}
 	if len(toPublish) > 0 {
-		srv.publish(ctx, req.GetDryRun(), toPublish, publishIdx, outcomes)
+		srv.publish(ctx, req.GetDryRun(), toPublish, publishIdx, outcomes, entries)
 	}
 	if req.GetDryRun() {
 		for i, e := range envs {
@@ -147,10 +157,14 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 // publish calls the publisher after the commit. A publisher that cannot be
 // reached never undoes the stored rows: they become publish_failed and the
 // publisher's retry loop publishes them later.
-func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1.Envelope, idx []int, outcomes []*telemetryv1.Outcome) {
+func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1.Envelope, idx []int, outcomes []*telemetryv1.Outcome, entries []uuid.UUID) {
 	pctx, cancel := context.WithTimeout(ctx, srv.cfg.PublishTimeout)
 	defer cancel()
-	resp, err := srv.publisher.Publish(pctx, &publisherv1.PublishRequest{Envelopes: envs, DryRun: dryRun})
+	ids := make([]string, len(entries))
+	for i, id := range entries {
+		ids[i] = id.String()
+	}
+	resp, err := srv.publisher.Publish(pctx, &publisherv1.PublishRequest{Envelopes: envs, DryRun: dryRun, WireVersion: envelope.WireVersion, OutboxIds: ids})
 	if err == nil && len(resp.GetOutcomes()) == len(envs) {
 		for j, o := range resp.GetOutcomes() {
 			i := idx[j]
@@ -203,7 +217,7 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 	// marked so an operator sees why they are not processed.
 	mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer mcancel()
-	if err := srv.store.MarkPublishFailed(mctx, pending, from, to, why, time.Now().Add(srv.cfg.RetryDelay)); err != nil {
+	if err := srv.store.MarkPublishFailed(mctx, pending, from, to, why, time.Now().Add(srv.cfg.RetryDelay), entries); err != nil {
 		// The rows stay pending; the retry loop takes them once their lease
 		// ends, so nothing is lost.
 		srv.logger.ErrorContext(ctx, "could not mark rows publish_failed; they stay pending for the retry loop", "err", err)
@@ -277,20 +291,13 @@ func toMessage(e *telemetryv1.Envelope) Message {
 	if recorded.IsZero() {
 		recorded = m.ReceivedAt
 	}
-	mutated := envelope.Values(e.GetMutated())
-	// A halted message never reached the deriver, so its extracted values
-	// are what it has. One that did is stored with what the deriver gave,
-	// even nothing: a value whose mutation failed is left out on purpose.
-	if len(mutated) == 0 && envelope.Halted(e) {
-		mutated = envelope.Values(e.GetExtracted())
-	}
-	transformed := make(map[string]any, len(mutated)+len(e.GetDerived()))
-	for k, v := range mutated {
-		transformed[k] = v
-	}
-	derived, unresolved := envelope.Derived(e.GetDerived())
-	for k, v := range derived {
-		transformed[k] = v
+	mutated, transformed := e.GetValues(), e.GetTransformed()
+	// A halted message never reached the deriver: its extracted values are
+	// all it has, as they are. One that did is stored with what the deriver
+	// gave, even nothing: a value whose mutation failed is left out on
+	// purpose.
+	if transformed == "" && envelope.Halted(e) {
+		transformed = mutated
 	}
 	m.Telemetry = &Telemetry{
 		Topic:            e.GetTopic(),
@@ -300,7 +307,7 @@ func toMessage(e *telemetryv1.Envelope) Message {
 		ValidationErrors: envelope.ValidationErrors(e.GetValidationErrors()),
 		Mutated:          mutated,
 		Transformed:      transformed,
-		Unresolved:       unresolved,
+		Unresolved:       e.GetUnresolved(),
 	}
 	for _, v := range e.GetValidationErrors() {
 		// An error of no parameter is about the payload as a whole.
@@ -312,4 +319,27 @@ func toMessage(e *telemetryv1.Envelope) Message {
 		m.Telemetry.FailureReason = e.GetReason()
 	}
 	return m
+}
+
+// forPublisher is the envelope the publisher gets for a stored message:
+// only what it publishes and records, not the payload nor the rows the
+// message carried, which are written already.
+func forPublisher(e *telemetryv1.Envelope, id uuid.UUID, out *telemetryv1.Outcome, dryRun bool) *telemetryv1.Envelope {
+	pub := &telemetryv1.Envelope{
+		MessageId: id.String(), DedupeKey: e.GetDedupeKey(),
+		OrganizationId: e.GetOrganizationId(), OrganizationSlug: e.GetOrganizationSlug(),
+		DeviceUuid: e.GetDeviceUuid(), DeviceExternalId: e.GetDeviceExternalId(), Topic: e.GetTopic(),
+		DeliveryAttempt: e.GetDeliveryAttempt(), ReceivedAt: e.GetReceivedAt(), RecordedAt: e.GetRecordedAt(),
+		Transformed: e.GetTransformed(), Unresolved: e.GetUnresolved(), ValidationErrors: e.GetValidationErrors(),
+		Status: out.GetStatus(), ProcessingState: out.GetProcessingState(), HaltedStage: e.GetHaltedStage(),
+		Reason: e.GetReason(), ReasonCode: e.GetReasonCode(),
+	}
+	if pub.Transformed == "" {
+		pub.Transformed = e.GetValues()
+	}
+	if dryRun {
+		// What an operator sees of a dry run is the whole envelope.
+		pub.Values, pub.Payload, pub.SourceSubject, pub.SourceMessageId = e.GetValues(), e.GetPayload(), e.GetSourceSubject(), e.GetSourceMessageId()
+	}
+	return pub
 }

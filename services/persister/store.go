@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/telemesh/telemesh/internal/bound"
+	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
@@ -57,9 +58,10 @@ func (s *Store) WithStoredPayloadLimit(n int) *Store {
 	return &c
 }
 
-// LogFunc returns the stage-log entry of message i once its result is
-// known.
-type LogFunc func(i int, r Result) stagelog.Entry
+// LogFunc adds to b the stage-log rows of message i once its result is
+// known: the ones it carried from the stages before (when carried is true)
+// and the persist stage's own.
+type LogFunc func(b *stagelog.Batch, i int, r Result, carried bool)
 
 const insertMessages = `
 insert into ingestion_messages (id, organization_id, device_id, source_subject, source_message_id,
@@ -85,7 +87,7 @@ returning id, dedupe_key`
 var telemetryColumns = []string{
 	"id", "recorded_at", "received_at", "organization_id", "device_id", "topic", "ingestion_message_id",
 	"raw_payload", "mutated_values", "transformed_values", "unresolved_values", "validation_status",
-	"validation_errors", "processing_state", "failure_reason", "next_publish_at",
+	"validation_errors", "processing_state", "failure_reason",
 }
 
 // Persist writes the batch in one transaction: the message rows, the
@@ -98,7 +100,11 @@ var telemetryColumns = []string{
 // transaction, until the message it refuses is alone; that one is recorded
 // failed_terminal at persist with the reason (disposition [Refused]) and
 // the rest are stored as usual.
-func (s *Store) Persist(ctx context.Context, msgs []Message, dryRun bool, sl *stagelog.Writer, logs LogFunc) ([]Result, error) {
+//
+// The rows still to publish (pending) are added to the publish outbox in the
+// same transaction; Persist returns the outbox entries, one per
+// transaction, for the publisher to remove once it has recorded them.
+func (s *Store) Persist(ctx context.Context, msgs []Message, dryRun bool, sl *stagelog.Writer, logs LogFunc) ([]Result, []uuid.UUID, error) {
 	results := make([]Result, len(msgs))
 	idx := make([]int, len(msgs))
 	for i := range idx {
@@ -113,15 +119,16 @@ func (s *Store) Persist(ctx context.Context, msgs []Message, dryRun bool, sl *st
 			}
 		}
 		if err := s.dryRun(ctx, msgs, unique, results); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		fillInBatchDuplicates(msgs, idx, first, results)
-		return results, nil
+		return results, nil, nil
 	}
-	if err := s.persistIsolating(ctx, msgs, idx, sl, logs, results); err != nil {
-		return nil, err
+	var outbox []uuid.UUID
+	if err := s.persistIsolating(ctx, msgs, idx, sl, logs, results, &outbox); err != nil {
+		return nil, nil, err
 	}
-	return results, nil
+	return results, outbox, nil
 }
 
 // refused reports whether a write failed for what its rows held, so that
@@ -132,8 +139,8 @@ func refused(err error) bool {
 
 // persistIsolating writes the messages idx of msgs and fills in their
 // results, splitting them as [Store.Persist] says.
-func (s *Store) persistIsolating(ctx context.Context, msgs []Message, idx []int, sl *stagelog.Writer, logs LogFunc, results []Result) error {
-	err := s.persistTx(ctx, msgs, idx, false, sl, logs, results)
+func (s *Store) persistIsolating(ctx context.Context, msgs []Message, idx []int, sl *stagelog.Writer, logs LogFunc, results []Result, outbox *[]uuid.UUID) error {
+	err := s.persistTx(ctx, msgs, idx, false, sl, logs, results, outbox)
 	if !refused(err) {
 		return err
 	}
@@ -141,15 +148,15 @@ func (s *Store) persistIsolating(ctx context.Context, msgs []Message, idx []int,
 	// unpaired surrogate escape, say): write the batch again without the
 	// jsonb copies of the raw payloads. The bytes stay in
 	// ingestion_messages.raw_payload.
-	if err = s.persistTx(ctx, msgs, idx, true, sl, logs, results); !refused(err) {
+	if err = s.persistTx(ctx, msgs, idx, true, sl, logs, results, outbox); !refused(err) {
 		return err
 	}
 	if len(idx) > 1 {
 		mid := len(idx) / 2
-		if err := s.persistIsolating(ctx, msgs, idx[:mid], sl, logs, results); err != nil {
+		if err := s.persistIsolating(ctx, msgs, idx[:mid], sl, logs, results, outbox); err != nil {
 			return err
 		}
-		return s.persistIsolating(ctx, msgs, idx[mid:], sl, logs, results)
+		return s.persistIsolating(ctx, msgs, idx[mid:], sl, logs, results, outbox)
 	}
 	return s.persistRefused(ctx, msgs, idx[0], err, sl, logs, results)
 }
@@ -172,13 +179,18 @@ func (s *Store) persistRefused(ctx context.Context, msgs []Message, i int, cause
 		rec.ID = uuid.Must(uuid.NewV7())
 	}
 	recs := []Message{rec}
-	res, err := s.writeRefused(ctx, recs, i, sl, logs)
+	res, err := s.writeRefused(ctx, recs, i, sl, logs, true)
+	if refused(err) {
+		// The rows it carried may be what Postgres refuses: record it with
+		// the persist stage's row alone.
+		res, err = s.writeRefused(ctx, recs, i, sl, logs, false)
+	}
 	if refused(err) {
 		// Only the organization can still be refused (deleted since the
 		// catalog was read): keep the record without it.
 		recs[0].OrganizationID = uuid.Nil
 		recs[0].Reason = bound.Text(rec.Reason+fmt.Sprintf(" (recorded without its organization: %s)", pg.Reason(err)), bound.MaxReasonBytes)
-		res, err = s.writeRefused(ctx, recs, i, sl, logs)
+		res, err = s.writeRefused(ctx, recs, i, sl, logs, false)
 	}
 	if err != nil {
 		return fmt.Errorf("record message %s as refused: %w", m.ID, err)
@@ -189,7 +201,7 @@ func (s *Store) persistRefused(ctx context.Context, msgs []Message, i int, cause
 
 // writeRefused writes the record of a refused message and its stage log in
 // one transaction.
-func (s *Store) writeRefused(ctx context.Context, recs []Message, i int, sl *stagelog.Writer, logs LogFunc) (Result, error) {
+func (s *Store) writeRefused(ctx context.Context, recs []Message, i int, sl *stagelog.Writer, logs LogFunc, carried bool) (Result, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return Result{}, fmt.Errorf("begin: %w", err)
@@ -212,7 +224,9 @@ func (s *Store) writeRefused(ctx context.Context, recs []Message, i int, sl *sta
 		res = Result{Disposition: Duplicate, OriginalID: o.id, OriginalStatus: o.status}
 	}
 	if logs != nil {
-		if err := sl.Write(ctx, tx, []stagelog.Entry{logs(i, res)}); err != nil {
+		b := sl.Batch()
+		logs(b, i, res, carried)
+		if err := b.Write(ctx, tx); err != nil {
 			return Result{}, err
 		}
 	}
@@ -224,7 +238,7 @@ func (s *Store) writeRefused(ctx context.Context, recs []Message, i int, sl *sta
 
 // persistTx writes the messages idx of msgs in one transaction and, once it
 // commits, fills in their results.
-func (s *Store) persistTx(ctx context.Context, msgs []Message, idx []int, noRawJSON bool, sl *stagelog.Writer, logs LogFunc, results []Result) error {
+func (s *Store) persistTx(ctx context.Context, msgs []Message, idx []int, noRawJSON bool, sl *stagelog.Writer, logs LogFunc, results []Result, outboxIDs *[]uuid.UUID) error {
 	// first is, for each message of idx, the message of idx with its key
 	// that comes first.
 	first := make([]int, len(msgs))
@@ -276,15 +290,22 @@ func (s *Store) persistTx(ctx context.Context, msgs []Message, idx []int, noRawJ
 	}
 	fillInBatchDuplicates(msgs, idx, first, part)
 
-	if err := s.copyTelemetry(ctx, tx, msgs, idx, part, noRawJSON); err != nil {
+	pending, err := s.copyTelemetry(ctx, tx, msgs, idx, part, noRawJSON)
+	if err != nil {
+		return err
+	}
+	entry, err := outbox.Add(ctx, tx, pending, time.Now().Add(s.publishLease), 0)
+	if err != nil {
 		return err
 	}
 	if logs != nil {
-		entries := make([]stagelog.Entry, len(idx))
-		for j, i := range idx {
-			entries[j] = logs(i, part[i])
+		b := sl.Batch()
+		for _, i := range idx {
+			logs(b, i, part[i], true)
 		}
-		if err := sl.Write(ctx, tx, entries); err != nil {
+		// Last: it adds to the per-minute counts, which every writer
+		// updates, so their rows are held only while this commits.
+		if err := b.Write(ctx, tx); err != nil {
 			return err
 		}
 	}
@@ -293,6 +314,9 @@ func (s *Store) persistTx(ctx context.Context, msgs []Message, idx []int, noRawJ
 	}
 	for _, i := range idx {
 		results[i] = part[i]
+	}
+	if entry != uuid.Nil {
+		*outboxIDs = append(*outboxIDs, entry)
 	}
 	return nil
 }
@@ -430,21 +454,20 @@ func withNote(reason, note string) string {
 	return reason + "; " + note
 }
 
-func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, idx []int, results []Result, noRawJSON bool) error {
+// copyTelemetry copies the telemetry rows of the messages stored now and
+// returns the ones still to publish.
+func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, idx []int, results []Result, noRawJSON bool) ([]outbox.Row, error) {
 	rows := make([][]any, 0, len(idx))
-	lease := time.Now().Add(s.publishLease)
+	var pending []outbox.Row
 	for _, i := range idx {
 		m, r := &msgs[i], results[i]
 		if m.Telemetry == nil || (r.Disposition != Inserted && r.Disposition != Resumed) {
 			continue
 		}
 		t := m.Telemetry
-		mutated, err1 := jsonText(t.Mutated, "{}")
-		transformed, err2 := jsonText(t.Transformed, "{}")
-		unresolved, err3 := jsonText(t.Unresolved, "{}")
-		verrs, err4 := jsonText(t.ValidationErrors, "[]")
-		if err := errors.Join(err1, err2, err3, err4); err != nil {
-			return fmt.Errorf("%w: message %s: %w", ErrEncode, m.ID, err)
+		verrs, err := jsonText(t.ValidationErrors, "[]")
+		if err != nil {
+			return nil, fmt.Errorf("%w: message %s: %w", ErrEncode, m.ID, err)
 		}
 		vstatus := "valid"
 		if !t.Valid {
@@ -457,36 +480,46 @@ func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, id
 		if !noRawJSON && !t.PayloadRefused && len(m.RawPayload) <= s.storedPayloadBytes {
 			raw = rawJSON(m.RawPayload)
 		}
-		var next any
 		if t.State == StatePending {
-			next = lease
+			pending = append(pending, outbox.Row{ID: r.OriginalID, RecordedAt: t.RecordedAt})
 		}
 		rows = append(rows, []any{
 			[16]byte(r.OriginalID), t.RecordedAt, m.ReceivedAt, pgUUID(m.OrganizationID), [16]byte(m.DeviceID), t.Topic, [16]byte(r.OriginalID),
-			raw, pgJSON(mutated), pgJSON(transformed), pgJSON(unresolved), vstatus,
-			pgJSON(verrs), t.State, pgText(t.FailureReason), next,
+			raw, pgJSON(orEmpty(t.Mutated, "{}")), pgJSON(orEmpty(t.Transformed, "{}")), pgJSON(orEmpty(t.Unresolved, "{}")), vstatus,
+			pgJSON(verrs), t.State, pgText(t.FailureReason),
 		})
 	}
 	if len(rows) == 0 {
-		return nil
+		return nil, nil
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"device_telemetry_logs"}, telemetryColumns, pgx.CopyFromRows(rows)); err != nil {
-		return fmt.Errorf("copy device_telemetry_logs: %w", err)
+		return nil, fmt.Errorf("copy device_telemetry_logs: %w", err)
 	}
-	return nil
+	return pending, nil
+}
+
+// orEmpty returns s, or empty when s is "".
+func orEmpty(s, empty string) string {
+	if s == "" {
+		return empty
+	}
+	return s
 }
 
 // MarkPublishFailed records that the publisher could not be reached for the
-// given rows, recorded between from and to; the publisher's retry loop takes them from next_publish_at on.
-func (s *Store) MarkPublishFailed(ctx context.Context, ids []uuid.UUID, from, to time.Time, reason string, retryAt time.Time) error {
-	_, err := s.pool.Exec(ctx, `update device_telemetry_logs
-		set processing_state = 'publish_failed', failure_reason = $2, next_publish_at = $3,
-		    publish_attempts = publish_attempts + 1, updated_at = now()
-		where id = any($1) and recorded_at between $4 and $5 and processing_state = 'pending'`, ids, reason, retryAt, from, to)
-	if err != nil {
-		return fmt.Errorf("mark publish_failed: %w", err)
-	}
-	return nil
+// given rows, recorded between from and to, and makes their outbox entries
+// due at retryAt, when the publisher's retry loop takes them.
+func (s *Store) MarkPublishFailed(ctx context.Context, ids []uuid.UUID, from, to time.Time, reason string, retryAt time.Time, entries []uuid.UUID) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `update device_telemetry_logs
+			set processing_state = 'publish_failed', failure_reason = $2, next_publish_at = $3,
+			    publish_attempts = publish_attempts + 1, updated_at = now()
+			where id = any($1) and recorded_at between $4 and $5 and processing_state = 'pending'`, ids, reason, retryAt, from, to)
+		if err != nil {
+			return fmt.Errorf("mark publish_failed: %w", err)
+		}
+		return outbox.Delay(ctx, tx, entries, retryAt)
+	})
 }
 
 func pgUUID(u uuid.UUID) pgtype.UUID {

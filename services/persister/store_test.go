@@ -49,7 +49,7 @@ func TestPersist(t *testing.T) {
 		}
 		if telemetry {
 			m.Telemetry = &Telemetry{Topic: "telemetry", RecordedAt: time.Now(), State: StatePending, Valid: true,
-				Mutated: map[string]any{"temp_c": 3.0}, Transformed: map[string]any{"temp_c": 3.0, "temp_f": 37.4}}
+				Mutated: `{"temp_c":3}`, Transformed: `{"temp_c":3,"temp_f":37.4}`}
 		}
 		return m
 	}
@@ -73,7 +73,8 @@ func TestPersist(t *testing.T) {
 			batch: []Message{msg("k1", StatusCompleted, true), msg("k2", StatusFailedTerminal, false)},
 			want:  []Disposition{Inserted, Inserted},
 			check: func(t *testing.T, batch []Message, _ []Result) {
-				if n := count(`select count(*) from device_telemetry_logs where id = $1 and processing_state = 'pending' and next_publish_at > now()`, batch[0].ID); n != 1 {
+				if n := count(`select count(*) from device_telemetry_logs where id = $1 and processing_state = 'pending'
+					and exists (select 1 from publish_outbox o where $1 = any(o.message_ids) and o.due_at > now())`, batch[0].ID); n != 1 {
 					t.Errorf("telemetry rows for k1 = %d", n)
 				}
 				if n := count(`select count(*) from device_telemetry_logs where ingestion_message_id = $1`, batch[1].ID); n != 0 {
@@ -230,7 +231,7 @@ func TestPersist(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res, err := store.Persist(ctx, tt.batch, tt.dry, logs, nil)
+			res, _, err := store.Persist(ctx, tt.batch, tt.dry, logs, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/catalog"
+	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
@@ -126,7 +127,8 @@ func (s *stage) exec(sql string, args ...any) {
 	}
 }
 
-// pending adds a telemetry row of device d waiting for its publish, due now.
+// pending adds a telemetry row of device d waiting for its publish, due now
+// in the publish outbox.
 func (s *stage) pending(d uuid.UUID, recorded time.Time) uuid.UUID {
 	s.t.Helper()
 	id := uuid.Must(uuid.NewV7())
@@ -135,6 +137,9 @@ func (s *stage) pending(d uuid.UUID, recorded time.Time) uuid.UUID {
 	s.exec(`insert into device_telemetry_logs (id, recorded_at, received_at, organization_id, device_id, topic,
 			ingestion_message_id, transformed_values, validation_status, processing_state, next_publish_at)
 		values ($1, $2, $2, $3, $4, 'telemetry', $1, '{"t": 21.5}', 'valid', 'pending', now())`, id, recorded, s.org, d)
+	if _, err := outbox.Add(s.t.Context(), s.db.Pool, []outbox.Row{{ID: id, RecordedAt: recorded}}, time.Now(), 0); err != nil {
+		s.t.Fatal(err)
+	}
 	return id
 }
 

@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/value"
 )
 
 // Each way a write to NATS fails is told in one line naming the bucket or
@@ -24,7 +26,7 @@ func TestResourceErrorReasons(t *testing.T) {
 	}
 	store := NewStateStore(js, kv, cfg.AnalyticsStream, 10*time.Second)
 	u := DeviceUpdate{Device: "0190a0b0-0000-7000-8000-000000000001", Organization: "acme",
-		Topics: map[string]TopicState{"telemetry": {Values: map[string]any{"t": 1.0}, MessageID: "m1", RecordedAt: time.Now().UTC()}}}
+		Topics: map[string]TopicState{"telemetry": {Values: json.RawMessage(value.Object(map[string]any{"t": 1.0})), MessageID: "m1", RecordedAt: time.Now().UTC()}}}
 	event := func(subject string) error {
 		f, err := js.PublishAsync(subject, []byte(`{}`))
 		if err != nil {

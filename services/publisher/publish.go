@@ -28,8 +28,11 @@ type Item struct {
 	DeviceExternalID string
 	Topic            string
 	RecordedAt       time.Time
-	Values           map[string]any
-	Unresolved       map[string]any
+	// Values and Unresolved are JSON objects: the row's transformed values
+	// and the values it could not compute, with their reasons. Unresolved
+	// is nil when there are none.
+	Values     json.RawMessage
+	Unresolved json.RawMessage
 	// Invalid marks a row that failed validation: it is published as an
 	// invalid event, if the organization wants those, and never to KV.
 	Invalid          bool
@@ -75,15 +78,15 @@ func NewPublisher(js jetstream.JetStream, kv jetstream.KeyValue, cfg NATSConfig,
 
 // analyticsEvent is the body of an analytics or invalid event.
 type analyticsEvent struct {
-	MessageID        string         `json:"message_id"`
-	Organization     string         `json:"organization"`
-	DeviceUUID       string         `json:"device_uuid"`
-	DeviceExternalID string         `json:"device_external_id,omitempty"`
-	Topic            string         `json:"topic"`
-	RecordedAt       time.Time      `json:"recorded_at"`
-	Values           map[string]any `json:"values,omitempty"`
-	Unresolved       map[string]any `json:"unresolved,omitempty"`
-	Errors           any            `json:"errors,omitempty"`
+	MessageID        string          `json:"message_id"`
+	Organization     string          `json:"organization"`
+	DeviceUUID       string          `json:"device_uuid"`
+	DeviceExternalID string          `json:"device_external_id,omitempty"`
+	Topic            string          `json:"topic"`
+	RecordedAt       time.Time       `json:"recorded_at"`
+	Values           json.RawMessage `json:"values,omitempty"`
+	Unresolved       json.RawMessage `json:"unresolved,omitempty"`
+	Errors           any             `json:"errors,omitempty"`
 }
 
 // Publish publishes the items: device state first, with one compare-and-set

@@ -7,10 +7,12 @@ package publisher
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 
@@ -18,6 +20,7 @@ import (
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
 
@@ -62,6 +65,17 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 func (srv *Server) Publish(ctx context.Context, req *publisherv1.PublishRequest) (*publisherv1.PublishResponse, error) {
 	start := time.Now()
 	envs := req.GetEnvelopes()
+	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
+		return nil, err
+	}
+	entries := make([]uuid.UUID, 0, len(req.GetOutboxIds()))
+	for _, id := range req.GetOutboxIds() {
+		u, err := uuid.Parse(id)
+		if err != nil {
+			return nil, envelope.BatchError{Index: -1, Reason: fmt.Sprintf("outbox id %q is not a UUID", id)}
+		}
+		entries = append(entries, u)
+	}
 	items := make([]Item, len(envs))
 	for i, e := range envs {
 		items[i] = itemFromEnvelope(e)
@@ -95,7 +109,7 @@ func (srv *Server) Publish(ctx context.Context, req *publisherv1.PublishRequest)
 	if req.GetDryRun() {
 		return &publisherv1.PublishResponse{Outcomes: outcomes}, nil
 	}
-	if err := srv.record(ctx, items, results, time.Since(start), nil); err != nil {
+	if err := srv.record(ctx, items, results, time.Since(start), entries, 0, nil); err != nil {
 		// The events are out but the rows say pending: the retry loop will
 		// publish them again once their lease ends, and the stream drops the
 		// repeats by message id. Report the batch as failed so the caller
@@ -113,15 +127,18 @@ type execTx interface {
 	Rollback(ctx context.Context) error
 }
 
-// record marks the rows and writes the publish stage logs in one
-// transaction: tx when the caller has one (the retry loop's, holding the
-// claimed rows), else its own.
-func (srv *Server) record(ctx context.Context, items []Item, results []ItemResult, took time.Duration, tx execTx) error {
+// record marks the rows, writes the publish stage logs and settles the
+// publish outbox in one transaction: tx when the caller has one (the retry
+// loop's, holding the claimed entries), else its own. The entries the rows
+// came in are removed, and the rows that failed get one of their own, due
+// at their next attempt; attempts is how many the entries had.
+func (srv *Server) record(ctx context.Context, items []Item, results []ItemResult, took time.Duration, entries []uuid.UUID, attempts int, tx execTx) error {
 	var (
-		processed []Row
-		failed    []Failure
-		entries   = make([]stagelog.Entry, 0, len(items))
-		per       = took / time.Duration(max(len(items), 1))
+		processed  []Row
+		failed     []Failure
+		logEntries = make([]stagelog.Entry, 0, len(items))
+		per        = took / time.Duration(max(len(items), 1))
+		due        = time.Now().Add(Backoff(attempts+1, srv.cfg.RetryBase, srv.cfg.RetryMax))
 	)
 	for i := range items {
 		it, r := &items[i], results[i]
@@ -133,8 +150,7 @@ func (srv *Server) record(ctx context.Context, items []Item, results []ItemResul
 			e.Errors = map[string]any{"reason": r.Err.Error()}
 			e.Code = failureCode(it, r)
 			if !it.Invalid {
-				failed = append(failed, Failure{Row: Row{it.MessageID, it.RecordedAt}, Reason: r.Err.Error(),
-					RetryAt: time.Now().Add(Backoff(max(it.Attempt, 1), srv.cfg.RetryBase, srv.cfg.RetryMax))})
+				failed = append(failed, Failure{Row: Row{it.MessageID, it.RecordedAt}, Reason: r.Err.Error(), RetryAt: due})
 			}
 		case !it.Invalid:
 			processed = append(processed, Row{it.MessageID, it.RecordedAt})
@@ -142,7 +158,7 @@ func (srv *Server) record(ctx context.Context, items []Item, results []ItemResul
 		if r.Skipped != "" {
 			e.ChangeSet = map[string]any{"subjects": r.Subjects, "skipped": r.Skipped}
 		}
-		entries = append(entries, e)
+		logEntries = append(logEntries, e)
 	}
 	own := tx == nil
 	if own {
@@ -156,7 +172,21 @@ func (srv *Server) record(ctx context.Context, items []Item, results []ItemResul
 	if err := Mark(ctx, tx, processed, failed); err != nil {
 		return err
 	}
-	if err := srv.logs.Write(ctx, tx, entries); err != nil {
+	if err := outbox.Remove(ctx, tx, entries); err != nil {
+		return err
+	}
+	if len(failed) > 0 {
+		rows := make([]outbox.Row, len(failed))
+		for i, f := range failed {
+			rows[i] = outbox.Row(f.Row)
+		}
+		if _, err := outbox.Add(ctx, tx, rows, due, attempts+1); err != nil {
+			return err
+		}
+	}
+	// Last: it adds to the per-minute counts, which every writer updates,
+	// so their rows are held only while this commits.
+	if err := srv.logs.Write(ctx, tx, logEntries); err != nil {
 		return err
 	}
 	if own {
@@ -185,14 +215,16 @@ func (srv *Server) RetryLoop(ctx context.Context) error {
 				}
 				break
 			}
-			if n < srv.cfg.RetryBatch {
+			if n == 0 {
 				break
 			}
 		}
 	}
 }
 
-// RetryOnce runs one retry round and returns how many rows it claimed.
+// RetryOnce runs one retry round: it claims due publish outbox entries,
+// publishes their rows that are still pending or publish_failed, and
+// records the result. It returns how many rows it published.
 func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 	start := time.Now()
 	tx, err := srv.pool.Begin(ctx)
@@ -200,9 +232,17 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	rows, err := claimDue(ctx, tx, srv.cfg.RetryBatch)
-	if err != nil || len(rows) == 0 {
+	entries, err := outbox.ClaimDue(ctx, tx, srv.cfg.RetryBatch)
+	if err != nil || len(entries) == 0 {
 		return 0, err
+	}
+	rows, err := unpublished(ctx, tx, entries)
+	if err != nil {
+		return 0, err
+	}
+	ids, attempts := make([]uuid.UUID, len(entries)), 0
+	for i, e := range entries {
+		ids[i], attempts = e.ID, max(attempts, e.Attempts)
 	}
 	snap := srv.catalog.Snapshot()
 	items := make([]Item, len(rows))
@@ -214,8 +254,11 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 			}
 		}
 	}
-	results := srv.pub.Publish(ctx, items, false)
-	if err := srv.record(ctx, items, results, time.Since(start), tx); err != nil {
+	var results []ItemResult
+	if len(items) > 0 {
+		results = srv.pub.Publish(ctx, items, false)
+	}
+	if err := srv.record(ctx, items, results, time.Since(start), ids, attempts, tx); err != nil {
 		return 0, err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -227,21 +270,11 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 			failed++
 		}
 	}
-	srv.logger.Info("publish retry round", "rows", len(rows), "failed", failed)
+	srv.logger.Info("publish retry round", "entries", len(entries), "rows", len(rows), "failed", failed)
 	return len(rows), nil
 }
 
 func itemFromEnvelope(e *telemetryv1.Envelope) Item {
-	derived, unresolved := envelope.Derived(e.GetDerived())
-	values := envelope.Values(e.GetMutated())
-	// As the persister stores them: the extracted values only for a
-	// message that never reached the deriver.
-	if len(values) == 0 && envelope.Halted(e) {
-		values = envelope.Values(e.GetExtracted())
-	}
-	for k, v := range derived {
-		values[k] = v
-	}
 	it := Item{
 		MessageID:        envelope.ParseUUID(e.GetMessageId()),
 		DedupeKey:        e.GetDedupeKey(),
@@ -251,8 +284,8 @@ func itemFromEnvelope(e *telemetryv1.Envelope) Item {
 		DeviceExternalID: e.GetDeviceExternalId(),
 		Topic:            e.GetTopic(),
 		RecordedAt:       envelope.Time(e.GetRecordedAt()),
-		Values:           values,
-		Unresolved:       unresolved,
+		Values:           jsonObject(e.GetTransformed()),
+		Unresolved:       jsonObject(e.GetUnresolved()),
 		Attempt:          1,
 	}
 	if it.RecordedAt.IsZero() {
@@ -267,4 +300,12 @@ func itemFromEnvelope(e *telemetryv1.Envelope) Item {
 		}
 	}
 	return it
+}
+
+// jsonObject returns a JSON object as raw JSON, nil when it is empty.
+func jsonObject(s string) json.RawMessage {
+	if s == "" || s == "{}" {
+		return nil
+	}
+	return json.RawMessage(s)
 }

@@ -22,9 +22,19 @@ type DeviceState struct {
 
 // TopicState is the latest message of one topic.
 type TopicState struct {
-	Values     map[string]any `json:"values"`
-	MessageID  string         `json:"message_id"`
-	RecordedAt time.Time      `json:"recorded_at"`
+	Values     json.RawMessage `json:"values"`
+	MessageID  string          `json:"message_id"`
+	RecordedAt time.Time       `json:"recorded_at"`
+}
+
+// Value returns the value of key among the topic's values, as
+// encoding/json decodes it (numbers as float64), or nil when there is none.
+func (s TopicState) Value(key string) any {
+	var m map[string]any
+	if json.Unmarshal(s.Values, &m) != nil {
+		return nil
+	}
+	return m[key]
 }
 
 // newer reports whether a is newer than b: a later recorded time, or the same

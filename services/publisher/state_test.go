@@ -1,14 +1,17 @@
 package publisher
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/telemesh/telemesh/internal/value"
 )
 
 func TestMerge(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	at := func(d time.Duration, id string, v float64) TopicState {
-		return TopicState{RecordedAt: t0.Add(d), MessageID: id, Values: map[string]any{"v": v}}
+		return TopicState{RecordedAt: t0.Add(d), MessageID: id, Values: json.RawMessage(value.Object(map[string]any{"v": v}))}
 	}
 	tests := []struct {
 		name        string
@@ -29,7 +32,7 @@ func TestMerge(t *testing.T) {
 			if got := Merge(&s, tt.updates); got != tt.wantChanged {
 				t.Errorf("changed = %v, want %v", got, tt.wantChanged)
 			}
-			if got := s.Topics["telemetry"].Values["v"]; got != tt.wantV {
+			if got := s.Topics["telemetry"].Value("v"); got != tt.wantV {
 				t.Errorf("v = %v, want %v", got, tt.wantV)
 			}
 		})

@@ -2,7 +2,6 @@ package publisher
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -10,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/telemesh/telemesh/internal/outbox"
 )
 
 // Backoff returns when a row that failed attempt times is tried again:
@@ -108,41 +109,46 @@ type claimed struct {
 	attempts int
 }
 
-// claimDue locks up to limit rows whose publish is due, skipping rows other
-// replicas hold, so replicas share the work without coordination.
-func claimDue(ctx context.Context, tx pgx.Tx, limit int) ([]claimed, error) {
-	rows, err := tx.Query(ctx, `select t.id, t.recorded_at, t.organization_id, t.device_id, t.topic,
-			t.transformed_values, t.unresolved_values, t.publish_attempts, coalesce(d.external_id, '')
-		from device_telemetry_logs t
-		left join devices d on d.id = t.device_id
-		where t.processing_state in ('pending', 'publish_failed') and t.next_publish_at <= now()
-		order by t.next_publish_at
-		limit $1
-		for update of t skip locked`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("claim due rows: %w", err)
-	}
-	defer rows.Close()
+// unpublished reads the rows of the claimed outbox entries that are still
+// pending or publish_failed; a row another attempt published meanwhile is
+// left out.
+func unpublished(ctx context.Context, tx pgx.Tx, entries []outbox.Entry) ([]claimed, error) {
 	var out []claimed
-	for rows.Next() {
-		var (
-			c                  claimed
-			org                *uuid.UUID
-			values, unresolved []byte
-			device             uuid.UUID
-		)
-		if err := rows.Scan(&c.item.MessageID, &c.item.RecordedAt, &org, &device, &c.item.Topic,
-			&values, &unresolved, &c.attempts, &c.item.DeviceExternalID); err != nil {
-			return nil, fmt.Errorf("claim due rows: %w", err)
+	for _, e := range entries {
+		rows, err := tx.Query(ctx, `select t.id, t.recorded_at, t.organization_id, t.device_id, t.topic,
+				t.transformed_values, t.unresolved_values, t.publish_attempts, coalesce(d.external_id, '')
+			from device_telemetry_logs t
+			left join devices d on d.id = t.device_id
+			where t.id = any($1) and t.recorded_at between $2 and $3
+			  and t.processing_state in ('pending', 'publish_failed')
+			for update of t`, e.MessageIDs, e.From, e.To)
+		if err != nil {
+			return nil, fmt.Errorf("read rows to publish: %w", err)
 		}
-		if org != nil {
-			c.item.OrganizationID = *org
+		for rows.Next() {
+			var (
+				c                  claimed
+				org                *uuid.UUID
+				values, unresolved []byte
+				device             uuid.UUID
+			)
+			if err := rows.Scan(&c.item.MessageID, &c.item.RecordedAt, &org, &device, &c.item.Topic,
+				&values, &unresolved, &c.attempts, &c.item.DeviceExternalID); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("read rows to publish: %w", err)
+			}
+			if org != nil {
+				c.item.OrganizationID = *org
+			}
+			c.item.DeviceUUID = device.String()
+			c.item.Values, c.item.Unresolved = jsonObject(string(values)), jsonObject(string(unresolved))
+			c.item.Attempt = c.attempts + 1
+			out = append(out, c)
 		}
-		c.item.DeviceUUID = device.String()
-		_ = json.Unmarshal(values, &c.item.Values)
-		_ = json.Unmarshal(unresolved, &c.item.Unresolved)
-		c.item.Attempt = c.attempts + 1
-		out = append(out, c)
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("read rows to publish: %w", err)
+		}
 	}
-	return out, rows.Err()
+	return out, nil
 }

@@ -54,6 +54,9 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateRequest) (*validatorv1.ValidateResponse, error) {
 	start := time.Now()
 	envs := req.GetEnvelopes()
+	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
+		return nil, err
+	}
 	snap := srv.catalog.Snapshot()
 	if snap == nil {
 		return nil, errCatalogNotLoaded
@@ -64,10 +67,14 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 	}
 
 	outcomes := make([]*telemetryv1.Outcome, len(envs))
-	entries := make([]stagelog.Entry, 0, len(envs))
-	var toDerive, toPersist []int
+	entries := make([]stagelog.Entry, len(envs))
+	// A duplicate goes no further: its rows, the ones it carried included,
+	// are written here.
+	stopped := srv.logs.Batch()
+	var toDerive, toPersist, duplicates []int
 	for i, e := range envs {
-		entry := stagelog.Entry{
+		entry := &entries[i]
+		*entry = stagelog.Entry{
 			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: e.GetDedupeKey(), Stage: envelope.StageValidate,
 			Status: stagelog.StatusCompleted, Attempt: int(e.GetDeliveryAttempt()),
 		}
@@ -75,6 +82,7 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 		case envelope.Halted(e):
 			// Stopped at ingress (unknown topic, not JSON, parked): carried
 			// on as evidence without a validate row of its own.
+			entry.Stage = ""
 			toPersist = append(toPersist, i)
 			continue
 		case dups[e.GetDedupeKey()].id != "":
@@ -86,15 +94,15 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 			entry.Status = stagelog.StatusDuplicate
 			entry.Errors = map[string]any{"duplicate_of": d.id, "original_status": d.status}
 			entry.Code = reason.Duplicate
-			entries = append(entries, entry)
+			duplicates = append(duplicates, i)
 			continue
 		}
-		srv.check(e, snap)
+		values := srv.check(e, snap)
 		if e.GetRecordedAt() == nil {
 			e.RecordedAt = e.GetReceivedAt()
 		}
 		if envelope.Halted(e) {
-			entry.ChangeSet = map[string]any{"extracted": valuesJSON(e.GetExtracted())}
+			entry.ChangeSet = map[string]any{"extracted": jsonValues(values)}
 			entry.Status = stagelog.StatusHalted
 			entry.Errors = map[string]any{"reason": e.GetReason(), "validation_errors": envelope.ValidationErrors(e.GetValidationErrors())}
 			entry.Code = e.GetReasonCode()
@@ -103,14 +111,21 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 		} else {
 			toDerive = append(toDerive, i)
 		}
-		entries = append(entries, entry)
 	}
 	took := time.Since(start) / time.Duration(max(len(envs), 1))
-	for i := range entries {
-		entries[i].Duration = took
-	}
 	if !req.GetDryRun() {
-		if err := srv.logs.Write(ctx, srv.pool, entries); err != nil {
+		for i, e := range envs {
+			entry := &entries[i]
+			if entry.Stage == "" {
+				continue
+			}
+			entry.Duration = took
+			e.StageLog = append(e.StageLog, srv.logs.Record(entry))
+		}
+		for _, i := range duplicates {
+			stopped.AddCarried(envelope.ParseUUID(envs[i].GetMessageId()), envs[i].GetDedupeKey(), envs[i].GetStageLog()...)
+		}
+		if err := stopped.Write(ctx, srv.pool); err != nil {
 			return nil, err
 		}
 	}
@@ -118,7 +133,7 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 	g, gctx := errgroup.WithContext(ctx)
 	if len(toDerive) > 0 {
 		g.Go(func() error {
-			resp, err := srv.deriver.Derive(gctx, &deriverv1.DeriveRequest{Envelopes: pick(envs, toDerive), DryRun: req.GetDryRun()})
+			resp, err := srv.deriver.Derive(gctx, &deriverv1.DeriveRequest{Envelopes: pick(envs, toDerive), DryRun: req.GetDryRun(), WireVersion: envelope.WireVersion})
 			if err != nil {
 				return fmt.Errorf("deriver: %w", err)
 			}
@@ -127,7 +142,7 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 	}
 	if len(toPersist) > 0 {
 		g.Go(func() error {
-			resp, err := srv.persister.Persist(gctx, &persisterv1.PersistRequest{Envelopes: pick(envs, toPersist), DryRun: req.GetDryRun()})
+			resp, err := srv.persister.Persist(gctx, &persisterv1.PersistRequest{Envelopes: pick(envs, toPersist), DryRun: req.GetDryRun(), WireVersion: envelope.WireVersion})
 			if err != nil {
 				return fmt.Errorf("persister: %w", err)
 			}
@@ -142,17 +157,18 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 
 // check validates one envelope in place: it sets the extracted values, the
 // recorded time, and for a stopped message its status, reason and errors.
-func (srv *Server) check(e *telemetryv1.Envelope, snap *catalog.Snapshot) {
+// It returns the extracted values.
+func (srv *Server) check(e *telemetryv1.Envelope, snap *catalog.Snapshot) map[string]any {
 	topic := snap.Topics[envelope.ParseUUID(e.GetTopicId())]
 	if topic == nil {
 		e.Status = telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL
 		e.HaltedStage = telemetryv1.Stage_STAGE_VALIDATE
 		e.Reason = fmt.Sprintf("topic %q of %s is no longer defined", e.GetTopic(), e.GetSourceSubject())
 		e.ReasonCode = reason.UnknownTopic
-		return
+		return nil
 	}
 	values, issues := srv.checker.Check(e.GetPayload(), topic.Parameters)
-	e.Extracted = value.MapToProto(values)
+	e.Values = value.Object(values)
 	if t, ok := RecordedAt(e.GetPayload()); ok {
 		e.RecordedAt = timestamppb.New(t)
 	}
@@ -162,10 +178,10 @@ func (srv *Server) check(e *telemetryv1.Envelope, snap *catalog.Snapshot) {
 		e.HaltedStage = telemetryv1.Stage_STAGE_VALIDATE
 		e.Reason = fmt.Sprintf("device %s is inactive", deviceName(e))
 		e.ReasonCode = reason.Inactive
-		return
+		return values
 	}
 	if len(issues) == 0 {
-		return
+		return values
 	}
 	reasons := make([]string, len(issues))
 	for i, is := range issues {
@@ -186,6 +202,7 @@ func (srv *Server) check(e *telemetryv1.Envelope, snap *catalog.Snapshot) {
 	e.HaltedStage = telemetryv1.Stage_STAGE_VALIDATE
 	e.Reason = "validation failed: " + strings.Join(reasons, "; ")
 	e.ReasonCode = primaryCode(issues)
+	return values
 }
 
 // primaryCode is the code a message that broke several rules is counted
@@ -260,9 +277,10 @@ func place(outcomes []*telemetryv1.Outcome, idx []int, got []*telemetryv1.Outcom
 	return nil
 }
 
-func valuesJSON(m map[string]*telemetryv1.Value) map[string]any {
+// jsonValues returns the values as a stage-log change set holds them.
+func jsonValues(m map[string]any) map[string]any {
 	out := make(map[string]any, len(m))
-	for k, v := range value.MapFromProto(m) {
+	for k, v := range m {
 		out[k] = value.JSON(v)
 	}
 	return out

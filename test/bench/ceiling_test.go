@@ -68,7 +68,7 @@ var rowShapes = []tableShape{
 	},
 	{
 		table: "ingestion_stage_logs",
-		columns: []string{"id", "message_id", "dedupe_key", "stage", "status", "duration_us", "attempt", "instance",
+		columns: []string{"message_id", "stage", "status", "duration_us", "attempt", "instance",
 			"change_set", "created_at"},
 		rows: func(dst [][]any, w *writtenMessage, mode string) [][]any {
 			if mode != "all" {
@@ -84,7 +84,9 @@ var rowShapes = []tableShape{
 					tempF := float64(w.m.temp+2)*1.8 + 32
 					changed = fmt.Sprintf(`{"temp_f": %g, "feels_like": %g}`, tempF, tempF+float64(w.m.humidity)*0.1)
 				}
-				dst = append(dst, []any{uuid.Must(uuid.NewV7()), w.id, dedupeKey(w), s, "completed", int64(40), int32(1),
+				// A completed row is found by its message id: it keeps no
+				// dedupe key.
+				dst = append(dst, []any{w.id, s, "completed", int64(40), int32(1),
 					"bench-" + stageProcess[s], changed, w.received.Add(time.Duration(i) * 5 * time.Millisecond)})
 			}
 			return dst
@@ -116,6 +118,22 @@ func copyMessages(ctx context.Context, pool *pgxpool.Pool, msgs []writtenMessage
 			if _, err := tx.CopyFrom(ctx, pgx.Identifier{shape.table}, shape.columns, pgx.CopyFromRows(rows)); err != nil {
 				return fmt.Errorf("copy into %s: %w", shape.table, err)
 			}
+		}
+		// Every stage adds its batch's count to the minute's, in every
+		// stage-log mode.
+		n := int64(len(msgs))
+		counts := make([]int64, len(stagesLogged))
+		for i := range counts {
+			counts[i] = n
+		}
+		_, err := tx.Exec(ctx, `insert into ingestion_stage_counts (minute, stage, status, rows, durations)
+			select date_trunc('minute', now()), stage, 'completed', n, array[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n]
+			from unnest($1::text[], $2::bigint[]) as u(stage, n)
+			on conflict (minute, stage, status, reason_code) do update set
+				rows = ingestion_stage_counts.rows + excluded.rows,
+				durations = telemesh_add_counts(ingestion_stage_counts.durations, excluded.durations)`, stagesLogged, counts)
+		if err != nil {
+			return fmt.Errorf("count the stage rows: %w", err)
 		}
 		return nil
 	})

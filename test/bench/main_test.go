@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,10 @@ const (
 	// and stage rows) the tables hold before one more run of mode all
 	// (default: no such run).
 	EnvPrefill = "TELEMESH_BENCH_PREFILL"
+	// EnvCPUProfile, when set, is a file name prefix: the in-process mesh
+	// of each run writes its CPU profile to <prefix>-<mode>-<n>.pprof, for
+	// go tool pprof with the test binary.
+	EnvCPUProfile = "TELEMESH_BENCH_CPUPROFILE"
 )
 
 // envChild carries a [childSpec] to this test binary started again as the
@@ -114,6 +119,14 @@ func runChildMesh(raw string) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if prefix := os.Getenv(EnvCPUProfile); prefix != "" {
+		stopProfile, err := cpuProfile(fmt.Sprintf("%s-%s-%d.pprof", prefix, spec.Mode, time.Now().UnixNano()))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		defer stopProfile()
 	}
 	m, err := app.StartMesh(ctx, app.MeshOptions{
 		DatabaseURL: spec.DatabaseURL,
@@ -203,4 +216,21 @@ func (bs *builds) remove() {
 	if bs.dir != "" {
 		_ = os.RemoveAll(bs.dir)
 	}
+}
+
+// cpuProfile starts a CPU profile written to path and returns what stops
+// it.
+func cpuProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }

@@ -58,7 +58,11 @@ func startInProcess(tb testing.TB, databaseURL, natsURL, mode string) *mesh {
 		tb.Fatalf("the test binary: %v", err)
 	}
 	spec, _ := json.Marshal(childSpec{DatabaseURL: databaseURL, NATSURL: natsURL, Mode: mode})
-	p := startProc(tb, "telemesh", exe, []string{envChild + "=" + string(spec)})
+	env := []string{envChild + "=" + string(spec)}
+	if prefix := os.Getenv(EnvCPUProfile); prefix != "" {
+		env = append(env, EnvCPUProfile+"="+prefix)
+	}
+	p := startProc(tb, "telemesh", exe, env)
 	// StartMesh waits up to a minute for every stage's readiness.
 	if _, ok := p.waitLine(func(l string) bool { return l == childReady }, 3*time.Minute); !ok {
 		tb.Fatalf("the in-process mesh was not ready within 3 minutes:\n%s", p.output())

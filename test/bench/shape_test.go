@@ -51,6 +51,9 @@ func grown(before, after map[string]int, n int) map[string]float64 {
 // sameRows returns what differs between the rows per message the pipeline
 // wrote and those the ceiling writes, or "".
 func sameRows(pipeline map[string]float64, ceiling map[string]int) string {
+	// The per-minute counts grow by minute, not by message; the outbox is
+	// empty once every message is processed.
+	delete(pipeline, "ingestion_stage_counts")
 	var diffs []string
 	for t, c := range ceiling {
 		if p := pipeline[t]; math.Abs(p-float64(c)) > 0.001 {

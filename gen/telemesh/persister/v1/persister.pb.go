@@ -28,7 +28,12 @@ type PersistRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Envelopes []*v1.Envelope         `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
 	// dry_run computes every outcome but writes, publishes and acks nothing.
-	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// wire_version is the version of the envelope's layout the caller speaks.
+	// A stage refuses, as Unavailable, a batch of another version, so stages
+	// of two releases never misread each other during a rolling upgrade: the
+	// batch is retried once both ends speak the same version.
+	WireVersion   uint32 `protobuf:"varint,3,opt,name=wire_version,json=wireVersion,proto3" json:"wire_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -75,6 +80,13 @@ func (x *PersistRequest) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *PersistRequest) GetWireVersion() uint32 {
+	if x != nil {
+		return x.WireVersion
+	}
+	return 0
 }
 
 // PersistResponse holds one outcome per envelope, in request order.
@@ -126,10 +138,11 @@ var File_telemesh_persister_v1_persister_proto protoreflect.FileDescriptor
 
 const file_telemesh_persister_v1_persister_proto_rawDesc = "" +
 	"\n" +
-	"%telemesh/persister/v1/persister.proto\x12\x15telemesh.persister.v1\x1a\x1bbuf/validate/validate.proto\x1a%telemesh/telemetry/v1/telemetry.proto\"u\n" +
+	"%telemesh/persister/v1/persister.proto\x12\x15telemesh.persister.v1\x1a\x1bbuf/validate/validate.proto\x1a%telemesh/telemetry/v1/telemetry.proto\"\x98\x01\n" +
 	"\x0ePersistRequest\x12J\n" +
 	"\tenvelopes\x18\x01 \x03(\v2\x1f.telemesh.telemetry.v1.EnvelopeB\v\xbaH\b\x92\x01\x05\b\x01\x10\x90NR\tenvelopes\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"M\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12!\n" +
+	"\fwire_version\x18\x03 \x01(\rR\vwireVersion\"M\n" +
 	"\x0fPersistResponse\x12:\n" +
 	"\boutcomes\x18\x01 \x03(\v2\x1e.telemesh.telemetry.v1.OutcomeR\boutcomes2l\n" +
 	"\x10PersisterService\x12X\n" +

@@ -28,7 +28,16 @@ type PublishRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Envelopes []*v1.Envelope         `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
 	// dry_run computes every outcome but writes, publishes and acks nothing.
-	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// wire_version is the version of the envelope's layout the caller speaks.
+	// A stage refuses, as Unavailable, a batch of another version, so stages
+	// of two releases never misread each other during a rolling upgrade: the
+	// batch is retried once both ends speak the same version.
+	WireVersion uint32 `protobuf:"varint,3,opt,name=wire_version,json=wireVersion,proto3" json:"wire_version,omitempty"`
+	// outbox_ids are the publish_outbox entries that hold the batch's rows
+	// until their publish is recorded; the publisher removes them in the
+	// transaction that records it. Empty when the rows have none (a dry run).
+	OutboxIds     []string `protobuf:"bytes,4,rep,name=outbox_ids,json=outboxIds,proto3" json:"outbox_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -75,6 +84,20 @@ func (x *PublishRequest) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *PublishRequest) GetWireVersion() uint32 {
+	if x != nil {
+		return x.WireVersion
+	}
+	return 0
+}
+
+func (x *PublishRequest) GetOutboxIds() []string {
+	if x != nil {
+		return x.OutboxIds
+	}
+	return nil
 }
 
 // PublishResponse holds one outcome per envelope, in request order.
@@ -126,10 +149,13 @@ var File_telemesh_publisher_v1_publisher_proto protoreflect.FileDescriptor
 
 const file_telemesh_publisher_v1_publisher_proto_rawDesc = "" +
 	"\n" +
-	"%telemesh/publisher/v1/publisher.proto\x12\x15telemesh.publisher.v1\x1a\x1bbuf/validate/validate.proto\x1a%telemesh/telemetry/v1/telemetry.proto\"u\n" +
+	"%telemesh/publisher/v1/publisher.proto\x12\x15telemesh.publisher.v1\x1a\x1bbuf/validate/validate.proto\x1a%telemesh/telemetry/v1/telemetry.proto\"\xb7\x01\n" +
 	"\x0ePublishRequest\x12J\n" +
 	"\tenvelopes\x18\x01 \x03(\v2\x1f.telemesh.telemetry.v1.EnvelopeB\v\xbaH\b\x92\x01\x05\b\x01\x10\x90NR\tenvelopes\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"M\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12!\n" +
+	"\fwire_version\x18\x03 \x01(\rR\vwireVersion\x12\x1d\n" +
+	"\n" +
+	"outbox_ids\x18\x04 \x03(\tR\toutboxIds\"M\n" +
 	"\x0fPublishResponse\x12:\n" +
 	"\boutcomes\x18\x01 \x03(\v2\x1e.telemesh.telemetry.v1.OutcomeR\boutcomes2l\n" +
 	"\x10PublisherService\x12X\n" +

@@ -282,6 +282,88 @@ func (UnresolvedReason) EnumDescriptor() ([]byte, []int) {
 	return file_telemesh_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
 }
 
+// StageStatus is what a stage did to a message
+// (ingestion_stage_logs.status).
+type StageStatus int32
+
+const (
+	StageStatus_STAGE_STATUS_UNSPECIFIED StageStatus = 0
+	// STAGE_STATUS_COMPLETED is a stage that did its work and passed the
+	// message on; the failures stage-log mode leaves these rows out.
+	StageStatus_STAGE_STATUS_COMPLETED StageStatus = 1
+	// STAGE_STATUS_HALTED is a stage that stopped the message on purpose.
+	StageStatus_STAGE_STATUS_HALTED StageStatus = 2
+	// STAGE_STATUS_FAILED is a stage whose work failed for this attempt.
+	StageStatus_STAGE_STATUS_FAILED StageStatus = 3
+	// STAGE_STATUS_RETRYING is a transient failure; the message is redelivered.
+	StageStatus_STAGE_STATUS_RETRYING StageStatus = 4
+	// STAGE_STATUS_SKIPPED is a stage with nothing to do for this message.
+	StageStatus_STAGE_STATUS_SKIPPED StageStatus = 5
+	// STAGE_STATUS_DUPLICATE is a message whose original reached persist.
+	StageStatus_STAGE_STATUS_DUPLICATE StageStatus = 6
+	// STAGE_STATUS_UNRESOLVED is a stage that left values unresolved.
+	StageStatus_STAGE_STATUS_UNRESOLVED StageStatus = 7
+	// STAGE_STATUS_PARKED is a message held by its organization's switch.
+	StageStatus_STAGE_STATUS_PARKED StageStatus = 8
+	// STAGE_STATUS_DRY_RUN is a stage that ran for a preview and wrote nothing.
+	StageStatus_STAGE_STATUS_DRY_RUN StageStatus = 9
+)
+
+// Enum value maps for StageStatus.
+var (
+	StageStatus_name = map[int32]string{
+		0: "STAGE_STATUS_UNSPECIFIED",
+		1: "STAGE_STATUS_COMPLETED",
+		2: "STAGE_STATUS_HALTED",
+		3: "STAGE_STATUS_FAILED",
+		4: "STAGE_STATUS_RETRYING",
+		5: "STAGE_STATUS_SKIPPED",
+		6: "STAGE_STATUS_DUPLICATE",
+		7: "STAGE_STATUS_UNRESOLVED",
+		8: "STAGE_STATUS_PARKED",
+		9: "STAGE_STATUS_DRY_RUN",
+	}
+	StageStatus_value = map[string]int32{
+		"STAGE_STATUS_UNSPECIFIED": 0,
+		"STAGE_STATUS_COMPLETED":   1,
+		"STAGE_STATUS_HALTED":      2,
+		"STAGE_STATUS_FAILED":      3,
+		"STAGE_STATUS_RETRYING":    4,
+		"STAGE_STATUS_SKIPPED":     5,
+		"STAGE_STATUS_DUPLICATE":   6,
+		"STAGE_STATUS_UNRESOLVED":  7,
+		"STAGE_STATUS_PARKED":      8,
+		"STAGE_STATUS_DRY_RUN":     9,
+	}
+)
+
+func (x StageStatus) Enum() *StageStatus {
+	p := new(StageStatus)
+	*p = x
+	return p
+}
+
+func (x StageStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StageStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_telemesh_telemetry_v1_telemetry_proto_enumTypes[4].Descriptor()
+}
+
+func (StageStatus) Type() protoreflect.EnumType {
+	return &file_telemesh_telemetry_v1_telemetry_proto_enumTypes[4]
+}
+
+func (x StageStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StageStatus.Descriptor instead.
+func (StageStatus) EnumDescriptor() ([]byte, []int) {
+	return file_telemesh_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
+}
+
 // Value is one typed parameter value.
 type Value struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -661,21 +743,18 @@ type Envelope struct {
 	DeviceTypeId     string `protobuf:"bytes,8,opt,name=device_type_id,json=deviceTypeId,proto3" json:"device_type_id,omitempty"`
 	DeviceActive     bool   `protobuf:"varint,9,opt,name=device_active,json=deviceActive,proto3" json:"device_active,omitempty"`
 	// topic is the subject suffix, such as telemetry.
-	Topic            string                   `protobuf:"bytes,10,opt,name=topic,proto3" json:"topic,omitempty"`
-	TopicId          string                   `protobuf:"bytes,11,opt,name=topic_id,json=topicId,proto3" json:"topic_id,omitempty"`
-	SourceSubject    string                   `protobuf:"bytes,12,opt,name=source_subject,json=sourceSubject,proto3" json:"source_subject,omitempty"`
-	StreamSequence   uint64                   `protobuf:"varint,13,opt,name=stream_sequence,json=streamSequence,proto3" json:"stream_sequence,omitempty"`
-	DeliveryAttempt  uint32                   `protobuf:"varint,14,opt,name=delivery_attempt,json=deliveryAttempt,proto3" json:"delivery_attempt,omitempty"`
-	ReceivedAt       *timestamppb.Timestamp   `protobuf:"bytes,15,opt,name=received_at,json=receivedAt,proto3" json:"received_at,omitempty"`
-	RecordedAt       *timestamppb.Timestamp   `protobuf:"bytes,16,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
-	Payload          []byte                   `protobuf:"bytes,17,opt,name=payload,proto3" json:"payload,omitempty"`
-	ContentType      string                   `protobuf:"bytes,18,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
-	Extracted        map[string]*Value        `protobuf:"bytes,19,rep,name=extracted,proto3" json:"extracted,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Mutated          map[string]*Value        `protobuf:"bytes,20,rep,name=mutated,proto3" json:"mutated,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Derived          map[string]*DerivedValue `protobuf:"bytes,21,rep,name=derived,proto3" json:"derived,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	ValidationErrors []*ValidationError       `protobuf:"bytes,22,rep,name=validation_errors,json=validationErrors,proto3" json:"validation_errors,omitempty"`
-	Status           MessageStatus            `protobuf:"varint,23,opt,name=status,proto3,enum=telemesh.telemetry.v1.MessageStatus" json:"status,omitempty"`
-	ProcessingState  ProcessingState          `protobuf:"varint,24,opt,name=processing_state,json=processingState,proto3,enum=telemesh.telemetry.v1.ProcessingState" json:"processing_state,omitempty"`
+	Topic            string                 `protobuf:"bytes,10,opt,name=topic,proto3" json:"topic,omitempty"`
+	TopicId          string                 `protobuf:"bytes,11,opt,name=topic_id,json=topicId,proto3" json:"topic_id,omitempty"`
+	SourceSubject    string                 `protobuf:"bytes,12,opt,name=source_subject,json=sourceSubject,proto3" json:"source_subject,omitempty"`
+	StreamSequence   uint64                 `protobuf:"varint,13,opt,name=stream_sequence,json=streamSequence,proto3" json:"stream_sequence,omitempty"`
+	DeliveryAttempt  uint32                 `protobuf:"varint,14,opt,name=delivery_attempt,json=deliveryAttempt,proto3" json:"delivery_attempt,omitempty"`
+	ReceivedAt       *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=received_at,json=receivedAt,proto3" json:"received_at,omitempty"`
+	RecordedAt       *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	Payload          []byte                 `protobuf:"bytes,17,opt,name=payload,proto3" json:"payload,omitempty"`
+	ContentType      string                 `protobuf:"bytes,18,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	ValidationErrors []*ValidationError     `protobuf:"bytes,22,rep,name=validation_errors,json=validationErrors,proto3" json:"validation_errors,omitempty"`
+	Status           MessageStatus          `protobuf:"varint,23,opt,name=status,proto3,enum=telemesh.telemetry.v1.MessageStatus" json:"status,omitempty"`
+	ProcessingState  ProcessingState        `protobuf:"varint,24,opt,name=processing_state,json=processingState,proto3,enum=telemesh.telemetry.v1.ProcessingState" json:"processing_state,omitempty"`
 	// halted_stage and reason say where and why the message stopped, if it did.
 	HaltedStage Stage  `protobuf:"varint,25,opt,name=halted_stage,json=haltedStage,proto3,enum=telemesh.telemetry.v1.Stage" json:"halted_stage,omitempty"`
 	Reason      string `protobuf:"bytes,26,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -683,7 +762,24 @@ type Envelope struct {
 	// invalid_json, set with it by the stage that stopped the message; stage
 	// logs keep it (ingestion_stage_logs.reason_code) so failures group by
 	// cause whatever their texts say.
-	ReasonCode    string `protobuf:"bytes,27,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
+	ReasonCode string `protobuf:"bytes,27,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
+	// values is a JSON object of the message's parameter values: the values
+	// the validator extracted, then, from the deriver on, those values after
+	// their mutations (device_telemetry_logs.mutated_values). A value whose
+	// mutation failed is left out and listed in unresolved.
+	Values string `protobuf:"bytes,28,opt,name=values,proto3" json:"values,omitempty"`
+	// transformed is a JSON object of values plus the derived values
+	// (device_telemetry_logs.transformed_values); the deriver sets it.
+	Transformed string `protobuf:"bytes,29,opt,name=transformed,proto3" json:"transformed,omitempty"`
+	// unresolved is a JSON object of the values that could not be computed,
+	// each with its reason (device_telemetry_logs.unresolved_values); the
+	// deriver sets it.
+	Unresolved string `protobuf:"bytes,30,opt,name=unresolved,proto3" json:"unresolved,omitempty"`
+	// stage_log holds the stage-log rows of the stages the message has passed.
+	// The stage that ends the message's way through the chain writes them with
+	// its own rows, so a batch's rows of every stage reach Postgres in one
+	// transaction instead of one per stage.
+	StageLog      []*StageRecord `protobuf:"bytes,31,rep,name=stage_log,json=stageLog,proto3" json:"stage_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -844,27 +940,6 @@ func (x *Envelope) GetContentType() string {
 	return ""
 }
 
-func (x *Envelope) GetExtracted() map[string]*Value {
-	if x != nil {
-		return x.Extracted
-	}
-	return nil
-}
-
-func (x *Envelope) GetMutated() map[string]*Value {
-	if x != nil {
-		return x.Mutated
-	}
-	return nil
-}
-
-func (x *Envelope) GetDerived() map[string]*DerivedValue {
-	if x != nil {
-		return x.Derived
-	}
-	return nil
-}
-
 func (x *Envelope) GetValidationErrors() []*ValidationError {
 	if x != nil {
 		return x.ValidationErrors
@@ -907,6 +982,177 @@ func (x *Envelope) GetReasonCode() string {
 	return ""
 }
 
+func (x *Envelope) GetValues() string {
+	if x != nil {
+		return x.Values
+	}
+	return ""
+}
+
+func (x *Envelope) GetTransformed() string {
+	if x != nil {
+		return x.Transformed
+	}
+	return ""
+}
+
+func (x *Envelope) GetUnresolved() string {
+	if x != nil {
+		return x.Unresolved
+	}
+	return ""
+}
+
+func (x *Envelope) GetStageLog() []*StageRecord {
+	if x != nil {
+		return x.StageLog
+	}
+	return nil
+}
+
+// StageRecord is one row of ingestion_stage_logs, carried with its message.
+type StageRecord struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Stage  Stage                  `protobuf:"varint,1,opt,name=stage,proto3,enum=telemesh.telemetry.v1.Stage" json:"stage,omitempty"`
+	Status StageStatus            `protobuf:"varint,2,opt,name=status,proto3,enum=telemesh.telemetry.v1.StageStatus" json:"status,omitempty"`
+	// duration_us is the stage's share of its batch's time, in microseconds.
+	DurationUs int64 `protobuf:"varint,3,opt,name=duration_us,json=durationUs,proto3" json:"duration_us,omitempty"`
+	// at_us is when the stage finished, in microseconds since the Unix epoch.
+	AtUs int64 `protobuf:"varint,4,opt,name=at_us,json=atUs,proto3" json:"at_us,omitempty"`
+	// attempt is the delivery or publish attempt, from 1.
+	Attempt uint32 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// instance is the replica that did the work.
+	Instance string `protobuf:"bytes,6,opt,name=instance,proto3" json:"instance,omitempty"`
+	// reason_code is the stable code of a row that is not completed.
+	ReasonCode string `protobuf:"bytes,7,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
+	// errors, change_set, input and output are JSON documents, or empty.
+	Errors    string `protobuf:"bytes,8,opt,name=errors,proto3" json:"errors,omitempty"`
+	ChangeSet string `protobuf:"bytes,9,opt,name=change_set,json=changeSet,proto3" json:"change_set,omitempty"`
+	Input     string `protobuf:"bytes,10,opt,name=input,proto3" json:"input,omitempty"`
+	Output    string `protobuf:"bytes,11,opt,name=output,proto3" json:"output,omitempty"`
+	// count_only marks a row the stage-log mode leaves out (a completed row
+	// in mode failures, say): it is counted in ingestion_stage_counts, so the
+	// counts and durations of every stage are whole in every mode, and not
+	// written.
+	CountOnly     bool `protobuf:"varint,12,opt,name=count_only,json=countOnly,proto3" json:"count_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StageRecord) Reset() {
+	*x = StageRecord{}
+	mi := &file_telemesh_telemetry_v1_telemetry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StageRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StageRecord) ProtoMessage() {}
+
+func (x *StageRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_telemesh_telemetry_v1_telemetry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StageRecord.ProtoReflect.Descriptor instead.
+func (*StageRecord) Descriptor() ([]byte, []int) {
+	return file_telemesh_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StageRecord) GetStage() Stage {
+	if x != nil {
+		return x.Stage
+	}
+	return Stage_STAGE_UNSPECIFIED
+}
+
+func (x *StageRecord) GetStatus() StageStatus {
+	if x != nil {
+		return x.Status
+	}
+	return StageStatus_STAGE_STATUS_UNSPECIFIED
+}
+
+func (x *StageRecord) GetDurationUs() int64 {
+	if x != nil {
+		return x.DurationUs
+	}
+	return 0
+}
+
+func (x *StageRecord) GetAtUs() int64 {
+	if x != nil {
+		return x.AtUs
+	}
+	return 0
+}
+
+func (x *StageRecord) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *StageRecord) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *StageRecord) GetReasonCode() string {
+	if x != nil {
+		return x.ReasonCode
+	}
+	return ""
+}
+
+func (x *StageRecord) GetErrors() string {
+	if x != nil {
+		return x.Errors
+	}
+	return ""
+}
+
+func (x *StageRecord) GetChangeSet() string {
+	if x != nil {
+		return x.ChangeSet
+	}
+	return ""
+}
+
+func (x *StageRecord) GetInput() string {
+	if x != nil {
+		return x.Input
+	}
+	return ""
+}
+
+func (x *StageRecord) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *StageRecord) GetCountOnly() bool {
+	if x != nil {
+		return x.CountOnly
+	}
+	return false
+}
+
 // Outcome is the terminal result for one envelope, carried back up the chain.
 type Outcome struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -925,7 +1171,7 @@ type Outcome struct {
 
 func (x *Outcome) Reset() {
 	*x = Outcome{}
-	mi := &file_telemesh_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_telemesh_telemetry_v1_telemetry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1183,7 @@ func (x *Outcome) String() string {
 func (*Outcome) ProtoMessage() {}
 
 func (x *Outcome) ProtoReflect() protoreflect.Message {
-	mi := &file_telemesh_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_telemesh_telemetry_v1_telemetry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1196,7 @@ func (x *Outcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
 func (*Outcome) Descriptor() ([]byte, []int) {
-	return file_telemesh_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+	return file_telemesh_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Outcome) GetMessageId() string {
@@ -1030,7 +1276,8 @@ const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\tparameter\x18\x01 \x01(\tR\tparameter\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1a\n" +
-	"\bcritical\x18\x04 \x01(\bR\bcritical\"\xaf\f\n" +
+	"\bcritical\x18\x04 \x01(\bR\bcritical\"\x84\n" +
+	"\n" +
 	"\bEnvelope\x12'\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\tmessageId\x12*\n" +
@@ -1055,26 +1302,38 @@ const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\vrecorded_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"recordedAt\x12\x18\n" +
 	"\apayload\x18\x11 \x01(\fR\apayload\x12!\n" +
-	"\fcontent_type\x18\x12 \x01(\tR\vcontentType\x12L\n" +
-	"\textracted\x18\x13 \x03(\v2..telemesh.telemetry.v1.Envelope.ExtractedEntryR\textracted\x12F\n" +
-	"\amutated\x18\x14 \x03(\v2,.telemesh.telemetry.v1.Envelope.MutatedEntryR\amutated\x12F\n" +
-	"\aderived\x18\x15 \x03(\v2,.telemesh.telemetry.v1.Envelope.DerivedEntryR\aderived\x12S\n" +
+	"\fcontent_type\x18\x12 \x01(\tR\vcontentType\x12S\n" +
 	"\x11validation_errors\x18\x16 \x03(\v2&.telemesh.telemetry.v1.ValidationErrorR\x10validationErrors\x12<\n" +
 	"\x06status\x18\x17 \x01(\x0e2$.telemesh.telemetry.v1.MessageStatusR\x06status\x12Q\n" +
 	"\x10processing_state\x18\x18 \x01(\x0e2&.telemesh.telemetry.v1.ProcessingStateR\x0fprocessingState\x12?\n" +
 	"\fhalted_stage\x18\x19 \x01(\x0e2\x1c.telemesh.telemetry.v1.StageR\vhaltedStage\x12\x16\n" +
 	"\x06reason\x18\x1a \x01(\tR\x06reason\x12\x1f\n" +
 	"\vreason_code\x18\x1b \x01(\tR\n" +
-	"reasonCode\x1aZ\n" +
-	"\x0eExtractedEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
-	"\x05value\x18\x02 \x01(\v2\x1c.telemesh.telemetry.v1.ValueR\x05value:\x028\x01\x1aX\n" +
-	"\fMutatedEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
-	"\x05value\x18\x02 \x01(\v2\x1c.telemesh.telemetry.v1.ValueR\x05value:\x028\x01\x1a_\n" +
-	"\fDerivedEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x129\n" +
-	"\x05value\x18\x02 \x01(\v2#.telemesh.telemetry.v1.DerivedValueR\x05value:\x028\x01\"\xee\x02\n" +
+	"reasonCode\x12\x16\n" +
+	"\x06values\x18\x1c \x01(\tR\x06values\x12 \n" +
+	"\vtransformed\x18\x1d \x01(\tR\vtransformed\x12\x1e\n" +
+	"\n" +
+	"unresolved\x18\x1e \x01(\tR\n" +
+	"unresolved\x12?\n" +
+	"\tstage_log\x18\x1f \x03(\v2\".telemesh.telemetry.v1.StageRecordR\bstageLogJ\x04\b\x13\x10\x14J\x04\b\x14\x10\x15J\x04\b\x15\x10\x16R\textractedR\amutatedR\aderived\"\x8e\x03\n" +
+	"\vStageRecord\x122\n" +
+	"\x05stage\x18\x01 \x01(\x0e2\x1c.telemesh.telemetry.v1.StageR\x05stage\x12:\n" +
+	"\x06status\x18\x02 \x01(\x0e2\".telemesh.telemetry.v1.StageStatusR\x06status\x12\x1f\n" +
+	"\vduration_us\x18\x03 \x01(\x03R\n" +
+	"durationUs\x12\x13\n" +
+	"\x05at_us\x18\x04 \x01(\x03R\x04atUs\x12\x18\n" +
+	"\aattempt\x18\x05 \x01(\rR\aattempt\x12\x1a\n" +
+	"\binstance\x18\x06 \x01(\tR\binstance\x12\x1f\n" +
+	"\vreason_code\x18\a \x01(\tR\n" +
+	"reasonCode\x12\x16\n" +
+	"\x06errors\x18\b \x01(\tR\x06errors\x12\x1d\n" +
+	"\n" +
+	"change_set\x18\t \x01(\tR\tchangeSet\x12\x14\n" +
+	"\x05input\x18\n" +
+	" \x01(\tR\x05input\x12\x16\n" +
+	"\x06output\x18\v \x01(\tR\x06output\x12\x1d\n" +
+	"\n" +
+	"count_only\x18\f \x01(\bR\tcountOnly\"\xee\x02\n" +
 	"\aOutcome\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x1d\n" +
@@ -1114,7 +1373,18 @@ const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x1dUNRESOLVED_REASON_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fUNRESOLVED_REASON_MISSING_INPUT\x10\x01\x12\x1b\n" +
 	"\x17UNRESOLVED_REASON_CYCLE\x10\x02\x12&\n" +
-	"\"UNRESOLVED_REASON_EVALUATION_ERROR\x10\x03B\xe5\x01\n" +
+	"\"UNRESOLVED_REASON_EVALUATION_ERROR\x10\x03*\x9a\x02\n" +
+	"\vStageStatus\x12\x1c\n" +
+	"\x18STAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16STAGE_STATUS_COMPLETED\x10\x01\x12\x17\n" +
+	"\x13STAGE_STATUS_HALTED\x10\x02\x12\x17\n" +
+	"\x13STAGE_STATUS_FAILED\x10\x03\x12\x19\n" +
+	"\x15STAGE_STATUS_RETRYING\x10\x04\x12\x18\n" +
+	"\x14STAGE_STATUS_SKIPPED\x10\x05\x12\x1a\n" +
+	"\x16STAGE_STATUS_DUPLICATE\x10\x06\x12\x1b\n" +
+	"\x17STAGE_STATUS_UNRESOLVED\x10\a\x12\x17\n" +
+	"\x13STAGE_STATUS_PARKED\x10\b\x12\x18\n" +
+	"\x14STAGE_STATUS_DRY_RUN\x10\tB\xe5\x01\n" +
 	"\x19com.telemesh.telemetry.v1B\x0eTelemetryProtoP\x01ZBgithub.com/telemesh/telemesh/gen/telemesh/telemetry/v1;telemetryv1\xa2\x02\x03TTX\xaa\x02\x15Telemesh.Telemetry.V1\xca\x02\x15Telemesh\\Telemetry\\V1\xe2\x02!Telemesh\\Telemetry\\V1\\GPBMetadata\xea\x02\x17Telemesh::Telemetry::V1b\x06proto3"
 
 var (
@@ -1129,49 +1399,45 @@ func file_telemesh_telemetry_v1_telemetry_proto_rawDescGZIP() []byte {
 	return file_telemesh_telemetry_v1_telemetry_proto_rawDescData
 }
 
-var file_telemesh_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_telemesh_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_telemesh_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_telemesh_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_telemesh_telemetry_v1_telemetry_proto_goTypes = []any{
 	(Stage)(0),                    // 0: telemesh.telemetry.v1.Stage
 	(MessageStatus)(0),            // 1: telemesh.telemetry.v1.MessageStatus
 	(ProcessingState)(0),          // 2: telemesh.telemetry.v1.ProcessingState
 	(UnresolvedReason)(0),         // 3: telemesh.telemetry.v1.UnresolvedReason
-	(*Value)(nil),                 // 4: telemesh.telemetry.v1.Value
-	(*Unresolved)(nil),            // 5: telemesh.telemetry.v1.Unresolved
-	(*DerivedValue)(nil),          // 6: telemesh.telemetry.v1.DerivedValue
-	(*ValidationError)(nil),       // 7: telemesh.telemetry.v1.ValidationError
-	(*Envelope)(nil),              // 8: telemesh.telemetry.v1.Envelope
-	(*Outcome)(nil),               // 9: telemesh.telemetry.v1.Outcome
-	nil,                           // 10: telemesh.telemetry.v1.Envelope.ExtractedEntry
-	nil,                           // 11: telemesh.telemetry.v1.Envelope.MutatedEntry
-	nil,                           // 12: telemesh.telemetry.v1.Envelope.DerivedEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(StageStatus)(0),              // 4: telemesh.telemetry.v1.StageStatus
+	(*Value)(nil),                 // 5: telemesh.telemetry.v1.Value
+	(*Unresolved)(nil),            // 6: telemesh.telemetry.v1.Unresolved
+	(*DerivedValue)(nil),          // 7: telemesh.telemetry.v1.DerivedValue
+	(*ValidationError)(nil),       // 8: telemesh.telemetry.v1.ValidationError
+	(*Envelope)(nil),              // 9: telemesh.telemetry.v1.Envelope
+	(*StageRecord)(nil),           // 10: telemesh.telemetry.v1.StageRecord
+	(*Outcome)(nil),               // 11: telemesh.telemetry.v1.Outcome
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_telemesh_telemetry_v1_telemetry_proto_depIdxs = []int32{
 	3,  // 0: telemesh.telemetry.v1.Unresolved.reason:type_name -> telemesh.telemetry.v1.UnresolvedReason
-	4,  // 1: telemesh.telemetry.v1.DerivedValue.value:type_name -> telemesh.telemetry.v1.Value
-	5,  // 2: telemesh.telemetry.v1.DerivedValue.unresolved:type_name -> telemesh.telemetry.v1.Unresolved
-	13, // 3: telemesh.telemetry.v1.Envelope.received_at:type_name -> google.protobuf.Timestamp
-	13, // 4: telemesh.telemetry.v1.Envelope.recorded_at:type_name -> google.protobuf.Timestamp
-	10, // 5: telemesh.telemetry.v1.Envelope.extracted:type_name -> telemesh.telemetry.v1.Envelope.ExtractedEntry
-	11, // 6: telemesh.telemetry.v1.Envelope.mutated:type_name -> telemesh.telemetry.v1.Envelope.MutatedEntry
-	12, // 7: telemesh.telemetry.v1.Envelope.derived:type_name -> telemesh.telemetry.v1.Envelope.DerivedEntry
-	7,  // 8: telemesh.telemetry.v1.Envelope.validation_errors:type_name -> telemesh.telemetry.v1.ValidationError
-	1,  // 9: telemesh.telemetry.v1.Envelope.status:type_name -> telemesh.telemetry.v1.MessageStatus
-	2,  // 10: telemesh.telemetry.v1.Envelope.processing_state:type_name -> telemesh.telemetry.v1.ProcessingState
-	0,  // 11: telemesh.telemetry.v1.Envelope.halted_stage:type_name -> telemesh.telemetry.v1.Stage
+	5,  // 1: telemesh.telemetry.v1.DerivedValue.value:type_name -> telemesh.telemetry.v1.Value
+	6,  // 2: telemesh.telemetry.v1.DerivedValue.unresolved:type_name -> telemesh.telemetry.v1.Unresolved
+	12, // 3: telemesh.telemetry.v1.Envelope.received_at:type_name -> google.protobuf.Timestamp
+	12, // 4: telemesh.telemetry.v1.Envelope.recorded_at:type_name -> google.protobuf.Timestamp
+	8,  // 5: telemesh.telemetry.v1.Envelope.validation_errors:type_name -> telemesh.telemetry.v1.ValidationError
+	1,  // 6: telemesh.telemetry.v1.Envelope.status:type_name -> telemesh.telemetry.v1.MessageStatus
+	2,  // 7: telemesh.telemetry.v1.Envelope.processing_state:type_name -> telemesh.telemetry.v1.ProcessingState
+	0,  // 8: telemesh.telemetry.v1.Envelope.halted_stage:type_name -> telemesh.telemetry.v1.Stage
+	10, // 9: telemesh.telemetry.v1.Envelope.stage_log:type_name -> telemesh.telemetry.v1.StageRecord
+	0,  // 10: telemesh.telemetry.v1.StageRecord.stage:type_name -> telemesh.telemetry.v1.Stage
+	4,  // 11: telemesh.telemetry.v1.StageRecord.status:type_name -> telemesh.telemetry.v1.StageStatus
 	1,  // 12: telemesh.telemetry.v1.Outcome.status:type_name -> telemesh.telemetry.v1.MessageStatus
 	2,  // 13: telemesh.telemetry.v1.Outcome.processing_state:type_name -> telemesh.telemetry.v1.ProcessingState
 	0,  // 14: telemesh.telemetry.v1.Outcome.halted_stage:type_name -> telemesh.telemetry.v1.Stage
-	8,  // 15: telemesh.telemetry.v1.Outcome.envelope:type_name -> telemesh.telemetry.v1.Envelope
-	4,  // 16: telemesh.telemetry.v1.Envelope.ExtractedEntry.value:type_name -> telemesh.telemetry.v1.Value
-	4,  // 17: telemesh.telemetry.v1.Envelope.MutatedEntry.value:type_name -> telemesh.telemetry.v1.Value
-	6,  // 18: telemesh.telemetry.v1.Envelope.DerivedEntry.value:type_name -> telemesh.telemetry.v1.DerivedValue
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	9,  // 15: telemesh.telemetry.v1.Outcome.envelope:type_name -> telemesh.telemetry.v1.Envelope
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_telemesh_telemetry_v1_telemetry_proto_init() }
@@ -1195,8 +1461,8 @@ func file_telemesh_telemetry_v1_telemetry_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_telemesh_telemetry_v1_telemetry_proto_rawDesc), len(file_telemesh_telemetry_v1_telemetry_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   9,
+			NumEnums:      5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
