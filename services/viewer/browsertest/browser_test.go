@@ -249,8 +249,20 @@ func (b *browser) waitJS(t *testing.T, d time.Duration, what, expr string) {
 	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
 		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(d)))
 	if err != nil {
-		t.Fatalf("after %s the page does not show %s (%s): %v\nconsole: %v", d, what, expr, err, b.consoleProblems())
+		t.Fatalf("after %s the page does not show %s (%s): %v\nconsole: %v\npage: %s", d, what, expr, err, b.consoleProblems(), b.visibleText())
 	}
+}
+
+// visibleText is the text of the tab the page shows, cut to a few
+// kilobytes: what a failed wait saw instead of what it waited for.
+func (b *browser) visibleText() string {
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	text, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector('section.tab.active') || document.body).innerText.slice(0, 3000)`))
+	if err != nil {
+		return "(unreadable: " + err.Error() + ")"
+	}
+	return text
 }
 
 // screenshot saves what the browser shows as name in docs/images.
@@ -428,7 +440,7 @@ func TestViewerInBrowser(t *testing.T) {
 		}
 		row := `#h-pf tr[data-message-id="` + id.String() + `"]`
 		b.waitJS(t, testWait, "the row with its reason and a Retry button",
-			`document.querySelector('`+row+` button.retry') !== null && document.querySelector('`+row+`').textContent.includes('kv')`)
+			`document.querySelector('`+row+` button.retry') !== null && document.querySelector('`+row+`').textContent.includes('KV bucket "device-states"')`)
 		b.do(t, testWait, chromedp.Click(chromedp.CSS(row+" button.retry")))
 		m.waitCount(t, 1, "the row processed", `select count(*) from device_telemetry_logs where id = $1 and processing_state = 'processed'`, id)
 		b.waitJS(t, testWait, "the row gone from the list", `document.querySelector('`+row+`') === null`)
