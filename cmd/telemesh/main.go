@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/ops"
 )
@@ -25,6 +26,7 @@ func main() {
 }
 
 func run() int {
+	app.TuneRuntime()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cmd := newRootCmd(env{stdout: os.Stdout, stderr: os.Stderr, lookupEnv: os.LookupEnv})

@@ -113,6 +113,7 @@ func runChildMesh(raw string) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", envChild, err)
 		return 2
 	}
+	app.TuneRuntime() // as telemesh's main does
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	logger, err := logging.New(os.Stderr, "json", "info")
