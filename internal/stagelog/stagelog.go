@@ -478,16 +478,18 @@ func (b *Batch) write(ctx context.Context, q Querier) error {
 	return b.writeCounts(ctx, q)
 }
 
-// addCounts adds a batch's counts to the rollup. The rows go in one order
-// in every transaction, so two writers adding to the same minutes wait for
-// each other but never deadlock; it is the last statement before commit,
-// so a row is held only while the transaction commits.
-const addCounts = `insert into ingestion_stage_counts (minute, stage, status, reason_code, rows, durations)
-select minute, stage, status, reason_code, n, h::bigint[]
+// addCounts adds a batch's counts to the rollup, in the slot of the
+// writer's backend, so writers on other connections add to other rows and
+// do not wait for each other's commit. The rows go in one order in every
+// transaction, so two writers that do share a slot wait but never
+// deadlock; it is the last statement before commit, so a row is held only
+// while the transaction commits.
+const addCounts = `insert into ingestion_stage_counts (minute, stage, status, reason_code, slot, rows, durations)
+select minute, stage, status, reason_code, (pg_backend_pid() % 16)::smallint, n, h::bigint[]
 from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[]) with ordinality
 	as u(minute, stage, status, reason_code, n, h, ord)
 order by ord
-on conflict (minute, stage, status, reason_code) do update set
+on conflict (minute, stage, status, reason_code, slot) do update set
 	rows = ingestion_stage_counts.rows + excluded.rows,
 	durations = telemesh_add_counts(ingestion_stage_counts.durations, excluded.durations)`
 

@@ -126,10 +126,10 @@ func copyMessages(ctx context.Context, pool *pgxpool.Pool, msgs []writtenMessage
 		for i := range counts {
 			counts[i] = n
 		}
-		_, err := tx.Exec(ctx, `insert into ingestion_stage_counts (minute, stage, status, rows, durations)
-			select date_trunc('minute', now()), stage, 'completed', n, array[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n]
+		_, err := tx.Exec(ctx, `insert into ingestion_stage_counts (minute, stage, status, slot, rows, durations)
+			select date_trunc('minute', now()), stage, 'completed', (pg_backend_pid() % 16)::smallint, n, array[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n]
 			from unnest($1::text[], $2::bigint[]) as u(stage, n)
-			on conflict (minute, stage, status, reason_code) do update set
+			on conflict (minute, stage, status, reason_code, slot) do update set
 				rows = ingestion_stage_counts.rows + excluded.rows,
 				durations = telemesh_add_counts(ingestion_stage_counts.durations, excluded.durations)`, stagesLogged, counts)
 		if err != nil {
