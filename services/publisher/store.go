@@ -50,8 +50,8 @@ type Failure struct {
 	RetryAt  time.Time
 }
 
-// Mark records the outcome of a batch in one statement: processed rows and
-// publish_failed rows with their reason and next attempt. Only rows still
+// Mark records the outcome of a batch: processed rows in one statement,
+// publish_failed rows with their reason and next attempt in another. Only rows still
 // waiting for a publish change, so a late or repeated call never turns a
 // processed row back.
 func Mark(ctx context.Context, q Execer, processed []Row, failed []Failure) error {
@@ -59,48 +59,76 @@ func Mark(ctx context.Context, q Execer, processed []Row, failed []Failure) erro
 	if n == 0 {
 		return nil
 	}
-	ids := make([][16]byte, 0, n)
-	recorded := make([]time.Time, 0, n)
-	states := make([]string, 0, n)
-	reasons := make([]*string, 0, n)
-	retry := make([]*time.Time, 0, n)
-	var lo, hi time.Time
-	add := func(r Row) {
-		ids, recorded = append(ids, r.ID), append(recorded, r.RecordedAt)
-		if lo.IsZero() || r.RecordedAt.Before(lo) {
-			lo = r.RecordedAt
+	if len(processed) > 0 {
+		ids := make([][16]byte, len(processed))
+		lo, hi := processed[0].RecordedAt, processed[0].RecordedAt
+		for i, r := range processed {
+			ids[i] = r.ID
+			lo, hi = earlier(lo, r.RecordedAt), later(hi, r.RecordedAt)
 		}
-		if r.RecordedAt.After(hi) {
-			hi = r.RecordedAt
+		// Every processed row gets the same values, so the rows are found
+		// through the primary key by their ids alone: a join with the
+		// batch's arrays would let the planner, which knows nothing yet
+		// of a new partition's rows, loop over the whole batch for each
+		// row it finds.
+		_, err := q.Exec(ctx, `update device_telemetry_logs set
+				processing_state = 'processed',
+				failure_reason = null,
+				next_publish_at = null,
+				publish_attempts = publish_attempts + 1,
+				processed_at = now(),
+				updated_at = now()
+			where id = any($1) and recorded_at between $2 and $3
+			  and processing_state in ('pending', 'publish_failed')`, ids, lo, hi)
+		if err != nil {
+			return fmt.Errorf("mark %d rows processed: %w", len(ids), err)
 		}
 	}
-	for _, r := range processed {
-		add(r)
-		states, reasons, retry = append(states, "processed"), append(reasons, nil), append(retry, nil)
+	if len(failed) == 0 {
+		return nil
 	}
-	for _, f := range failed {
-		add(f.Row)
-		r, at := f.Reason, f.RetryAt
-		states, reasons, retry = append(states, "publish_failed"), append(reasons, &r), append(retry, &at)
+	ids := make([][16]byte, len(failed))
+	recorded := make([]time.Time, len(failed))
+	reasons := make([]string, len(failed))
+	retry := make([]time.Time, len(failed))
+	lo, hi := failed[0].RecordedAt, failed[0].RecordedAt
+	for i, f := range failed {
+		ids[i], recorded[i], reasons[i], retry[i] = f.ID, f.RecordedAt, f.Reason, f.RetryAt
+		lo, hi = earlier(lo, f.RecordedAt), later(hi, f.RecordedAt)
 	}
+	// The ids again on their own let the planner find the rows through the
+	// primary key before it joins them with their reasons.
 	_, err := q.Exec(ctx, `update device_telemetry_logs t set
-			processing_state = u.state,
+			processing_state = 'publish_failed',
 			failure_reason = u.reason,
 			next_publish_at = u.retry_at,
 			publish_attempts = t.publish_attempts + 1,
-			processed_at = case when u.state = 'processed' then now() else t.processed_at end,
 			updated_at = now()
-		from unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::timestamptz[]) as u(id, recorded_at, state, reason, retry_at)
-		where t.id = u.id and t.recorded_at = u.recorded_at
+		from unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::timestamptz[]) as u(id, recorded_at, reason, retry_at)
+		where t.id = any($1) and t.id = u.id and t.recorded_at = u.recorded_at
 		  -- Constant bounds let the planner touch only the partitions of
 		  -- the batch's days instead of every partition.
-		  and t.recorded_at between $6 and $7
+		  and t.recorded_at between $5 and $6
 		  and t.processing_state in ('pending', 'publish_failed')`,
-		ids, recorded, states, reasons, retry, lo, hi)
+		ids, recorded, reasons, retry, lo, hi)
 	if err != nil {
-		return fmt.Errorf("mark %d rows: %w", len(ids), err)
+		return fmt.Errorf("mark %d rows publish_failed: %w", len(ids), err)
 	}
 	return nil
+}
+
+func earlier(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // claimed is a row the retry loop took.
