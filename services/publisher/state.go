@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -130,6 +131,65 @@ type StateStore struct {
 	kv      jetstream.KeyValue
 	stream  string
 	timeout time.Duration
+
+	// mu guards known: the entries this store wrote last, so that the next
+	// write of a device skips reading its entry. The compare-and-set on the
+	// remembered revision still refuses a write when anyone else wrote the
+	// entry since, and the store then reads it again.
+	mu    sync.Mutex
+	known map[string]knownEntry
+}
+
+// knownEntry is an entry as this store last wrote it.
+type knownEntry struct {
+	state    DeviceState
+	revision uint64
+	at       time.Time
+}
+
+const (
+	// knownLimit bounds the entries a store remembers: beyond it, it
+	// forgets them all and reads again, a cost paid once per limit.
+	knownLimit = 10_000
+	// knownFor is how long a remembered entry is used. An entry that was
+	// deleted, or a bucket made again, is read afresh after it, so a state
+	// the store remembers cannot keep a device out of a new bucket for
+	// longer.
+	knownFor = 30 * time.Second
+)
+
+// remembered returns a copy of the device's entry as this store last
+// wrote it, if it is recent.
+func (s *StateStore) remembered(device string) (DeviceState, uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.known[device]
+	if !ok || time.Since(e.at) > knownFor {
+		return DeviceState{}, 0, false
+	}
+	st := e.state
+	st.Topics = make(map[string]TopicState, len(e.state.Topics))
+	for k, v := range e.state.Topics {
+		st.Topics[k] = v
+	}
+	return st, e.revision, true
+}
+
+// remember records what the store wrote, or, with revision 0, forgets it.
+func (s *StateStore) remember(device string, st DeviceState, revision uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if revision == 0 {
+		delete(s.known, device)
+		return
+	}
+	if s.known == nil || len(s.known) >= knownLimit {
+		s.known = make(map[string]knownEntry)
+	}
+	if cur, ok := s.known[device]; ok && cur.revision > revision {
+		return
+	}
+	s.known[device] = knownEntry{state: st, revision: revision, at: time.Now()}
 }
 
 // NewStateStore returns a store writing to kv, each write allowed timeout.
@@ -165,26 +225,29 @@ func (s *StateStore) Write(ctx context.Context, u DeviceUpdate) (bool, error) {
 func (s *StateStore) write(ctx context.Context, u DeviceUpdate) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	state, revision, known := s.remembered(u.Device)
 	for range casAttempts {
-		var (
-			state    DeviceState
-			revision uint64
-		)
-		entry, err := s.kv.Get(ctx, u.Device)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return false, err
-		default:
-			revision = entry.Revision()
-			if state, err = decodeState(entry.Value()); err != nil {
-				// A value that is not ours is replaced rather than blocking
-				// the device forever.
-				state = DeviceState{}
+		if !known {
+			state, revision = DeviceState{}, 0
+			entry, err := s.kv.Get(ctx, u.Device)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				return false, err
+			default:
+				revision = entry.Revision()
+				if state, err = decodeState(entry.Value()); err != nil {
+					// A value that is not ours is replaced rather than
+					// blocking the device forever.
+					state = DeviceState{}
+				}
 			}
 		}
 		state.DeviceUUID, state.Organization = u.Device, u.Organization
 		if !Merge(&state, u.Topics) {
+			// Every topic is as new or newer in the entry: in the one just
+			// read, or in the one this store wrote, which nothing but a
+			// newer message replaces.
 			return false, nil
 		}
 		state.UpdatedAt = time.Now().UTC()
@@ -192,17 +255,22 @@ func (s *StateStore) write(ctx context.Context, u DeviceUpdate) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("encode state: %w", err)
 		}
+		var written uint64
 		if revision == 0 {
-			_, err = s.kv.Create(ctx, u.Device, body)
+			written, err = s.kv.Create(ctx, u.Device, body)
 		} else {
-			_, err = s.kv.Update(ctx, u.Device, body, revision)
+			written, err = s.kv.Update(ctx, u.Device, body, revision)
 		}
 		if err == nil {
+			s.remember(u.Device, state, written)
 			return true, nil
 		}
+		s.remember(u.Device, DeviceState{}, 0)
 		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return false, err
 		}
+		// Someone else wrote the entry since: read it again.
+		known = false
 	}
 	return false, ErrCASExhausted
 }
