@@ -55,6 +55,16 @@ check-generate: generate ## Fail when gen/ is stale or proto/ is not buf-formatt
 		git status --porcelain -- gen proto; git diff --stat -- gen proto; \
 		echo "run 'make generate' and commit the result"; exit 1; fi
 
+# buf breaking compares proto/ with main's. The input is the repository
+# holding main: in a clone that is .git, but in a worktree .git is a file
+# pointing elsewhere and buf cannot read it, so git is asked where the
+# repository's shared directory is; it names .git in a plain clone.
+BREAKING_AGAINST ?= $(shell git rev-parse --path-format=absolute --git-common-dir 2>/dev/null || echo .git)\#branch=main
+
+.PHONY: breaking
+breaking: $(TOOLS) ## Fail when proto/ breaks what main's proto/ promised (wire and JSON names, package by package)
+	buf breaking --against '$(BREAKING_AGAINST)'
+
 .PHONY: lint
 lint: $(TOOLS) ## buf lint, buf format check, gofmt and go vet
 	buf lint
@@ -93,7 +103,7 @@ browser: ## Make sure headless Chromium is installed for the viewer's browser te
 	fi
 
 .PHONY: test
-test: services browser check-generate lint fuzz ## Run every module's tests with the race detector against real Postgres and NATS
+test: services browser check-generate breaking lint fuzz ## Run every module's tests with the race detector against real Postgres and NATS
 	@for m in $(MODULES); do echo "== go test $$m"; (cd $$m && go test $(TEST_FLAGS) ./...); done
 
 # Each fuzz target runs for FUZZTIME from its seed corpus (f.Add and

@@ -391,8 +391,11 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	} else if err != nil {
 		out["state_error"] = fmt.Sprintf("latest values unavailable (error id %s in the viewer's log)",
 			s.logFailure(r, "viewer: read a device state", err))
+	} else if state, err := deviceState(entry.Value()); err != nil {
+		out["state_error"] = fmt.Sprintf("the latest values are not a device state (error id %s in the viewer's log)",
+			s.logFailure(r, "viewer: decode a device state", err))
 	} else {
-		out["state"] = json.RawMessage(entry.Value())
+		out["state"] = state
 		out["state_revision"] = entry.Revision()
 	}
 	kvCancel()
