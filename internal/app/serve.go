@@ -27,6 +27,7 @@ import (
 	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/service"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
@@ -35,17 +36,17 @@ import (
 	"github.com/telemesh/telemesh/services/validator"
 )
 
-// The stages, in chain order.
+// The stages, by the names [pipeline] gives the stage services.
 const (
-	Gateway   = "gateway"
-	Validator = "validator"
-	Deriver   = "deriver"
-	Persister = "persister"
-	Publisher = "publisher"
+	Gateway   = string(pipeline.Gateway)
+	Validator = string(pipeline.Validator)
+	Deriver   = string(pipeline.Deriver)
+	Persister = string(pipeline.Persister)
+	Publisher = string(pipeline.Publisher)
 )
 
 // Stages lists the stages in chain order.
-var Stages = []string{Gateway, Validator, Deriver, Persister, Publisher}
+var Stages = pipeline.ServiceNames()
 
 // NextHops names the stages each stage calls.
 var NextHops = map[string][]string{

@@ -12,6 +12,7 @@ import (
 
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // ErrCASExhausted is returned when a device's state kept changing under every
@@ -120,15 +121,15 @@ func (p *Publisher) Publish(ctx context.Context, items []Item, dryRun bool) []It
 		org := sw.For(it.OrganizationID)
 		var subject string
 		if it.Invalid {
-			if !org.PublishInvalidEvents {
-				results[i].Skipped = "publish_invalid_events is off"
+			if !org.On(pipeline.SwitchPublishInvalidEvents) {
+				results[i].Skipped = string(pipeline.SwitchPublishInvalidEvents) + " is off"
 				continue
 			}
 			subject = InvalidSubject(p.env, it.OrganizationSlug, it.InvalidReason)
 		} else {
 			results[i].Subjects = append(results[i].Subjects, "$KV."+p.states.Bucket()+"."+it.DeviceUUID)
-			if !org.PublishAnalytics {
-				results[i].Skipped = "publish_analytics is off"
+			if !org.On(pipeline.SwitchPublishAnalytics) {
+				results[i].Skipped = string(pipeline.SwitchPublishAnalytics) + " is off"
 				continue
 			}
 			subject = AnalyticsSubject(p.env, it.OrganizationSlug, it.DeviceUUID, it.Topic)
