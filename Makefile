@@ -8,6 +8,7 @@ MAKEFLAGS += --no-print-directory
 BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+DEADCODE_VERSION           := v0.52.0
 
 BIN     := $(CURDIR)/.bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -38,10 +39,16 @@ $(BIN)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION):
 	GOBIN=$(BIN) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	@touch $@
 
+$(BIN)/deadcode-$(DEADCODE_VERSION):
+	@mkdir -p $(BIN)
+	GOBIN=$(BIN) go install golang.org/x/tools/cmd/deadcode@$(DEADCODE_VERSION)
+	@touch $@
+
 TOOLS := $(BIN)/buf-$(BUF_VERSION) $(BIN)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
+LINTERS := $(BIN)/deadcode-$(DEADCODE_VERSION)
 
 .PHONY: tools
-tools: $(TOOLS) ## Build the pinned code generators and buf into .bin/
+tools: $(TOOLS) $(LINTERS) ## Build the pinned code generators, buf and the linters into .bin/
 
 .PHONY: generate
 generate: $(TOOLS) ## Regenerate gen/ from proto/
@@ -66,11 +73,20 @@ breaking: $(TOOLS) ## Fail when proto/ breaks what main's proto/ promised (wire 
 	buf breaking --against '$(BREAKING_AGAINST)'
 
 .PHONY: lint
-lint: $(TOOLS) ## buf lint, buf format check, gofmt and go vet
+lint: $(TOOLS) $(LINTERS) ## buf lint, buf format check, gofmt, go vet and deadcode
 	buf lint
 	buf format --diff --exit-code
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do (cd $$m && go vet ./...); done
+	@$(MAKE) deadcode
+
+# deadcode lists the functions that no main package and no test reaches.
+# With -test, helpers that only tests use (internal/testdb, the fixtures)
+# count as used; what is left is dead everywhere, so any line fails.
+.PHONY: deadcode
+deadcode: $(LINTERS) ## Fail on functions nothing calls, not even a test
+	@out=$$(deadcode -test ./...); if [ -n "$$out" ]; then \
+		echo "unreachable code (delete it, or call it):"; echo "$$out"; exit 1; fi
 
 .PHONY: build
 build: ## Build bin/telemesh

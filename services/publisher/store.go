@@ -8,7 +8,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/telemesh/telemesh/internal/outbox"
 )
@@ -27,14 +26,6 @@ func Backoff(attempts int, base, limit time.Duration) time.Duration {
 type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
-
-// Store records publish results on the telemetry rows.
-type Store struct {
-	pool *pgxpool.Pool
-}
-
-// NewStore returns a store over pool.
-func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
 // Row names a telemetry row: its id and its partition key.
 type Row struct {
