@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/sethvargo/go-retry"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -208,17 +209,16 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	// health checks, while Postgres is still coming up; until it loads,
 	// calls fail with Unavailable and callers retry.
 	workers := append([]service.Worker{{Name: "catalog", Run: func(ctx context.Context) error {
-		for ctx.Err() == nil {
-			err := cat.Load(ctx)
-			if err == nil {
-				break
+		err := retry.Do(ctx, startBackoff(), func(ctx context.Context) error {
+			if err := cat.Load(ctx); err != nil {
+				logger.Warn("catalog not loaded yet; retrying", "err", err)
+				return retry.RetryableError(err)
 			}
-			logger.Warn("catalog not loaded yet; retrying", "err", err)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
+			return nil
+		})
+		if err != nil {
+			// Every failure is retried: only the end of ctx stops it.
+			return nil
 		}
 		return cat.Run(ctx)
 	}}}, built.workers...)
