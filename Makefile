@@ -9,6 +9,7 @@ BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 DEADCODE_VERSION           := v0.52.0
+GOLANGCI_LINT_VERSION      := v2.15.0
 
 BIN     := $(CURDIR)/.bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -45,7 +46,12 @@ $(BIN)/deadcode-$(DEADCODE_VERSION):
 	@touch $@
 
 TOOLS := $(BIN)/buf-$(BUF_VERSION) $(BIN)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
-LINTERS := $(BIN)/deadcode-$(DEADCODE_VERSION)
+$(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION):
+	@mkdir -p $(BIN)
+	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	@touch $@
+
+LINTERS := $(BIN)/deadcode-$(DEADCODE_VERSION) $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 .PHONY: tools
 tools: $(TOOLS) $(LINTERS) ## Build the pinned code generators, buf and the linters into .bin/
@@ -73,11 +79,12 @@ breaking: $(TOOLS) ## Fail when proto/ breaks what main's proto/ promised (wire 
 	buf breaking --against '$(BREAKING_AGAINST)'
 
 .PHONY: lint
-lint: $(TOOLS) $(LINTERS) ## buf lint, buf format check, gofmt, go vet and deadcode
+lint: $(TOOLS) $(LINTERS) ## buf lint, buf format check, gofmt, go vet, golangci-lint (.golangci.yml) and deadcode
 	buf lint
 	buf format --diff --exit-code
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do (cd $$m && go vet ./...); done
+	@for m in $(MODULES); do (cd $$m && golangci-lint run --config $(CURDIR)/.golangci.yml ./...); done
 	@$(MAKE) deadcode
 
 # deadcode lists the functions that no main package and no test reaches.

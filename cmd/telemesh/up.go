@@ -142,7 +142,7 @@ file.`,
 		}
 		logger, _ := logging.New(e.stderr, "auto", logLevel)
 		ctx := cmd.Context()
-		if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		if err := os.MkdirAll(dataDir, 0o750); err != nil {
 			return config.Invalid("data-dir", "%v", err)
 		}
 		// Two ups on one data directory would share the NATS store and

@@ -93,8 +93,10 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 
 	var closers []func(context.Context) error
 	defer func() {
+		// ctx has ended by now; the closers still need a live one.
+		closeCtx := context.WithoutCancel(ctx)
 		for i := len(closers) - 1; i >= 0; i-- {
-			_ = closers[i](context.Background())
+			_ = closers[i](closeCtx)
 		}
 	}()
 
@@ -159,7 +161,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		closers = append(closers, func(context.Context) error { return nc.Drain() })
 	}
 
-	srv, err := grpcx.NewServer(serverCfg, logger, reg)
+	srv, err := grpcx.NewServer(serverCfg, logger, reg) //nolint:contextcheck // each call brings its context.
 	if err != nil {
 		return err
 	}
