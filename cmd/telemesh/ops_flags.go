@@ -3,13 +3,13 @@ package main
 import (
 	"fmt"
 	"os/user"
-	"sort"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/telemesh/telemesh/internal/ops"
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // newFlagsCmd returns the flags command, which shows and sets the pipeline
@@ -73,17 +73,16 @@ an organization when it is on both globally and for the organization.`,
 	}
 	get.Flags().BoolVar(&asJSON, "json", false, "print the switches as JSON")
 
-	names := make([]string, 0, len(ops.SwitchNames))
-	for n := range ops.SwitchNames {
-		names = append(names, n)
+	var names []string
+	for _, sw := range pipeline.Switches() {
+		names = append(names, string(sw))
 	}
-	sort.Strings(names)
 	set := &cobra.Command{
 		Use:   "set " + strings.Join(names, "|") + " on|off",
 		Short: "Turn one switch on or off, globally or for --organization",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, ok := ops.SwitchNames[args[0]]; !ok {
+			if _, ok := pipeline.ParseSwitch(args[0]); !ok {
 				return fmt.Errorf("%w: unknown switch %q; one of %s", errUsage, args[0], strings.Join(names, ", "))
 			}
 			var on bool

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sethvargo/go-retry"
 	"github.com/spf13/cobra"
 
 	"github.com/telemesh/telemesh/internal/app"
@@ -141,7 +142,7 @@ file.`,
 		}
 		logger, _ := logging.New(e.stderr, "auto", logLevel)
 		ctx := cmd.Context()
-		if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		if err := os.MkdirAll(dataDir, 0o750); err != nil {
 			return config.Invalid("data-dir", "%v", err)
 		}
 		// Two ups on one data directory would share the NATS store and
@@ -339,11 +340,12 @@ func runSimulator(ctx context.Context, natsURL string, rate float64, logger *slo
 		return
 	}
 	// The gateway creates the stream; wait for it.
-	for ctx.Err() == nil {
-		if _, err := js.Stream(ctx, app.DefaultOptions(app.Gateway).Gateway.Stream); err == nil {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
+	wait := retry.WithJitterPercent(20, retry.WithCappedDuration(2*time.Second, retry.NewExponential(100*time.Millisecond)))
+	if err := retry.Do(ctx, wait, func(ctx context.Context) error {
+		_, err := js.Stream(ctx, app.DefaultOptions(app.Gateway).Gateway.Stream)
+		return retry.RetryableError(err)
+	}); err != nil {
+		return // Every failure is retried: only the end of ctx stops it.
 	}
 	cfg := simulate.Config{
 		Devices: simulate.DemoDevices(len(demo.Devices)), Rate: rate, MessageIDs: true, Seed: time.Now().UnixNano(),

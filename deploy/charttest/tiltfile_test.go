@@ -1,6 +1,7 @@
 package charttest
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -202,7 +203,7 @@ func runTiltfile(t *testing.T, root string) *tilt {
 	// The dialect Tilt runs: top-level control flow, sets, while, recursion.
 	opts := &syntax.FileOptions{Set: true, While: true, TopLevelControl: true, GlobalReassign: true, Recursion: true}
 	if _, err := starlark.ExecFileOptions(opts, thread, "Tiltfile", src, tl.predeclared(root)); err != nil {
-		if ee, ok := err.(*starlark.EvalError); ok {
+		if ee := (*starlark.EvalError)(nil); errors.As(err, &ee) {
 			t.Fatalf("Tiltfile: %s", ee.Backtrace())
 		}
 		t.Fatalf("Tiltfile: %v", err)

@@ -44,10 +44,6 @@ const (
 	completed
 )
 
-func (o badOutcome) String() string {
-	return [...]string{"", "ignored", "never captured", "refused by NATS", "failed_terminal", "failed_validation", "completed"}[o]
-}
-
 // badCase is one bad message and what must become of it.
 type badCase struct {
 	name    string

@@ -1,11 +1,13 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sethvargo/go-retry"
 
 	"github.com/telemesh/telemesh/gateway"
 	deriverv1 "github.com/telemesh/telemesh/gen/telemesh/deriver/v1"
@@ -47,17 +49,16 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 		g := gateway.New(gwCfg, js, validatorv1.NewValidatorServiceClient(d.conns[Validator]), d.catalog, d.pool, d.logs, gateway.NewMetrics(d.reg), d.logger)
 		run := func(ctx context.Context) error {
 			// NATS may come up after the gateway: keep trying.
-			for {
-				err := g.Setup(ctx)
-				if err == nil {
-					break
+			err := retry.Do(ctx, startBackoff(), func(ctx context.Context) error {
+				if err := g.Setup(ctx); err != nil {
+					d.logger.Warn("stream setup failed; retrying", "err", err)
+					return retry.RetryableError(err)
 				}
-				d.logger.Warn("stream setup failed; retrying", "err", err)
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(2 * time.Second):
-				}
+				return nil
+			})
+			if err != nil {
+				// Every failure is retried: only the end of ctx stops it.
+				return nil
 			}
 			return g.Run(ctx)
 		}
@@ -80,19 +81,21 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 		if err != nil {
 			return nil, err
 		}
-		var kv jetstream.KeyValue
 		setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		for {
-			if kv, err = publisher.Setup(setupCtx, js, o.PublisherNATS); err == nil {
-				break
+		var last error
+		kv, err := retry.DoValue(setupCtx, startBackoff(), func(ctx context.Context) (jetstream.KeyValue, error) {
+			kv, err := publisher.Setup(ctx, js, o.PublisherNATS)
+			if err != nil {
+				last = err
+				d.logger.Warn("NATS setup failed; retrying", "err", err)
+				return nil, retry.RetryableError(err)
 			}
-			d.logger.Warn("NATS setup failed; retrying", "err", err)
-			select {
-			case <-setupCtx.Done():
-				return nil, fmt.Errorf("NATS setup: %w", err)
-			case <-time.After(time.Second):
-			}
+			return kv, nil
+		})
+		if err != nil {
+			// The deadline ended it: name what kept failing.
+			return nil, fmt.Errorf("NATS setup: %w", cmp.Or(last, err))
 		}
 		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, 10*time.Second, d.logger)
 		srv := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger)
@@ -100,3 +103,19 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 	}
 	return nil, fmt.Errorf("unknown stage %q", o.Stage)
 }
+
+// startBackoff paces a stage's start-up retries against a dependency that
+// is not there yet (Postgres, NATS): quickly at first, so a mesh started all
+// at once comes up fast, then every few seconds; jittered, so replicas
+// started together do not knock in step.
+func startBackoff() retry.Backoff {
+	return retry.WithJitterPercent(startJitterPercent,
+		retry.WithCappedDuration(startBackoffMax, retry.NewExponential(startBackoffBase)))
+}
+
+// The start-up retries: the first wait, the longest, and the jitter (±%).
+const (
+	startBackoffBase   = 250 * time.Millisecond
+	startBackoffMax    = 5 * time.Second
+	startJitterPercent = 20
+)

@@ -359,22 +359,6 @@ func (f *fixture) waitOrgSwitch(device string, enabled bool) {
 	})
 }
 
-// waitDeviceKnown waits until a message of the device goes through the
-// whole chain, which needs every stage's catalog to have the device.
-func (f *fixture) waitDeviceKnown(device string) {
-	f.t.Helper()
-	testutil.Eventually(f.t, meshWait, device+" known", func() error {
-		st, err := f.dryRun(device)
-		if err != nil {
-			return err
-		}
-		if st != telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED {
-			return fmt.Errorf("dry run is %v", st)
-		}
-		return nil
-	})
-}
-
 // dryRun asks the gateway what would become of a message of the device,
 // without writing anything: it sees what the stages' catalogs see now.
 func (f *fixture) dryRun(device string) (telemetryv1.MessageStatus, error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/sethvargo/go-retry"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/service"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
@@ -35,17 +37,17 @@ import (
 	"github.com/telemesh/telemesh/services/validator"
 )
 
-// The stages, in chain order.
+// The stages, by the names [pipeline] gives the stage services.
 const (
-	Gateway   = "gateway"
-	Validator = "validator"
-	Deriver   = "deriver"
-	Persister = "persister"
-	Publisher = "publisher"
+	Gateway   = string(pipeline.Gateway)
+	Validator = string(pipeline.Validator)
+	Deriver   = string(pipeline.Deriver)
+	Persister = string(pipeline.Persister)
+	Publisher = string(pipeline.Publisher)
 )
 
 // Stages lists the stages in chain order.
-var Stages = []string{Gateway, Validator, Deriver, Persister, Publisher}
+var Stages = pipeline.ServiceNames()
 
 // NextHops names the stages each stage calls.
 var NextHops = map[string][]string{
@@ -91,8 +93,10 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 
 	var closers []func(context.Context) error
 	defer func() {
+		// ctx has ended by now; the closers still need a live one.
+		closeCtx := context.WithoutCancel(ctx)
 		for i := len(closers) - 1; i >= 0; i-- {
-			_ = closers[i](context.Background())
+			_ = closers[i](closeCtx)
 		}
 	}()
 
@@ -157,7 +161,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		closers = append(closers, func(context.Context) error { return nc.Drain() })
 	}
 
-	srv, err := grpcx.NewServer(serverCfg, logger, reg)
+	srv, err := grpcx.NewServer(serverCfg, logger, reg) //nolint:contextcheck // each call brings its context.
 	if err != nil {
 		return err
 	}
@@ -207,17 +211,16 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	// health checks, while Postgres is still coming up; until it loads,
 	// calls fail with Unavailable and callers retry.
 	workers := append([]service.Worker{{Name: "catalog", Run: func(ctx context.Context) error {
-		for ctx.Err() == nil {
-			err := cat.Load(ctx)
-			if err == nil {
-				break
+		err := retry.Do(ctx, startBackoff(), func(ctx context.Context) error {
+			if err := cat.Load(ctx); err != nil {
+				logger.Warn("catalog not loaded yet; retrying", "err", err)
+				return retry.RetryableError(err)
 			}
-			logger.Warn("catalog not loaded yet; retrying", "err", err)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
+			return nil
+		})
+		if err != nil {
+			// Every failure is retried: only the end of ctx stops it.
+			return nil
 		}
 		return cat.Run(ctx)
 	}}}, built.workers...)

@@ -10,6 +10,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // The channels the migrations notify on when definitions or switches change.
@@ -30,6 +32,19 @@ type PipelineSwitch struct {
 	PipelineEnabled      bool
 	PublishAnalytics     bool
 	PublishInvalidEvents bool
+}
+
+// On reports whether the switch of that name is on in the row.
+func (p PipelineSwitch) On(s pipeline.Switch) bool {
+	switch s {
+	case pipeline.SwitchPipeline:
+		return p.PipelineEnabled
+	case pipeline.SwitchPublishAnalytics:
+		return p.PublishAnalytics
+	case pipeline.SwitchPublishInvalidEvents:
+		return p.PublishInvalidEvents
+	}
+	return false
 }
 
 // For returns the switches in force for an organization: both the global

@@ -197,15 +197,6 @@ func Print(logger *slog.Logger, msg string, fs *pflag.FlagSet) {
 	logger.Info(msg, attrs...)
 }
 
-// Masked returns the value of a flag as Print shows it.
-func Masked(fs *pflag.FlagSet, name string) string {
-	f := fs.Lookup(name)
-	if f == nil {
-		return ""
-	}
-	return display(f, f.Value.String())
-}
-
 func display(f *pflag.Flag, v string) string {
 	if _, secret := f.Annotations[secretAnnotation]; !secret || v == "" {
 		return v

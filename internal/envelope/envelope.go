@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
-	"github.com/telemesh/telemesh/internal/value"
 )
 
 // WireVersion is the version of the envelope's layout this build speaks.
@@ -51,14 +50,6 @@ func StatusName(s telemetryv1.MessageStatus) string {
 // StatusFromString maps a stored message status to its enum.
 func StatusFromString(s string) telemetryv1.MessageStatus {
 	return telemetryv1.MessageStatus(telemetryv1.MessageStatus_value["MESSAGE_STATUS_"+strings.ToUpper(s)])
-}
-
-// StateName returns the stored name of a processing state, or "" for none.
-func StateName(s telemetryv1.ProcessingState) string {
-	if s == telemetryv1.ProcessingState_PROCESSING_STATE_UNSPECIFIED {
-		return ""
-	}
-	return strings.ToLower(strings.TrimPrefix(s.String(), "PROCESSING_STATE_"))
 }
 
 // StateFromString maps a stored processing state to its enum.
@@ -111,11 +102,6 @@ func Time(t *timestamppb.Timestamp) time.Time {
 	return t.AsTime()
 }
 
-// Values converts protobuf values to plain Go.
-func Values(m map[string]*telemetryv1.Value) map[string]any {
-	return value.MapFromProto(m)
-}
-
 // Unresolved is a derived value that could not be computed, as stored in
 // device_telemetry_logs.unresolved_values and the stage logs.
 type Unresolved struct {
@@ -123,25 +109,6 @@ type Unresolved struct {
 	MissingInputs []string `json:"missing_inputs,omitempty"`
 	Cycle         []string `json:"cycle,omitempty"`
 	Detail        string   `json:"detail,omitempty"`
-}
-
-// Derived splits derived values into computed ones and unresolved ones.
-func Derived(m map[string]*telemetryv1.DerivedValue) (map[string]any, map[string]any) {
-	values := map[string]any{}
-	unresolved := map[string]any{}
-	for k, d := range m {
-		if u := d.GetUnresolved(); u != nil {
-			unresolved[k] = Unresolved{
-				Reason:        strings.ToLower(strings.TrimPrefix(u.GetReason().String(), "UNRESOLVED_REASON_")),
-				MissingInputs: u.GetMissingInputs(),
-				Cycle:         u.GetCycle(),
-				Detail:        u.GetDetail(),
-			}
-			continue
-		}
-		values[k] = value.FromProto(d.GetValue())
-	}
-	return values, unresolved
 }
 
 // ValidationError is one validation error as stored in

@@ -25,13 +25,14 @@ import (
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
 )
 
 // Stages lists the stages in chain order, as their targets are keyed.
-var Stages = []string{"gateway", "validator", "deriver", "persister", "publisher"}
+var Stages = pipeline.ServiceNames()
 
 // Serving is the health status of a stage that answers SERVING.
 const Serving = "SERVING"
@@ -275,9 +276,6 @@ func (r *Report) Stage(name string) *StageHealth {
 	return nil
 }
 
-// exampleWidth bounds the example reason shown beside a reason code.
-const exampleWidth = 160
-
 // stageCounts sums the per-minute counts of the stage logs of the last
 // minutes by stage, status and reason code; the example of each group that
 // is not completed is found apart, by the partial index on the rows that
@@ -520,7 +518,7 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 		return fmt.Errorf("pipeline switches: %w", err)
 	}
 
-	rows, err = pool.Query(ctx, stageCounts, cfg.Minutes, exampleWidth)
+	rows, err = pool.Query(ctx, stageCounts, cfg.Minutes, pipeline.ReasonWidth)
 	if err != nil {
 		return fmt.Errorf("stage logs: %w", err)
 	}
@@ -539,9 +537,8 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("stage logs: %w", err)
 	}
-	order := map[string]int{"ingress": 0, "validate": 1, "mutate": 2, "derive": 3, "persist": 4, "publish": 5}
 	sort.SliceStable(r.Throughput, func(i, j int) bool {
-		return order[r.Throughput[i].Stage] < order[r.Throughput[j].Stage]
+		return pipeline.Stage(r.Throughput[i].Stage).Order() < pipeline.Stage(r.Throughput[j].Stage).Order()
 	})
 
 	err = pool.QueryRow(ctx, publishFailedCounts, cfg.Minutes).Scan(&r.PublishFailed, &r.PublishFailedRecent)
@@ -549,7 +546,7 @@ func gatherDB(ctx context.Context, cfg Config, pool *pgxpool.Pool, r *Report) er
 		return fmt.Errorf("publish_failed rows: %w", err)
 	}
 	if r.PublishFailedRecent > 0 {
-		rows, err = pool.Query(ctx, publishFailures, cfg.Minutes, exampleWidth)
+		rows, err = pool.Query(ctx, publishFailures, cfg.Minutes, pipeline.ReasonWidth)
 		if err != nil {
 			return fmt.Errorf("publish_failed reasons: %w", err)
 		}

@@ -9,14 +9,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-)
 
-// SwitchNames are the switches SetSwitch accepts, each with its column.
-var SwitchNames = map[string]string{
-	"pipeline.enabled":       "pipeline_enabled",
-	"publish_analytics":      "publish_analytics",
-	"publish_invalid_events": "publish_invalid_events",
-}
+	"github.com/telemesh/telemesh/internal/pipeline"
+)
 
 // Switches are the three pipeline switches.
 type Switches struct {
@@ -94,14 +89,15 @@ func GetSwitches(ctx context.Context, pool *pgxpool.Pool, organization string) (
 	return out, nil
 }
 
-// SetSwitch sets one switch (a key of SwitchNames) of the global row, or of
+// SetSwitch sets one switch (a [pipeline.Switch] by name) of the global row, or of
 // organization's row when it is not empty, creating the row if needed, and
 // records by as who changed it.
 func SetSwitch(ctx context.Context, pool *pgxpool.Pool, organization, name string, on bool, by string) error {
-	col, ok := SwitchNames[name]
+	sw, ok := pipeline.ParseSwitch(name)
 	if !ok {
 		return fmt.Errorf("switch %q: %w", name, ErrNotFound)
 	}
+	col := sw.Column()
 	var org *uuid.UUID
 	if organization != "" {
 		var id uuid.UUID

@@ -47,9 +47,6 @@ type Process struct {
 	// ShutdownGrace bounds the graceful stop: workers finishing their
 	// batches, then calls in flight. Past it, calls are cancelled.
 	ShutdownGrace time.Duration
-	// Closers run last, after everything else stopped, in order (flush
-	// stage logs, close pools).
-	Closers []func(ctx context.Context) error
 	// OnServing, if set, is called once the process is serving.
 	OnServing func()
 }
@@ -57,7 +54,7 @@ type Process struct {
 // Run serves until ctx ends or a part fails, then stops in this order:
 // health turns NOT_SERVING so balancers stop sending; workers stop taking new
 // work and finish what they started; the gRPC server drains calls in flight;
-// the admin port closes; closers run. It returns nil after a stop asked for
+// the admin port closes. It returns nil after a stop asked for
 // through ctx.
 func (p *Process) Run(ctx context.Context) error {
 	errc := make(chan error, 3+len(p.Workers))
@@ -131,11 +128,6 @@ func (p *Process) Run(ctx context.Context) error {
 	defer cancel()
 	if err := p.Admin.Shutdown(closeCtx); err != nil {
 		p.Logger.Warn("admin shutdown", "err", err)
-	}
-	for _, c := range p.Closers {
-		if err := c(closeCtx); err != nil {
-			p.Logger.Warn("close", "stage", p.Name, "err", err)
-		}
 	}
 	p.Logger.Info("stopped", "stage", p.Name)
 	return runErr

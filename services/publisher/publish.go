@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -12,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/catalog"
+	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // ErrCASExhausted is returned when a device's state kept changing under every
@@ -36,7 +37,7 @@ type Item struct {
 	// Invalid marks a row that failed validation: it is published as an
 	// invalid event, if the organization wants those, and never to KV.
 	Invalid          bool
-	ValidationErrors any
+	ValidationErrors []envelope.ValidationError
 	InvalidReason    string
 	Attempt          int
 }
@@ -74,19 +75,6 @@ func NewPublisher(js jetstream.JetStream, kv jetstream.KeyValue, cfg NATSConfig,
 		js: js, states: NewStateStore(js, kv, cfg.AnalyticsStream, timeout), nats: cfg,
 		env: env, switches: switches, timeout: timeout, logger: logger,
 	}
-}
-
-// analyticsEvent is the body of an analytics or invalid event.
-type analyticsEvent struct {
-	MessageID        string          `json:"message_id"`
-	Organization     string          `json:"organization"`
-	DeviceUUID       string          `json:"device_uuid"`
-	DeviceExternalID string          `json:"device_external_id,omitempty"`
-	Topic            string          `json:"topic"`
-	RecordedAt       time.Time       `json:"recorded_at"`
-	Values           json.RawMessage `json:"values,omitempty"`
-	Unresolved       json.RawMessage `json:"unresolved,omitempty"`
-	Errors           any             `json:"errors,omitempty"`
 }
 
 // Publish publishes the items: device state first, with one compare-and-set
@@ -132,35 +120,27 @@ func (p *Publisher) Publish(ctx context.Context, items []Item, dryRun bool) []It
 		}
 		org := sw.For(it.OrganizationID)
 		var subject string
-		ev := analyticsEvent{
-			MessageID: it.MessageID.String(), Organization: it.OrganizationSlug, DeviceUUID: it.DeviceUUID,
-			DeviceExternalID: it.DeviceExternalID, Topic: it.Topic, RecordedAt: it.RecordedAt,
-		}
 		if it.Invalid {
-			if !org.PublishInvalidEvents {
-				results[i].Skipped = "publish_invalid_events is off"
+			if !org.On(pipeline.SwitchPublishInvalidEvents) {
+				results[i].Skipped = string(pipeline.SwitchPublishInvalidEvents) + " is off"
 				continue
 			}
 			subject = InvalidSubject(p.env, it.OrganizationSlug, it.InvalidReason)
-			ev.Errors = it.ValidationErrors
 		} else {
 			results[i].Subjects = append(results[i].Subjects, "$KV."+p.states.Bucket()+"."+it.DeviceUUID)
-			if !org.PublishAnalytics {
-				results[i].Skipped = "publish_analytics is off"
+			if !org.On(pipeline.SwitchPublishAnalytics) {
+				results[i].Skipped = string(pipeline.SwitchPublishAnalytics) + " is off"
 				continue
 			}
 			subject = AnalyticsSubject(p.env, it.OrganizationSlug, it.DeviceUUID, it.Topic)
-			ev.Values, ev.Unresolved = it.Values, it.Unresolved
 		}
 		results[i].Subjects = append(results[i].Subjects, subject)
 		if dryRun {
 			continue
 		}
-		body, err := json.Marshal(ev)
-		if err != nil {
-			results[i].Err = fmt.Errorf("encode event: %w", err)
-			continue
-		}
+		// Each event has its own buffer: the future keeps the message
+		// until its ack.
+		body := appendEvent(make([]byte, 0, 256+len(it.Values)+len(it.Unresolved)), it)
 		fut, err := p.js.PublishAsync(subject, body, jetstream.WithMsgID(it.MessageID.String()))
 		if err != nil {
 			results[i].Err = diag.streamError(ctx, subject, err)

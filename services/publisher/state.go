@@ -251,7 +251,7 @@ func (s *StateStore) write(ctx context.Context, u DeviceUpdate) (bool, error) {
 			return false, nil
 		}
 		state.UpdatedAt = time.Now().UTC()
-		body, err := json.Marshal(state)
+		body, err := state.MarshalJSON()
 		if err != nil {
 			return false, fmt.Errorf("encode state: %w", err)
 		}

@@ -8,33 +8,33 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sethvargo/go-retry"
 
 	"github.com/telemesh/telemesh/internal/outbox"
 )
 
 // Backoff returns when a row that failed attempt times is tried again:
-// doubling from base, capped at limit.
+// doubling from base, capped at limit, then moved by up to ±20 %, so the
+// rows that failed together (NATS down for a while) are retried spread out
+// rather than in one burst.
 func Backoff(attempts int, base, limit time.Duration) time.Duration {
-	d := base
-	for i := 1; i < attempts && d < limit; i++ {
-		d *= 2
+	b := retry.WithJitterPercent(backoffJitterPercent, retry.WithCappedDuration(limit, retry.NewExponential(base)))
+	// Past 64 doublings the exponential has long reached the cap.
+	var d time.Duration
+	for range min(max(attempts, 1), 64) {
+		d, _ = b.Next()
 	}
-	return min(d, limit)
+	return d
 }
+
+// backoffJitterPercent is how far, in percent either way, [Backoff] moves a
+// row's next attempt.
+const backoffJitterPercent = 20
 
 // Execer is a pool or a transaction.
 type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
-
-// Store records publish results on the telemetry rows.
-type Store struct {
-	pool *pgxpool.Pool
-}
-
-// NewStore returns a store over pool.
-func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
 // Row names a telemetry row: its id and its partition key.
 type Row struct {

@@ -11,9 +11,6 @@ import (
 // recordedAtKeys are tried in this order; the first that parses wins.
 var recordedAtKeys = []string{"recorded_at", "timestamp", "ts", "time"}
 
-// messageIDKeys match the gateway's choice of the device's message id.
-var messageIDKeys = []string{"message_id", "msg_id", "id"}
-
 // msThreshold separates Unix seconds from milliseconds: 1e12 seconds is
 // the year 33658, 1e12 milliseconds is September 2001.
 const msThreshold = 1e12
@@ -42,31 +39,6 @@ func RecordedAt(payload []byte) (t time.Time, ok bool) {
 		}
 	}
 	return time.Time{}, false
-}
-
-// MessageID finds a device message id in the payload: top-level
-// "message_id", "msg_id" or "id", the first that is a non-empty string or
-// an integer literal (returned as written). ok is false when there is none
-// or the payload is not a JSON object.
-func MessageID(payload []byte) (id string, ok bool) {
-	fields, ok := topLevel(payload, messageIDKeys)
-	if !ok {
-		return "", false
-	}
-	for _, raw := range fields {
-		switch {
-		case raw == nil:
-		case raw[0] == '"':
-			if s, ok := jsonString(raw); ok && s != "" {
-				return s, true
-			}
-		default:
-			if _, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
-				return string(raw), true
-			}
-		}
-	}
-	return "", false
 }
 
 func parseTime(raw []byte) (time.Time, bool) {

@@ -24,6 +24,7 @@ import (
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/ops"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // maxBody bounds the body of a change request.
@@ -212,22 +213,28 @@ func (s *Server) handleMeta(w http.ResponseWriter, _ *http.Request) {
 		"raw_subjects":       s.raw.currentSubjects(),
 		"raw_rate":           s.cfg.RawRate,
 		"switch_names":       switchNames(),
+		"stages":             pipeline.Stages(),
+		"stage_services":     stageServices(),
 	})
 }
 
-// switchNames lists the switches, in the order the page shows them.
-func switchNames() []string {
-	names := make([]string, 0, len(ops.SwitchNames))
-	for n := range ops.SwitchNames {
-		names = append(names, n)
+// stageServices maps each stage of the stage logs to the stage service that
+// runs it, whose gRPC health the panel shows beside it.
+func stageServices() map[pipeline.Stage]pipeline.Service {
+	out := map[pipeline.Stage]pipeline.Service{}
+	for _, s := range pipeline.Stages() {
+		out[s] = s.Service()
 	}
-	sort.Slice(names, func(i, j int) bool {
-		// pipeline.enabled first: it is the one an operator reaches for.
-		if (names[i] == "pipeline.enabled") != (names[j] == "pipeline.enabled") {
-			return names[i] == "pipeline.enabled"
-		}
-		return names[i] < names[j]
-	})
+	return out
+}
+
+// switchNames lists the switches, in the order the page shows them: the
+// pipeline's first, the one an operator reaches for.
+func switchNames() []string {
+	var names []string
+	for _, sw := range pipeline.Switches() {
+		names = append(names, string(sw))
+	}
 	return names
 }
 
@@ -391,8 +398,11 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	} else if err != nil {
 		out["state_error"] = fmt.Sprintf("latest values unavailable (error id %s in the viewer's log)",
 			s.logFailure(r, "viewer: read a device state", err))
+	} else if state, err := deviceState(entry.Value()); err != nil {
+		out["state_error"] = fmt.Sprintf("the latest values are not a device state (error id %s in the viewer's log)",
+			s.logFailure(r, "viewer: decode a device state", err))
 	} else {
-		out["state"] = json.RawMessage(entry.Value())
+		out["state"] = state
 		out["state_revision"] = entry.Revision()
 	}
 	kvCancel()
@@ -466,7 +476,7 @@ func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	out := map[string]any{"trace": tr, "chain": chain}
+	out := map[string]any{"trace": tr, "chain": pipeline.Stages()}
 	if snap := s.catalog.Snapshot(); snap != nil {
 		if id := tr.Message.OrganizationID; id != nil && snap.Organizations[*id] != nil {
 			out["organization"] = snap.Organizations[*id].Slug
@@ -544,7 +554,7 @@ func (s *Server) handleSwitch(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if _, ok := ops.SwitchNames[req.Switch]; !ok {
+	if _, ok := pipeline.ParseSwitch(req.Switch); !ok {
 		s.writeError(w, r, badRequest("switch: one of %s", strings.Join(switchNames(), ", ")))
 		return
 	}

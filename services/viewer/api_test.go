@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/testutil"
 )
@@ -461,5 +463,31 @@ func TestDeviceAndTrace(t *testing.T) {
 	}
 	if got := e.do(http.MethodGet, "/api/trace?ref=", "", nil, nil); got != http.StatusBadRequest {
 		t.Errorf("no ref: %d", got)
+	}
+}
+
+func TestMetaNamesTheChain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	var meta struct {
+		Stages        []string          `json:"stages"`
+		StageServices map[string]string `json:"stage_services"`
+		SwitchNames   []string          `json:"switch_names"`
+	}
+	if got := e.do(http.MethodGet, "/api/meta", "", nil, &meta); got != http.StatusOK {
+		t.Fatalf("meta: %d", got)
+	}
+	var want []string
+	for _, s := range pipeline.Stages() {
+		want = append(want, string(s))
+		if meta.StageServices[string(s)] != string(s.Service()) {
+			t.Errorf("stage %s runs in %q, meta says %q", s, s.Service(), meta.StageServices[string(s)])
+		}
+	}
+	if !slices.Equal(meta.Stages, want) {
+		t.Errorf("meta's stages %q, want %q", meta.Stages, want)
+	}
+	if want := []string{"pipeline.enabled", "publish_analytics", "publish_invalid_events"}; !slices.Equal(meta.SwitchNames, want) {
+		t.Errorf("meta's switches %q, want %q", meta.SwitchNames, want)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/telemesh/telemesh/internal/health"
 	"github.com/telemesh/telemesh/internal/ops"
 	"github.com/telemesh/telemesh/internal/outbox"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
@@ -48,9 +49,6 @@ const (
 	shortWindow = 5
 	longWindow  = 60
 )
-
-// exampleWidth bounds the example reason shown beside a reason code.
-const exampleWidth = 160
 
 // failedMessages counts the messages received in the last minutes that
 // failed: halted by validation, failed terminally, or left publish_failed.
@@ -100,19 +98,6 @@ const publishFailedRows = `select t.* from (select distinct id, recorded_from, r
 
 // latestPublishFailed is how many publish_failed rows the panel lists.
 const latestPublishFailed = 10
-
-// chain lists the stages of the stage logs in the order a message meets
-// them.
-var chain = []string{"ingress", "validate", "mutate", "derive", "persist", "publish"}
-
-// chainOrder is each stage's place in chain.
-var chainOrder = func() map[string]int {
-	m := map[string]int{}
-	for i, s := range chain {
-		m[s] = i
-	}
-	return m
-}()
 
 // Health is the health panel at one moment.
 type Health struct {
@@ -423,12 +408,14 @@ func (s *Server) stageStats(ctx context.Context, minutes int) ([]StageStats, err
 	for _, st := range out {
 		have[st.Stage] = true
 	}
-	for stage := range chainOrder {
-		if !have[stage] {
-			out = append(out, StageStats{Stage: stage})
+	for _, stage := range pipeline.Stages() {
+		if !have[string(stage)] {
+			out = append(out, StageStats{Stage: string(stage)})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return chainOrder[out[i].Stage] < chainOrder[out[j].Stage] })
+	sort.SliceStable(out, func(i, j int) bool {
+		return pipeline.Stage(out[i].Stage).Order() < pipeline.Stage(out[j].Stage).Order()
+	})
 	return out, nil
 }
 
@@ -436,7 +423,7 @@ func (s *Server) stageStats(ctx context.Context, minutes int) ([]StageStats, err
 // minutes and their failures grouped by reason code.
 func (s *Server) failures(ctx context.Context, minutes int) (FailureRate, []Failure, error) {
 	rate := FailureRate{Minutes: minutes, Badge: BadgeStable}
-	rows, err := s.pool.Query(ctx, failuresByCode, minutes, exampleWidth)
+	rows, err := s.pool.Query(ctx, failuresByCode, minutes, pipeline.ReasonWidth)
 	if err != nil {
 		return rate, nil, fmt.Errorf("failures: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/demo"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/simulate"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
@@ -233,9 +234,9 @@ func TestViewerOnMesh(t *testing.T) {
 		for _, l := range tr.Trace.StageLogs {
 			seen[l.Stage] = l.Status
 		}
-		for _, stage := range chain {
-			if seen[stage] != "completed" {
-				t.Errorf("stage %s: %q, want completed (%v)", stage, seen[stage], seen)
+		for _, stage := range pipeline.Stages() {
+			if seen[string(stage)] != "completed" {
+				t.Errorf("stage %s: %q, want completed (%v)", stage, seen[string(stage)], seen)
 			}
 		}
 	})

@@ -14,39 +14,41 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
-)
+	"google.golang.org/protobuf/encoding/protojson"
 
-// analyticsEvent is the body the publisher sends on the analytics and
-// invalid-event subjects.
-type analyticsEvent struct {
-	MessageID        string          `json:"message_id"`
-	Organization     string          `json:"organization"`
-	DeviceUUID       string          `json:"device_uuid"`
-	DeviceExternalID string          `json:"device_external_id,omitempty"`
-	Topic            string          `json:"topic"`
-	RecordedAt       time.Time       `json:"recorded_at"`
-	Values           map[string]any  `json:"values,omitempty"`
-	Unresolved       map[string]any  `json:"unresolved,omitempty"`
-	Errors           json.RawMessage `json:"errors,omitempty"`
-}
+	analyticsv1 "github.com/telemesh/telemesh/gen/telemesh/analytics/v1"
+)
 
 // liveEvent is a telemetry or invalid event as the page gets it.
 type liveEvent struct {
-	Kind         string          `json:"kind"`
-	MessageID    string          `json:"message_id"`
-	Organization string          `json:"organization"`
-	DeviceUUID   string          `json:"device_uuid"`
-	Device       string          `json:"device"`
-	Topic        string          `json:"topic"`
-	RecordedAt   time.Time       `json:"recorded_at"`
-	SeenAt       time.Time       `json:"seen_at"`
-	Values       map[string]any  `json:"values,omitempty"`
-	Derived      []string        `json:"derived,omitempty"`
-	Unresolved   map[string]any  `json:"unresolved,omitempty"`
-	Errors       json.RawMessage `json:"errors,omitempty"`
-	Reason       string          `json:"reason,omitempty"`
-	Subject      string          `json:"subject"`
+	Kind         string         `json:"kind"`
+	MessageID    string         `json:"message_id"`
+	Organization string         `json:"organization"`
+	DeviceUUID   string         `json:"device_uuid"`
+	Device       string         `json:"device"`
+	Topic        string         `json:"topic"`
+	RecordedAt   time.Time      `json:"recorded_at"`
+	SeenAt       time.Time      `json:"seen_at"`
+	Values       map[string]any `json:"values,omitempty"`
+	Derived      []string       `json:"derived,omitempty"`
+	Unresolved   map[string]any `json:"unresolved,omitempty"`
+	Errors       []liveError    `json:"errors,omitempty"`
+	Reason       string         `json:"reason,omitempty"`
+	Subject      string         `json:"subject"`
 }
+
+// liveError is one validation error of an invalid event, as the page gets
+// it.
+type liveError struct {
+	Parameter string `json:"parameter,omitempty"`
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	Critical  bool   `json:"critical"`
+}
+
+// decodeEvent is how the viewer reads the publisher's events: through the
+// generated types of the contract, ignoring fields added to it later.
+var decodeEvent = protojson.UnmarshalOptions{DiscardUnknown: true}
 
 // analyticsSubjects are the publisher's subjects the live view follows, as
 // the page names them.
@@ -96,20 +98,35 @@ func (s *Server) onAnalytics(m *nats.Msg) {
 	if !strings.HasPrefix(m.Subject, "iot.v1.analytics.") && !strings.HasPrefix(m.Subject, "iot.v1.invalid.") {
 		return
 	}
-	var in analyticsEvent
-	if err := json.Unmarshal(m.Data, &in); err != nil {
-		s.logger.Debug("viewer: an analytics event that is not JSON", "subject", m.Subject, "err", err)
-		return
-	}
-	out := liveEvent{
-		Kind: kindTelemetry, MessageID: in.MessageID, Organization: in.Organization, DeviceUUID: in.DeviceUUID,
-		Device: in.DeviceExternalID, Topic: in.Topic, RecordedAt: in.RecordedAt, SeenAt: time.Now().UTC(),
-		Values: in.Values, Unresolved: in.Unresolved, Errors: in.Errors, Subject: m.Subject,
-	}
+	out := liveEvent{Kind: kindTelemetry, SeenAt: time.Now().UTC(), Subject: m.Subject}
 	if strings.HasPrefix(m.Subject, "iot.v1.invalid.") {
+		var in analyticsv1.InvalidEvent
+		if err := decodeEvent.Unmarshal(m.Data, &in); err != nil {
+			s.logger.Debug("viewer: an invalid event that is not one", "subject", m.Subject, "err", err)
+			return
+		}
 		out.Kind = kindInvalid
+		out.MessageID, out.Organization, out.DeviceUUID = in.GetMessageId(), in.GetOrganization(), in.GetDeviceUuid()
+		out.Device, out.Topic, out.RecordedAt = in.GetDeviceExternalId(), in.GetTopic(), in.GetRecordedAt().AsTime()
+		for _, e := range in.GetErrors() {
+			out.Errors = append(out.Errors, liveError{Parameter: e.GetParameter(), Code: e.GetCode(), Message: e.GetMessage(), Critical: e.GetCritical()})
+		}
 		if parts := strings.Split(m.Subject, "."); len(parts) >= 6 {
 			out.Reason = parts[5]
+		}
+	} else {
+		var in analyticsv1.Event
+		if err := decodeEvent.Unmarshal(m.Data, &in); err != nil {
+			s.logger.Debug("viewer: an analytics event that is not one", "subject", m.Subject, "err", err)
+			return
+		}
+		out.MessageID, out.Organization, out.DeviceUUID = in.GetMessageId(), in.GetOrganization(), in.GetDeviceUuid()
+		out.Device, out.Topic, out.RecordedAt = in.GetDeviceExternalId(), in.GetTopic(), in.GetRecordedAt().AsTime()
+		if in.GetValues() != nil {
+			out.Values = in.GetValues().AsMap()
+		}
+		if in.GetUnresolved() != nil {
+			out.Unresolved = in.GetUnresolved().AsMap()
 		}
 	}
 	out.Derived = s.derivedKeys(out.DeviceUUID, out.Topic)
@@ -369,4 +386,15 @@ func trimPartialRune(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// deviceState reads a device-states entry through the generated
+// [analyticsv1.DeviceState] and returns it as the page gets it: the same
+// JSON, in protojson's form.
+func deviceState(value []byte) (json.RawMessage, error) {
+	var st analyticsv1.DeviceState
+	if err := decodeEvent.Unmarshal(value, &st); err != nil {
+		return nil, err
+	}
+	return protojson.Marshal(&st)
 }

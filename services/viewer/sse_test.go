@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -297,11 +298,12 @@ func TestShutdownEndsLiveConnections(t *testing.T) {
 	case <-time.After(testWait):
 		t.Fatal("the live connection stayed open after the stop")
 	}
-	if _, err := http.Get(e.url + "/healthz"); err == nil {
+	if res, err := http.Get(e.url + "/healthz"); err == nil {
+		res.Body.Close()
 		t.Error("the viewer still answers after its stop")
 	}
 	// Run twice is refused.
-	if err := e.srv.Run(context.Background()); err != ErrAlreadyRun {
+	if err := e.srv.Run(context.Background()); !errors.Is(err, ErrAlreadyRun) {
 		t.Errorf("second Run: %v", err)
 	}
 }

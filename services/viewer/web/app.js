@@ -5,12 +5,13 @@
 (() => {
   const LIMITS = { liveRows: 200, rawRows: 200, points: 600, invalid: 50, seenIds: 2000 };
   const TOKEN_KEY = 'telemesh-viewer-token';
-  const CHAIN = ['ingress', 'validate', 'mutate', 'derive', 'persist', 'publish'];
-  const GRPC_STAGE = { ingress: 'gateway', validate: 'validator', mutate: 'deriver', derive: 'deriver', persist: 'persister', publish: 'publisher' };
   const $ = (id) => document.getElementById(id);
+  // The stages, the services that run them and the switches come from the
+  // server (/api/meta), which has them from the one list the Go code uses.
+  const stageService = (stage) => state.meta.stage_services[stage];
 
   const state = {
-    meta: { read_only: true, history_minutes: 10, heartbeat_ms: 15000, bucket: 'device-states', switch_names: ['pipeline.enabled', 'publish_analytics', 'publish_invalid_events'] },
+    meta: { read_only: true, history_minutes: 10, heartbeat_ms: 15000, bucket: 'device-states', switch_names: [], stages: [], stage_services: {} },
     devByUUID: new Map(),
     devices: [],
     filter: { org: '', device: '', topic: '' },
@@ -702,7 +703,7 @@
         el('td', { class: 'num' }, s.failed),
         el('td', { class: 'num' }, fmtDur(s.p50_us)),
         el('td', { class: 'num' }, fmtDur(s.p99_us)),
-        grpc.size ? el('td', {}, el('span', { class: 'state ' + (grpc.get(GRPC_STAGE[s.stage]) === 'SERVING' ? 'processed' : 'failed') }, grpc.get(GRPC_STAGE[s.stage]) || '—')) : null)));
+        grpc.size ? el('td', {}, el('span', { class: 'state ' + (grpc.get(stageService(s.stage)) === 'SERVING' ? 'processed' : 'failed') }, grpc.get(stageService(s.stage)) || '—')) : null)));
     }
 
     const failRows = (list) => (list && list.length ? list.map((f) => el('tr', {},
@@ -828,7 +829,7 @@
       if (!byStage.has(l.stage)) byStage.set(l.stage, []);
       byStage.get(l.stage).push(l);
     }
-    const cards = (r.chain || CHAIN).map((stage) => {
+    const cards = (r.chain || state.meta.stages || []).map((stage) => {
       const entries = byStage.get(stage) || [];
       const last = entries[entries.length - 1];
       return el('div', { class: 'stage-card' + (entries.length ? '' : ' missing'), dataset: { stage, status: last ? last.status : 'none' } },
