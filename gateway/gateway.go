@@ -24,6 +24,7 @@ import (
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
@@ -442,10 +443,17 @@ func (g *Gateway) deadLetter(ctx context.Context, d delivered, code, why string)
 		rec.reason = bound.Text(rec.reason+" (recorded without organization and device: "+pg.Reason(err)+")", bound.MaxReasonBytes)
 		err = g.insertDeadLetter(dctx, rec)
 	}
+	// A failure inside the chain names its error id; the stage row keeps
+	// it apart so an operator finds the stage's log line with its cause.
+	errorID := grpcx.ErrorIDIn(why)
 	if err == nil {
+		errs := map[string]any{"reason": rec.reason}
+		if errorID != "" {
+			errs["error_id"] = errorID
+		}
 		err = g.logs.Write(dctx, g.pool, []stagelog.Entry{{
 			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: rec.key, Stage: envelope.StageIngress,
-			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: map[string]any{"reason": rec.reason}, Code: code,
+			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: errs, Code: code,
 			Input: map[string]any{"subject": rec.subject, "payload_bytes": len(e.GetPayload())},
 		}})
 		if pg.Refused(err) {
@@ -461,7 +469,7 @@ func (g *Gateway) deadLetter(ctx context.Context, d delivered, code, why string)
 		return
 	}
 	g.metrics.deadLettered.Inc()
-	g.logger.Warn("message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", rec.key, "reason", rec.reason)
+	g.logger.Warn("message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", rec.key, "reason", rec.reason, "error_id", errorID)
 	_ = d.msg.Term()
 }
 

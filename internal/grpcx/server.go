@@ -4,6 +4,7 @@ package grpcx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -22,7 +23,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 )
 
 // ServerConfig holds the limits and switches of a stage's gRPC server.
@@ -93,6 +93,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("request validator: %w", err)
 	}
+	logOptions := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel), logging.WithErrorFields(errorFields)}
 	opts := []grpc.ServerOption{
 		// The chain runs outermost first. Metrics and logging see every call,
 		// including ones that later interceptors reject, with the final code.
@@ -102,11 +103,13 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		// call a method learns nothing from its validation errors.
 		// The timeout is applied before validation and the handler so both
 		// run under it. Errors are mapped to codes after the handler returns
-		// and before logging and metrics see them. Recovery is innermost so a
-		// panic becomes an Internal error that everything above records.
+		// and before logging and metrics see them; an internal error keeps
+		// its cause for the log line, under the error id that is all the
+		// caller receives. Recovery is innermost so a panic becomes an
+		// Internal error that everything above records.
 		grpc.ChainUnaryInterceptor(
 			metrics.UnaryServerInterceptor(),
-			logging.UnaryServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
+			logging.UnaryServerInterceptor(slogAdapter(logger), logOptions...),
 			authorizeUnary(cfg.Authorize),
 			timeoutInterceptor(cfg.RequestTimeout),
 			validateUnary(protovalidatemw.UnaryServerInterceptor(validator), cfg.Validated),
@@ -115,7 +118,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		),
 		grpc.ChainStreamInterceptor(
 			metrics.StreamServerInterceptor(),
-			logging.StreamServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
+			logging.StreamServerInterceptor(slogAdapter(logger), logOptions...),
 			authorizeStream(cfg.Authorize),
 			validateStream(protovalidatemw.StreamServerInterceptor(validator), cfg.Validated),
 			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(recoverHandler(logger))),
@@ -251,10 +254,14 @@ func timeoutInterceptor(max time.Duration) grpc.UnaryServerInterceptor {
 	}
 }
 
+// ErrPanic is the cause of a call whose handler panicked.
+var ErrPanic = errors.New("panic in gRPC handler")
+
 func recoverHandler(logger *slog.Logger) recovery.RecoveryHandlerFuncContext {
 	return func(ctx context.Context, p any) error {
-		logger.ErrorContext(ctx, "panic in gRPC handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-		return status.Error(codes.Internal, "internal error")
+		err := NewInternalError(fmt.Errorf("%w: %v", ErrPanic, p))
+		logger.ErrorContext(ctx, "panic in gRPC handler", "panic", fmt.Sprint(p), "error_id", err.ID, "stack", string(debug.Stack()))
+		return err
 	}
 }
 
