@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,7 +47,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	telemeshBin = filepath.Join(dir, "telemesh")
-	build := exec.Command("go", "build", "-o", telemeshBin, ".")
+	// Linked as the Makefile links it, with the commit and its date.
+	head, _ := exec.Command("git", "rev-parse", "HEAD").Output()
+	when, _ := exec.Command("git", "log", "-1", "--format=%cI").Output()
+	ldflags := "-X main.commit=" + strings.TrimSpace(string(head)) + " -X main.date=" + strings.TrimSpace(string(when))
+	build := exec.Command("go", "build", "-ldflags", ldflags, "-o", telemeshBin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build telemesh:", err)
@@ -321,9 +326,44 @@ func TestMigrateUpDownUp(t *testing.T) {
 	}
 }
 
+// TestVersion checks the built binary names the commit it was built from,
+// with the commit's date, the same way for `version` and `--version`.
+// TestMain links them in as the Makefile does.
 func TestVersion(t *testing.T) {
 	out, err := exec.Command(telemeshBin, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "telemesh ") {
 		t.Fatalf("version = %q, %v", out, err)
+	}
+	flag, err := exec.Command(telemeshBin, "--version").Output()
+	if err != nil || string(flag) != string(out) {
+		t.Errorf("--version = %q, %v; want what version prints, %q", flag, err, out)
+	}
+	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatalf("git rev-parse HEAD (the test builds telemesh from this work tree): %v", err)
+	}
+	if want := "commit   " + strings.TrimSpace(string(head)); !strings.Contains(string(out), want) {
+		t.Errorf("version = %q, want a line %q", out, want)
+	}
+	m := regexp.MustCompile(`(?m)^date     (\S+)$`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("version = %q, want a date line", out)
+	}
+	if _, err := time.Parse(time.RFC3339, m[1]); err != nil {
+		t.Errorf("date %q: %v", m[1], err)
+	}
+}
+
+// TestVersionFromLinker checks the version the release sets at link time
+// (main.version, as the Makefile's LDFLAGS do) is the one printed.
+func TestVersionFromLinker(t *testing.T) {
+	was := version
+	version = "v9.8.7"
+	t.Cleanup(func() { version = was })
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		out, _, err := runCmd(t, nil, args...)
+		if err != nil || !strings.HasPrefix(out, "telemesh v9.8.7\n") {
+			t.Errorf("%v = %q, %v; want it to start with telemesh v9.8.7", args, out, err)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/internal/buildinfo"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/logging"
 )
@@ -52,6 +53,7 @@ func addNATSFlags(fs *pflag.FlagSet, s *app.NATS) {
 
 func newStageCmd(e env, stage string) *cobra.Command {
 	o := app.DefaultOptions(stage)
+	o.Build = buildinfo.Read(version, commit, date)
 	cmd := &cobra.Command{
 		Use:   stage,
 		Short: stageShort[stage],

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/internal/buildinfo"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/demo"
 	"github.com/telemesh/telemesh/internal/local"
@@ -260,6 +261,7 @@ func startInProcess(ctx context.Context, spec meshSpec, logger *slog.Logger) (*i
 		DatabaseURL: spec.databaseURL, NATSURL: spec.natsURL, Host: spec.host, Ports: spec.ports,
 		Tune: func(o *app.Options) {
 			o.Process.LogFormat, o.Process.LogLevel = "auto", spec.logLevel
+			o.Build = buildinfo.Read(version, commit, date)
 			o.Process.Pprof = spec.pprof
 			o.Process.ShutdownGrace = shutdownGrace
 			o.Gateway.Subjects = demo.Subjects

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/telemesh/telemesh/internal/buildinfo"
 	"github.com/telemesh/telemesh/internal/logging"
 )
 
@@ -75,5 +76,19 @@ func TestInternalErrorKeepsItsCause(t *testing.T) {
 	}
 	if !persisterCause {
 		t.Errorf("no persister log line with error_id %s and the cause; log:\n%s", rowID, logs.String())
+	}
+}
+
+// TestEveryStageShowsItsBuild checks every stage's /metrics carries the
+// telemesh_build_info gauge with the build the process was given.
+func TestEveryStageShowsItsBuild(t *testing.T) {
+	f := newFixture(t, func(o *Options) {
+		o.Build = buildinfo.Info{Version: "v0.0.0-test", Commit: "c0ffee"}
+	})
+	for _, stage := range Stages {
+		series := `telemesh_build_info{commit="c0ffee",version="v0.0.0-test"}`
+		if got, ok := scrape(t, f.mesh.Admin[stage])[series]; !ok || got != 1 {
+			t.Errorf("%s: %s = %v (present %v), want 1", stage, series, got, ok)
+		}
 	}
 }

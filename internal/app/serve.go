@@ -22,6 +22,7 @@ import (
 
 	"github.com/telemesh/telemesh/gateway"
 	"github.com/telemesh/telemesh/internal/admin"
+	"github.com/telemesh/telemesh/internal/buildinfo"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/grpcx"
@@ -78,6 +79,9 @@ type Options struct {
 	PublisherNATS publisher.NATSConfig
 	// Env is the environment token of the analytics subjects.
 	Env string
+	// Build is the build this process runs, shown by the
+	// telemesh_build_info gauge; the zero value reads it from the binary.
+	Build buildinfo.Info
 	// OnServing, if set, is called once the stage serves, with its
 	// addresses.
 	OnServing func(grpcAddr, adminAddr string)
@@ -88,6 +92,13 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	s := &o.Process
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bi := o.Build
+	if bi.Version == "" {
+		bi = buildinfo.Read("", "", "")
+	}
+	if err := buildinfo.Register(reg, bi); err != nil {
+		return err
+	}
 
 	var closers []func(context.Context) error
 	defer func() {
