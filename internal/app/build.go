@@ -44,7 +44,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 		}
 		gwCfg := o.Gateway
 		gwCfg.StoredPayloadBytes = o.Process.StoredPayloadBytes
-		g := gateway.New(gwCfg, js, validatorv1.NewValidatorServiceClient(d.conns[Validator]), d.catalog, d.pool, d.logs, gateway.NewMetrics(d.reg), d.logger)
+		g := gateway.New(gwCfg, js, validatorv1.NewValidatorServiceClient(d.conns[Validator]), d.catalog, d.pool, d.logs, gateway.NewMetrics(d.reg), d.logger).WithTracing(d.tracing)
 		run := func(ctx context.Context) error {
 			// NATS may come up after the gateway: keep trying.
 			for {
@@ -68,13 +68,13 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 	case Validator:
 		v := validator.New(validator.NewChecker(o.Limits), d.catalog, d.pool,
 			deriverv1.NewDeriverServiceClient(d.conns[Deriver]),
-			persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger)
+			persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger).WithTracing(d.tracing)
 		return &builtStage{handler: v}, nil
 	case Deriver:
-		return &builtStage{handler: deriver.New(d.catalog, persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger)}, nil
+		return &builtStage{handler: deriver.New(d.catalog, persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger).WithTracing(d.tracing)}, nil
 	case Persister:
 		store := persister.NewStore(d.pool, o.Persister.PublishLease).WithStoredPayloadLimit(o.Process.StoredPayloadBytes)
-		return &builtStage{handler: persister.New(o.Persister, store, d.logs, publisherv1.NewPublisherServiceClient(d.conns[Publisher]), d.logger)}, nil
+		return &builtStage{handler: persister.New(o.Persister, store, d.logs, publisherv1.NewPublisherServiceClient(d.conns[Publisher]), d.logger).WithTracing(d.tracing)}, nil
 	case Publisher:
 		js, err := jetstream.New(d.nc)
 		if err != nil {
@@ -95,7 +95,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			}
 		}
 		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, 10*time.Second, d.logger)
-		srv := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger)
+		srv := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger).WithTracing(d.tracing)
 		return &builtStage{handler: srv, workers: []service.Worker{{Name: "publish-retry", Run: srv.RetryLoop}}}, nil
 	}
 	return nil, fmt.Errorf("unknown stage %q", o.Stage)

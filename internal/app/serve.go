@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -31,6 +32,7 @@ import (
 	"github.com/telemesh/telemesh/internal/service"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
+	"github.com/telemesh/telemesh/internal/tracing"
 	"github.com/telemesh/telemesh/services/persister"
 	"github.com/telemesh/telemesh/services/publisher"
 	"github.com/telemesh/telemesh/services/validator"
@@ -107,6 +109,21 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		}
 	}()
 
+	// Tracing is closed last, so the spans of the final batches go out.
+	tp, err := tracing.New(ctx, s.Tracing, "telemesh-"+o.Stage, bi, logger)
+	if err != nil {
+		return fmt.Errorf("%w: %w", config.ErrInvalid, err)
+	}
+	closers = append(closers, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return tp.Shutdown(ctx)
+	})
+	var traceProvider trace.TracerProvider
+	if tp.Enabled() {
+		traceProvider = tp.TracerProvider()
+	}
+
 	pool, err := pg.Open(ctx, s.DatabaseURL, pg.Options{ApplicationName: "telemesh-" + o.Stage})
 	if err != nil {
 		return err
@@ -125,6 +142,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	// (Callers), by the identity in their certificate, so this stage's own
 	// certificate must carry its identity for its next hops to admit it.
 	serverCfg := s.ServerConfig()
+	serverCfg.TracerProvider = traceProvider
 	var clientCreds credentials.TransportCredentials
 	if s.TLS.Enabled() {
 		certs, err := tlsx.New(s.TLS, 0, logger)
@@ -144,7 +162,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	reg.MustRegister(clientMetrics)
 	conns := map[string]*grpc.ClientConn{}
 	for _, next := range NextHops[o.Stage] {
-		conn, err := grpcx.Dial(o.Hops[next], grpcx.ClientConfig{MaxMsgBytes: s.MaxRecvMsgBytes, Metrics: clientMetrics, Credentials: clientCreds})
+		conn, err := grpcx.Dial(o.Hops[next], grpcx.ClientConfig{MaxMsgBytes: s.MaxRecvMsgBytes, Metrics: clientMetrics, Credentials: clientCreds, TracerProvider: traceProvider})
 		if err != nil {
 			return config.Invalid(next+"-addr", "%v", err)
 		}
@@ -173,7 +191,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		return err
 	}
 	cat := catalog.NewCache(pool, logger, 30*time.Second)
-	built, err := build(ctx, o, &deps{logger: logger, pool: pool, conns: conns, nc: nc, catalog: cat, logs: logs, reg: reg})
+	built, err := build(ctx, o, &deps{logger: logger, pool: pool, conns: conns, nc: nc, catalog: cat, logs: logs, reg: reg, tracing: tp})
 	if err != nil {
 		return fmt.Errorf("start %s: %w", o.Stage, err)
 	}
@@ -260,6 +278,7 @@ type deps struct {
 	catalog *catalog.Cache
 	logs    *stagelog.Writer
 	reg     prometheus.Registerer
+	tracing *tracing.Provider
 }
 
 // builtStage is a constructed stage: its gRPC handler and the workers that

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -42,6 +43,9 @@ type ClientConfig struct {
 	Credentials credentials.TransportCredentials
 	// Metrics, if set, records client-side call metrics.
 	Metrics *grpcprom.ClientMetrics
+	// TracerProvider, if set, traces every call and sends the trace
+	// context with it. Nil is tracing off.
+	TracerProvider trace.TracerProvider
 }
 
 // Dial returns a connection to target: host:port, dns:///host:port (every
@@ -64,6 +68,9 @@ func Dial(target string, cfg ClientConfig) (*grpc.ClientConn, error) {
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if h := clientStatsHandler(cfg.TracerProvider); h != nil {
+		opts = append(opts, grpc.WithStatsHandler(h))
 	}
 	if cfg.Metrics != nil {
 		opts = append(opts,

@@ -16,6 +16,7 @@ import (
 	protovalidatemw "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -52,6 +53,9 @@ type ServerConfig struct {
 	// for the method, known by their verified client certificate; set it
 	// with Credentials that require one. Nil admits every call.
 	Authorize *Policy
+	// TracerProvider, if set, traces every call (otelgrpc), continuing the
+	// caller's trace from the call's metadata. Nil is tracing off.
+	TracerProvider trace.TracerProvider
 }
 
 // DefaultServerConfig returns the limits used when a setting is not given.
@@ -140,6 +144,12 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	}
 	if cfg.Credentials != nil {
 		opts = append(opts, grpc.Creds(cfg.Credentials))
+	}
+	if h := serverStatsHandler(cfg.TracerProvider); h != nil {
+		// A stats handler sees the call before any interceptor, so the
+		// span covers the whole chain and the context every interceptor
+		// and the handler get holds it (log lines name its trace).
+		opts = append(opts, grpc.StatsHandler(h))
 	}
 	s := &Server{
 		Server:  grpc.NewServer(opts...),

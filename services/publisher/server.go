@@ -22,6 +22,7 @@ import (
 	"github.com/telemesh/telemesh/internal/envelope"
 	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/internal/tracing"
 )
 
 // Config tunes the stage.
@@ -48,6 +49,7 @@ type Server struct {
 	catalog *catalog.Cache
 	logs    *stagelog.Writer
 	logger  *slog.Logger
+	spans   *tracing.Messages
 }
 
 // New returns the publish stage.
@@ -60,14 +62,23 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 	publisherv1.RegisterPublisherServiceServer(s, srv)
 }
 
+// WithTracing gives each message a publish span in its trace.
+func (srv *Server) WithTracing(p *tracing.Provider) *Server {
+	srv.spans = p.Messages(envelope.StagePublish)
+	return srv
+}
+
 // Publish publishes the persisted rows of a batch and records the result on
 // each row.
-func (srv *Server) Publish(ctx context.Context, req *publisherv1.PublishRequest) (*publisherv1.PublishResponse, error) {
+func (srv *Server) Publish(ctx context.Context, req *publisherv1.PublishRequest) (resp *publisherv1.PublishResponse, err error) {
 	start := time.Now()
 	envs := req.GetEnvelopes()
 	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
 		return nil, err
 	}
+	// Each event carries its message's publish span as its traceparent.
+	spans := srv.spans.Start(ctx, envs)
+	defer func() { spans.EndAll(resp.GetOutcomes(), err) }()
 	entries := make([]uuid.UUID, 0, len(req.GetOutboxIds()))
 	for _, id := range req.GetOutboxIds() {
 		u, err := uuid.Parse(id)
@@ -287,6 +298,7 @@ func itemFromEnvelope(e *telemetryv1.Envelope) Item {
 		Values:           jsonObject(e.GetTransformed()),
 		Unresolved:       jsonObject(e.GetUnresolved()),
 		Attempt:          1,
+		Traceparent:      e.GetTraceparent(),
 	}
 	if it.RecordedAt.IsZero() {
 		it.RecordedAt = envelope.Time(e.GetReceivedAt())
