@@ -251,7 +251,16 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		return cat.Run(ctx)
 	}}}, built.workers...)
 
+	// SERVING means the stage can take calls now; the admin port's /readyz
+	// shows every check. The publisher needs only Postgres to do its work:
+	// without NATS it records each publish as failed, for its retry loop.
+	ready := []string{"postgres", "catalog"}
+	if o.Stage == Gateway {
+		ready = append(ready, "nats")
+	}
 	p := &service.Process{
+		Ready:         func(ctx context.Context) error { return adm.Check(ctx, ready...) },
+		ReadyEvery:    s.ReadyEvery,
 		Name:          o.Stage,
 		Logger:        logger,
 		GRPC:          srv,

@@ -19,7 +19,10 @@ import (
 // Process holds the settings every stage process has.
 type Process struct {
 	// Tracing is what the OTEL_* variables say; no endpoint is tracing off.
-	Tracing              tracing.Config
+	Tracing tracing.Config
+	// ReadyEvery is how often the stage checks it can do its work, for its
+	// health status; 0 is every second.
+	ReadyEvery           time.Duration
 	Listen               string
 	AdminListen          string
 	DatabaseURL          string

@@ -11,6 +11,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	// The client-side health checking producer: without it the
+	// healthCheckConfig of the service config is ignored.
+	_ "google.golang.org/grpc/health"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -19,9 +22,13 @@ import (
 // serviceConfig spreads calls over every address a dns:/// name resolves to
 // and retries calls that failed with Unavailable (a replica going away, a
 // stage restarting). Retries are safe: every stage is idempotent on the
-// dedupe key.
+// dedupe key. Client-side health checking watches each replica's health
+// service, so round_robin sends only to replicas that say SERVING: not to
+// one whose catalog is not loaded or whose Postgres is unreachable, nor to
+// one draining before it stops.
 const serviceConfig = `{
   "loadBalancingConfig": [{"round_robin": {}}],
+  "healthCheckConfig": {"serviceName": ""},
   "methodConfig": [{
     "name": [{}],
     "waitForReady": true,
