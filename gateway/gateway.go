@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -110,6 +111,9 @@ type Gateway struct {
 
 	epoch string
 	cons  jetstream.Consumer
+	// scraped is cons for the metrics collector, which reads it from
+	// another goroutine.
+	scraped atomic.Value
 
 	// spans starts each message's ingress span; nil when tracing is off.
 	spans  *tracing.Messages
@@ -178,6 +182,7 @@ func (g *Gateway) Setup(ctx context.Context) error {
 		return fmt.Errorf("consumer %s: %w", g.cfg.Consumer, err)
 	}
 	g.cons = cons
+	g.scraped.Store(cons)
 	return nil
 }
 

@@ -134,7 +134,11 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	if err != nil {
 		return config.Invalid("stage-log-mode", "%v", err)
 	}
-	logs = logs.WithLimits(s.StageLogLimits())
+	logs, err = logs.WithLimits(s.StageLogLimits()).WithMetrics(reg)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(pg.NewPoolCollector(pool))
 
 	// With mTLS the server requires client certificates and the clients to
 	// the next hops present theirs; both re-read rotated files by themselves.

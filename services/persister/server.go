@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	persisterv1 "github.com/telemesh/telemesh/gen/telemesh/persister/v1"
@@ -50,6 +51,23 @@ type Server struct {
 	publisher publisherv1.PublisherServiceClient
 	logger    *slog.Logger
 	spans     *tracing.Messages
+	writes    prometheus.Observer
+}
+
+// WithMetrics registers telemesh_persister_write_seconds on reg: how long
+// each batch's transaction took (the COPYs and statements of its rows, a
+// split batch's parts included), the cost the pipeline's rate hangs on.
+func (srv *Server) WithMetrics(reg prometheus.Registerer) (*Server, error) {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "telemesh_persister_write_seconds",
+		Help:    "Time to write one batch in Postgres: its transaction (COPY and statements), until commit.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
+	})
+	if err := reg.Register(h); err != nil {
+		return nil, fmt.Errorf("register persister metrics: %w", err)
+	}
+	srv.writes = h
+	return srv, nil
 }
 
 // New returns the persist stage.
@@ -112,7 +130,11 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 		}
 		b.Add(&entry)
 	}
+	began := time.Now()
 	results, entries, err := srv.store.Persist(ctx, msgs, req.GetDryRun(), srv.logs, logs)
+	if srv.writes != nil && !req.GetDryRun() {
+		srv.writes.Observe(time.Since(began).Seconds())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("persist %d messages: %w", len(envs), err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
@@ -50,6 +51,7 @@ type Server struct {
 	logs    *stagelog.Writer
 	logger  *slog.Logger
 	spans   *tracing.Messages
+	retried *prometheus.CounterVec
 }
 
 // New returns the publish stage.
@@ -280,6 +282,10 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 		if r.Err != nil {
 			failed++
 		}
+	}
+	if srv.retried != nil {
+		srv.retried.WithLabelValues("failed").Add(float64(failed))
+		srv.retried.WithLabelValues("published").Add(float64(len(results) - failed))
 	}
 	srv.logger.Info("publish retry round", "entries", len(entries), "rows", len(rows), "failed", failed)
 	return len(rows), nil
