@@ -6,7 +6,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
@@ -216,13 +215,42 @@ func Failed(o *telemetryv1.Outcome) bool {
 }
 
 // Extract returns a context holding the remote span context a traceparent
-// names; a missing or malformed one gives a context without a span.
+// names; a missing or malformed one gives a context without a span. It
+// reads the W3C format itself: a stage calls it for every message of every
+// batch, and the propagator's carrier costs a map each time.
 func Extract(traceparent string) context.Context {
 	ctx := context.Background()
-	if traceparent == "" {
+	sc, ok := parse(traceparent)
+	if !ok {
 		return ctx
 	}
-	return Propagator.Extract(ctx, propagation.MapCarrier{"traceparent": traceparent})
+	return trace.ContextWithRemoteSpanContext(ctx, sc)
+}
+
+// parse reads a traceparent: version "-" trace-id "-" parent-id "-" flags,
+// as W3C Trace Context level 1 writes it (a later version's extra fields
+// after the flags are allowed, as the specification asks).
+func parse(tp string) (trace.SpanContext, bool) {
+	if len(tp) < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-' || (len(tp) > 55 && tp[55] != '-') || tp[:2] == "ff" {
+		return trace.SpanContext{}, false
+	}
+	if len(tp) > 55 && tp[:2] == "00" {
+		return trace.SpanContext{}, false
+	}
+	var tid trace.TraceID
+	var sid trace.SpanID
+	var flags [1]byte
+	if _, err := hex.Decode(tid[:], []byte(tp[3:35])); err != nil {
+		return trace.SpanContext{}, false
+	}
+	if _, err := hex.Decode(sid[:], []byte(tp[36:52])); err != nil {
+		return trace.SpanContext{}, false
+	}
+	if _, err := hex.Decode(flags[:], []byte(tp[53:55])); err != nil {
+		return trace.SpanContext{}, false
+	}
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.TraceFlags(flags[0]) & trace.FlagsSampled, Remote: true})
+	return sc, sc.IsValid()
 }
 
 // Format returns the traceparent of sc, "" when sc is not valid.
@@ -230,9 +258,15 @@ func Format(sc trace.SpanContext) string {
 	if !sc.IsValid() {
 		return ""
 	}
-	c := propagation.MapCarrier{}
-	Propagator.Inject(trace.ContextWithSpanContext(context.Background(), sc), c)
-	return c["traceparent"]
+	var b [55]byte
+	copy(b[:], "00-")
+	tid, sid := sc.TraceID(), sc.SpanID()
+	hex.Encode(b[3:35], tid[:])
+	b[35] = '-'
+	hex.Encode(b[36:52], sid[:])
+	b[52] = '-'
+	hex.Encode(b[53:55], []byte{byte(sc.TraceFlags() & trace.FlagsSampled)})
+	return string(b[:])
 }
 
 // TraceID returns the trace id (32 hex digits) a traceparent names, "" when

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -134,5 +135,54 @@ func TestOffWithoutEndpoint(t *testing.T) {
 	spans.EndAll(nil, nil)
 	if spans != nil || e.GetTraceparent() != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" {
 		t.Errorf("spans %v, traceparent %q: want none and the traceparent untouched", spans, e.GetTraceparent())
+	}
+}
+
+// BenchmarkMessageSpans measures what tracing costs a stage per message at
+// the default ratio: starting and ending the span of each message of a
+// batch of 100, the traceparent parsed and written, nothing failing. The
+// exporter discards what it gets.
+func BenchmarkMessageSpans(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithSampler(keepFailedSampler{sampler(Config{Sampler: "parentbased_traceidratio", Ratio: DefaultRatio})}),
+		sdktrace.WithSpanProcessor(newKeepFailed(keptExporter{tracetest.NewInMemoryExporter()}, logging.Discard())),
+	)
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	p := &Provider{tp: tp, sdk: tp}
+	m := p.Messages("validate")
+	envs := make([]*telemetryv1.Envelope, 100)
+	outcomes := make([]*telemetryv1.Outcome, len(envs))
+	for i := range envs {
+		envs[i] = &telemetryv1.Envelope{MessageId: "01a24a75-4792-7de7-acea-8b26c3def804", DedupeKey: "id:devices.meter-01.telemetry:x",
+			DeviceExternalId: "meter-01", Topic: "telemetry", SourceSubject: "devices.meter-01.telemetry",
+			Traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
+		outcomes[i] = &telemetryv1.Outcome{Status: telemetryv1.MessageStatus_MESSAGE_STATUS_COMPLETED}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		m.Start(context.Background(), envs).EndAll(outcomes, nil)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(envs)), "ns/msg")
+}
+
+// TestTraceparentRoundTrip checks the hand-written reader and writer agree
+// with the W3C propagator.
+func TestTraceparentRoundTrip(t *testing.T) {
+	for _, tp := range []string{
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+	} {
+		sc := trace.SpanContextFromContext(Extract(tp))
+		want := trace.SpanContextFromContext(Propagator.Extract(context.Background(), propagation.MapCarrier{"traceparent": tp}))
+		if !sc.Equal(want) || Format(sc) != tp {
+			t.Errorf("%s: read %v (propagator %v), written %q", tp, sc, want, Format(sc))
+		}
+	}
+	for _, bad := range []string{"", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"} {
+		if sc := trace.SpanContextFromContext(Extract(bad)); sc.IsValid() {
+			t.Errorf("%q read as %v, want nothing", bad, sc)
+		}
 	}
 }
