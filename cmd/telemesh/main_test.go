@@ -25,6 +25,7 @@ import (
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // telemeshBin is the binary under test, built once by TestMain.
@@ -158,11 +159,15 @@ func TestServeEachStage(t *testing.T) {
 				}
 			}
 
-			// What `grpcurl -plaintext ADDR grpc.health.v1.Health/Check` asks.
-			hc, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-			if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				t.Fatalf("health = %v, %v; want SERVING", hc.GetStatus(), err)
-			}
+			// What `grpcurl -plaintext ADDR grpc.health.v1.Health/Check` asks:
+			// SERVING once the stage's catalog has loaded.
+			testutil.Eventually(t, testWait, name+" SERVING", func() error {
+				hc, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+				if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+					return fmt.Errorf("health = %v, %v", hc.GetStatus(), err)
+				}
+				return nil
+			})
 
 			start := time.Now()
 			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {

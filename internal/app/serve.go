@@ -255,6 +255,15 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		return cat.Run(ctx)
 	}}}, built.workers...)
 
+	// /readyz also says whether the health service says SERVING, so a
+	// probe of either sees the same: not while draining, nor before the
+	// checks below have passed once.
+	adm.AddCheck("serving", func(context.Context) error {
+		if !srv.Serving() {
+			return errNotServing
+		}
+		return nil
+	})
 	// SERVING means the stage can take calls now; the admin port's /readyz
 	// shows every check. The publisher needs only Postgres to do its work:
 	// without NATS it records each publish as failed, for its retry loop.
@@ -281,6 +290,9 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	}
 	return p.Run(ctx)
 }
+
+// errNotServing is the readiness of a stage whose health says NOT_SERVING.
+var errNotServing = errors.New("health is NOT_SERVING")
 
 // deps are what Serve opens for a stage before building it.
 type deps struct {

@@ -212,6 +212,13 @@ func (s *Server) Ready() {
 	s.Metrics.InitializeMetrics(s.Server)
 }
 
+// Serving reports whether the health service says SERVING for the whole
+// server.
+func (s *Server) Serving() bool {
+	resp, err := s.Health.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
+}
+
 // SetServing marks the whole server and each registered service SERVING or
 // NOT_SERVING in the health service.
 func (s *Server) SetServing(serving bool) {
