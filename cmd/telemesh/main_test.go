@@ -31,6 +31,10 @@ import (
 // telemeshBin is the binary under test, built once by TestMain.
 var telemeshBin string
 
+// builtCommit is the commit TestMain linked into telemeshBin, as the
+// Makefile links it.
+var builtCommit string
+
 // testWait bounds each wait for a process or the mesh to do something:
 // generous, because on a busy machine that can take seconds, and a passing
 // test never waits it out.
@@ -51,7 +55,8 @@ func TestMain(m *testing.M) {
 	// Linked as the Makefile links it, with the commit and its date.
 	head, _ := exec.Command("git", "rev-parse", "HEAD").Output()
 	when, _ := exec.Command("git", "log", "-1", "--format=%cI").Output()
-	ldflags := "-X main.commit=" + strings.TrimSpace(string(head)) + " -X main.date=" + strings.TrimSpace(string(when))
+	builtCommit = strings.TrimSpace(string(head))
+	ldflags := "-X main.commit=" + builtCommit + " -X main.date=" + strings.TrimSpace(string(when))
 	build := exec.Command("go", "build", "-ldflags", ldflags, "-o", telemeshBin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
@@ -343,11 +348,10 @@ func TestVersion(t *testing.T) {
 	if err != nil || string(flag) != string(out) {
 		t.Errorf("--version = %q, %v; want what version prints, %q", flag, err, out)
 	}
-	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
-	if err != nil {
-		t.Fatalf("git rev-parse HEAD (the test builds telemesh from this work tree): %v", err)
+	if builtCommit == "" {
+		t.Fatal("git rev-parse HEAD gave no commit when the test built telemesh from this work tree")
 	}
-	if want := "commit   " + strings.TrimSpace(string(head)); !strings.Contains(string(out), want) {
+	if want := "commit   " + builtCommit; !strings.Contains(string(out), want) {
 		t.Errorf("version = %q, want a line %q", out, want)
 	}
 	m := regexp.MustCompile(`(?m)^date     (\S+)$`).FindStringSubmatch(string(out))
