@@ -122,6 +122,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	var traceProvider trace.TracerProvider
 	if tp.Enabled() {
 		traceProvider = tp.TracerProvider()
+		logger.Info("tracing on", "otlp_endpoint", tracing.Redacted(s.Tracing.Endpoint), "sampler", s.Tracing.Sampler, "ratio", s.Tracing.Ratio)
 	}
 
 	pool, err := pg.Open(ctx, s.DatabaseURL, pg.Options{ApplicationName: "telemesh-" + o.Stage})

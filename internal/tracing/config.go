@@ -39,6 +39,17 @@ type Config struct {
 	Attributes map[string]string
 }
 
+// Redacted returns an endpoint URL without the user information it may
+// carry, for a log line.
+func Redacted(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return "(unparsable)"
+	}
+	u.User = nil
+	return u.String()
+}
+
 // Enabled reports whether spans are exported.
 func (c Config) Enabled() bool { return c.Endpoint != "" }
 

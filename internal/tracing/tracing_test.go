@@ -66,6 +66,12 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 }
 
+func TestRedacted(t *testing.T) {
+	if got := Redacted("https://user:secret@collector:4317"); got != "https://collector:4317" {
+		t.Errorf("Redacted = %q", got)
+	}
+}
+
 func TestTraceID(t *testing.T) {
 	for in, want := range map[string]string{
 		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01": "4bf92f3577b34da6a3ce929d0e0e4736",
