@@ -406,8 +406,6 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 	}
 	if err != nil {
 		trace.SpanFromContext(ctx).SetStatus(otelcodes.Error, err.Error())
-	}
-	if err != nil {
 		if transient(err) {
 			g.retryLater(ctx, batch, err)
 			return
