@@ -221,7 +221,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		}
 		return config.Invalid("admin-listen", "%v", err)
 	}
-	adm.AddCheck("postgres", func(ctx context.Context) error { return pg.Ping(ctx, pool) })
+	adm.AddCheck("postgres", func(ctx context.Context) error { return pg.Reachable(ctx, pool) })
 	if nc != nil {
 		adm.AddCheck("nats", func(context.Context) error {
 			if !nc.IsConnected() {
