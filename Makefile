@@ -17,7 +17,11 @@ VULNDB_VERSION             := v0.0.0-20261105234957-e22db6528018
 
 BIN     := $(CURDIR)/.bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+# The commit and its date, for `telemesh version` and telemesh_build_info:
+# the toolchain records them itself only outside Git worktrees.
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+DATE    ?= $(shell git log -1 --format=%cI 2>/dev/null)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 export PATH := $(BIN):$(PATH)
 # Every module of the workspace: the production module and the modules that
 # only carry heavy test dependencies. `go test ./...` stops at a module
@@ -234,7 +238,7 @@ bench: services ## Benchmarks: the pipeline's table (throughput, CPU, WAL, laten
 
 .PHONY: image
 image: ## Build the container image telemesh:$(VERSION) (one image for every stage; needs Docker)
-	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) -t telemesh:$(VERSION) .
+	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg DATE=$(DATE) -t telemesh:$(VERSION) .
 
 .PHONY: clean
 clean: ## Remove build outputs and tools

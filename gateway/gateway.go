@@ -7,12 +7,16 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -24,9 +28,11 @@ import (
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/internal/tracing"
 )
 
 // Config tunes the gateway.
@@ -105,6 +111,13 @@ type Gateway struct {
 
 	epoch string
 	cons  jetstream.Consumer
+	// scraped is cons for the metrics collector, which reads it from
+	// another goroutine.
+	scraped atomic.Value
+
+	// spans starts each message's ingress span; nil when tracing is off.
+	spans  *tracing.Messages
+	tracer trace.Tracer
 }
 
 // New returns the gateway. Call [Gateway.Setup] before [Gateway.Run].
@@ -116,6 +129,14 @@ func New(cfg Config, js jetstream.JetStream, validator validatorv1.ValidatorServ
 		cfg: cfg, js: js, validator: validator, catalog: cat, pool: pool, logs: logs, logger: logger,
 		filter: NewSubjectFilter(cfg.OwnPrefixes...), metrics: metrics,
 	}
+}
+
+// WithTracing traces each message from its ingress on, continuing the
+// trace of the device's traceparent header, and each batch's trip down the
+// chain.
+func (g *Gateway) WithTracing(p *tracing.Provider) *Gateway {
+	g.spans, g.tracer = p.Messages(envelope.StageIngress), p.Tracer()
+	return g
 }
 
 // Register registers the stage's service on s.
@@ -161,13 +182,17 @@ func (g *Gateway) Setup(ctx context.Context) error {
 		return fmt.Errorf("consumer %s: %w", g.cfg.Consumer, err)
 	}
 	g.cons = cons
+	g.scraped.Store(cons)
 	return nil
 }
 
-// delivered is one JetStream message with its envelope.
+// delivered is one JetStream message with its envelope, and its ingress
+// span (span i of spans), ended with the message's outcome.
 type delivered struct {
-	msg jetstream.Msg
-	env *telemetryv1.Envelope
+	msg   jetstream.Msg
+	env   *telemetryv1.Envelope
+	spans *tracing.Spans
+	i     int
 }
 
 // Run consumes until ctx ends. While the global pipeline switch is off it
@@ -306,16 +331,29 @@ func (g *Gateway) handle(ctx context.Context, msgs []jetstream.Msg) {
 			continue
 		}
 		in := Incoming{Subject: m.Subject(), Payload: m.Data(), ReceivedAt: time.Now()}
+		var traceparent string
 		if h := m.Headers(); h != nil {
 			in.HeaderMessageID = h.Get("Nats-Msg-Id")
+			traceparent = h.Get("traceparent")
 		}
 		if md, err := m.Metadata(); err == nil {
 			in.StreamSequence, in.Delivery, in.ReceivedAt = md.Sequence.Stream, uint32(md.NumDelivered), md.Timestamp
 		}
-		batch = append(batch, delivered{msg: m, env: BuildEnvelope(in, snap, switches, g.epoch)})
+		env := BuildEnvelope(in, snap, switches, g.epoch)
+		// The device's trace continues through the chain (and its id is
+		// stored with the message) even when this stage does not trace.
+		if tracing.TraceID(traceparent) != "" {
+			env.Traceparent = traceparent
+		}
+		batch = append(batch, delivered{msg: m, env: env})
 	}
 	if len(batch) == 0 {
 		return
+	}
+	if spans := g.spans.Start(ctx, envelopes(batch)); spans != nil {
+		for i := range batch {
+			batch[i].spans, batch[i].i = spans, i
+		}
 	}
 	// Each message carries its ingress row to the stage that ends its way
 	// through the chain, which writes it with its own rows in one
@@ -349,6 +387,17 @@ func envelopes(batch []delivered) []*telemetryv1.Envelope {
 // back the rest, and a message that fails alone is dead-lettered.
 func (g *Gateway) send(ctx context.Context, batch []delivered) {
 	envs := envelopes(batch)
+	if g.tracer != nil && g.spans != nil {
+		// The batch's own trace holds the gRPC calls; it links to the
+		// messages it carries, whose spans link back to the calls.
+		links := make([]trace.Link, 0, len(batch))
+		for _, d := range batch {
+			links = append(links, trace.LinkFromContext(tracing.Extract(d.env.GetTraceparent())))
+		}
+		var span trace.Span
+		ctx, span = g.tracer.Start(ctx, "gateway batch", trace.WithLinks(links...), trace.WithAttributes(attribute.Int("telemesh.batch_size", len(batch))))
+		defer span.End()
+	}
 	cctx, cancel := context.WithTimeout(ctx, g.cfg.CallTimeout)
 	resp, err := g.validator.Validate(cctx, &validatorv1.ValidateRequest{Envelopes: envs, WireVersion: envelope.WireVersion})
 	cancel()
@@ -356,6 +405,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 		err = status.Errorf(codes.Internal, "validator answered %d outcomes for %d messages", len(resp.GetOutcomes()), len(batch))
 	}
 	if err != nil {
+		trace.SpanFromContext(ctx).SetStatus(otelcodes.Error, err.Error())
 		if transient(err) {
 			g.retryLater(ctx, batch, err)
 			return
@@ -372,6 +422,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 	for i, o := range resp.GetOutcomes() {
 		g.metrics.outcomes.WithLabelValues(envelope.StatusName(o.GetStatus())).Inc()
 		if envelope.Terminal(o.GetStatus()) {
+			batch[i].spans.End(batch[i].i, o)
 			_ = batch[i].msg.Ack()
 			continue
 		}
@@ -405,6 +456,7 @@ func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error
 			delay = g.cfg.Backoff[min(attempt-1, len(g.cfg.Backoff)-1)]
 		}
 		g.metrics.naks.Inc()
+		d.spans.Fail(d.i, "redelivered in "+delay.String()+": "+cause.Error())
 		_ = d.msg.NakWithDelay(delay)
 		retrying = append(retrying, stagelog.Entry{
 			MessageID: envelope.ParseUUID(d.env.GetMessageId()), DedupeKey: d.env.GetDedupeKey(), Stage: envelope.StageIngress,
@@ -442,10 +494,17 @@ func (g *Gateway) deadLetter(ctx context.Context, d delivered, code, why string)
 		rec.reason = bound.Text(rec.reason+" (recorded without organization and device: "+pg.Reason(err)+")", bound.MaxReasonBytes)
 		err = g.insertDeadLetter(dctx, rec)
 	}
+	// A failure inside the chain names its error id; the stage row keeps
+	// it apart so an operator finds the stage's log line with its cause.
+	errorID := grpcx.ErrorIDIn(why)
 	if err == nil {
+		errs := map[string]any{"reason": rec.reason}
+		if errorID != "" {
+			errs["error_id"] = errorID
+		}
 		err = g.logs.Write(dctx, g.pool, []stagelog.Entry{{
 			MessageID: envelope.ParseUUID(e.GetMessageId()), DedupeKey: rec.key, Stage: envelope.StageIngress,
-			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: map[string]any{"reason": rec.reason}, Code: code,
+			Status: stagelog.StatusFailed, Attempt: int(e.GetDeliveryAttempt()), Errors: errs, Code: code,
 			Input: map[string]any{"subject": rec.subject, "payload_bytes": len(e.GetPayload())},
 		}})
 		if pg.Refused(err) {
@@ -457,11 +516,13 @@ func (g *Gateway) deadLetter(ctx context.Context, d delivered, code, why string)
 	}
 	if err != nil {
 		g.logger.Error("could not record a dead letter; leaving it for redelivery", "dedupe_key", rec.key, "err", err)
+		d.spans.Fail(d.i, "dead letter not recorded, redelivered: "+err.Error())
 		_ = d.msg.NakWithDelay(30 * time.Second)
 		return
 	}
+	d.spans.Fail(d.i, rec.reason)
 	g.metrics.deadLettered.Inc()
-	g.logger.Warn("message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", rec.key, "reason", rec.reason)
+	g.logger.WarnContext(tracing.Extract(e.GetTraceparent()), "message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", rec.key, "reason", rec.reason, "error_id", errorID)
 	_ = d.msg.Term()
 }
 
@@ -471,6 +532,7 @@ type deadLetterRow struct {
 	org, device                         any
 	subject, sourceID, key, contentType string
 	reason                              string
+	traceID                             string
 	payload                             bound.Payload
 	sequence                            int64
 	attempts                            int32
@@ -498,7 +560,7 @@ func (g *Gateway) deadLetterRecord(e *telemetryv1.Envelope, reason string) deadL
 		sourceID:    bound.Text(e.GetSourceMessageId(), MaxMessageIDBytes),
 		key:         bound.Key(e.GetDedupeKey(), bound.MaxKeyBytes),
 		contentType: bound.Text(e.GetContentType(), 255),
-		reason:      reason, payload: p,
+		reason:      reason, payload: p, traceID: tracing.TraceID(e.GetTraceparent()),
 		sequence: int64(min(e.GetStreamSequence(), math.MaxInt64)), attempts: int32(min(max(e.GetDeliveryAttempt(), 1), math.MaxInt32)),
 		receivedAt: received,
 	}
@@ -511,11 +573,11 @@ func (g *Gateway) insertDeadLetter(ctx context.Context, r deadLetterRow) error {
 	}
 	_, err := g.pool.Exec(ctx, `insert into ingestion_messages (id, organization_id, device_id, source_subject,
 			source_message_id, dedupe_key, stream_sequence, delivery_attempts, raw_payload, raw_payload_bytes, raw_payload_sha256,
-			content_type, status, halted_stage, error_summary, received_at, processed_at)
-		values ($1, $2, $3, $4, nullif($5, ''), $6, $7, $8, $9, $10, $11, nullif($12, ''), 'failed_terminal', 'ingress', $13, $14, now())
+			content_type, status, halted_stage, error_summary, received_at, processed_at, trace_id)
+		values ($1, $2, $3, $4, nullif($5, ''), $6, $7, $8, $9, $10, $11, nullif($12, ''), 'failed_terminal', 'ingress', $13, $14, now(), nullif($15, ''))
 		on conflict (dedupe_key) do nothing`,
 		r.id, r.org, r.device, r.subject, r.sourceID, r.key, r.sequence, r.attempts,
-		r.payload.Kept, size, sum, r.contentType, r.reason, r.receivedAt)
+		r.payload.Kept, size, sum, r.contentType, r.reason, r.receivedAt, r.traceID)
 	return err
 }
 

@@ -18,8 +18,14 @@ import (
 	"github.com/telemesh/telemesh/internal/ops"
 )
 
-// version is set at link time (-ldflags "-X main.version=...").
-var version = "dev"
+// version, commit and date are set at link time (-ldflags "-X
+// main.version=... -X main.commit=... -X main.date=...", as the Makefile
+// does); what is left empty comes from the toolchain's build record.
+var (
+	version = "dev"
+	commit  string
+	date    string
+)
 
 func main() {
 	os.Exit(run())

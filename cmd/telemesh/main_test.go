@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,10 +25,15 @@ import (
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testnats"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // telemeshBin is the binary under test, built once by TestMain.
 var telemeshBin string
+
+// builtCommit is the commit TestMain linked into telemeshBin, as the
+// Makefile links it.
+var builtCommit string
 
 // testWait bounds each wait for a process or the mesh to do something:
 // generous, because on a busy machine that can take seconds, and a passing
@@ -46,7 +52,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	telemeshBin = filepath.Join(dir, "telemesh")
-	build := exec.Command("go", "build", "-o", telemeshBin, ".")
+	// Linked as the Makefile links it, with the commit and its date.
+	head, _ := exec.Command("git", "rev-parse", "HEAD").Output()
+	when, _ := exec.Command("git", "log", "-1", "--format=%cI").Output()
+	builtCommit = strings.TrimSpace(string(head))
+	ldflags := "-X main.commit=" + builtCommit + " -X main.date=" + strings.TrimSpace(string(when))
+	build := exec.Command("go", "build", "-ldflags", ldflags, "-o", telemeshBin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build telemesh:", err)
@@ -153,11 +164,15 @@ func TestServeEachStage(t *testing.T) {
 				}
 			}
 
-			// What `grpcurl -plaintext ADDR grpc.health.v1.Health/Check` asks.
-			hc, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-			if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				t.Fatalf("health = %v, %v; want SERVING", hc.GetStatus(), err)
-			}
+			// What `grpcurl -plaintext ADDR grpc.health.v1.Health/Check` asks:
+			// SERVING once the stage's catalog has loaded.
+			testutil.Eventually(t, testWait, name+" SERVING", func() error {
+				hc, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+				if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+					return fmt.Errorf("health = %v, %v", hc.GetStatus(), err)
+				}
+				return nil
+			})
 
 			start := time.Now()
 			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -321,9 +336,43 @@ func TestMigrateUpDownUp(t *testing.T) {
 	}
 }
 
+// TestVersion checks the built binary names the commit it was built from,
+// with the commit's date, the same way for `version` and `--version`.
+// TestMain links them in as the Makefile does.
 func TestVersion(t *testing.T) {
 	out, err := exec.Command(telemeshBin, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "telemesh ") {
 		t.Fatalf("version = %q, %v", out, err)
+	}
+	flag, err := exec.Command(telemeshBin, "--version").Output()
+	if err != nil || string(flag) != string(out) {
+		t.Errorf("--version = %q, %v; want what version prints, %q", flag, err, out)
+	}
+	if builtCommit == "" {
+		t.Fatal("git rev-parse HEAD gave no commit when the test built telemesh from this work tree")
+	}
+	if want := "commit   " + builtCommit; !strings.Contains(string(out), want) {
+		t.Errorf("version = %q, want a line %q", out, want)
+	}
+	m := regexp.MustCompile(`(?m)^date     (\S+)$`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("version = %q, want a date line", out)
+	}
+	if _, err := time.Parse(time.RFC3339, m[1]); err != nil {
+		t.Errorf("date %q: %v", m[1], err)
+	}
+}
+
+// TestVersionFromLinker checks the version the release sets at link time
+// (main.version, as the Makefile's LDFLAGS do) is the one printed.
+func TestVersionFromLinker(t *testing.T) {
+	was := version
+	version = "v9.8.7"
+	t.Cleanup(func() { version = was })
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		out, _, err := runCmd(t, nil, args...)
+		if err != nil || !strings.HasPrefix(out, "telemesh v9.8.7\n") {
+			t.Errorf("%v = %q, %v; want it to start with telemesh v9.8.7", args, out, err)
+		}
 	}
 }

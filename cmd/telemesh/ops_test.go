@@ -90,6 +90,8 @@ func TestTraceCommand(t *testing.T) {
 			ingestion_message_id, validation_status, validation_errors, processing_state, unresolved_values)
 		values ($1, now(), now(), $2, $3, 'telemetry', $1, 'invalid', '["t: above max 50"]', 'invalid', '{"dew": "missing input h"}')`,
 		id, org, dev)
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	opsExec(t, db, `update ingestion_messages set trace_id = $2 where id = $1`, id, traceID)
 
 	for _, ref := range []string{id.String(), key, "m-7"} {
 		t.Run("text "+ref, func(t *testing.T) {
@@ -98,7 +100,7 @@ func TestTraceCommand(t *testing.T) {
 				t.Fatalf("exit %d: %s", code, stderr)
 			}
 			for _, want := range []string{id.String(), "failed_validation", "t: above max 50", "devices.d1.telemetry",
-				"stages (2)", "ingress", "val-1", `["t: above max 50"]`, "state", "invalid", "missing input h"} {
+				"stages (2)", "ingress", "val-1", `["t: above max 50"]`, "state", "invalid", "missing input h", "trace id           " + traceID} {
 				if !strings.Contains(out, want) {
 					t.Errorf("output lacks %q:\n%s", want, out)
 				}
@@ -117,6 +119,7 @@ func TestTraceCommand(t *testing.T) {
 			Message struct {
 				ID          string `json:"id"`
 				HaltedStage string `json:"halted_stage"`
+				TraceID     string `json:"trace_id"`
 			} `json:"message"`
 			StageLogs []struct{ Stage string } `json:"stage_logs"`
 			Telemetry struct {
@@ -126,7 +129,7 @@ func TestTraceCommand(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &tr); err != nil {
 			t.Fatalf("%v:\n%s", err, out)
 		}
-		if tr.Message.ID != id.String() || tr.Message.HaltedStage != "validate" || len(tr.StageLogs) != 2 || tr.Telemetry.ProcessingState != "invalid" {
+		if tr.Message.ID != id.String() || tr.Message.HaltedStage != "validate" || len(tr.StageLogs) != 2 || tr.Telemetry.ProcessingState != "invalid" || tr.Message.TraceID != traceID {
 			t.Errorf("got %+v", tr)
 		}
 	})

@@ -98,6 +98,7 @@ func printTrace(w io.Writer, tr *ops.Trace) error {
 	fmt.Fprintf(tw, "deliveries\t%d\n", m.DeliveryAttempts)
 	fmt.Fprintf(tw, "received\t%s\n", m.ReceivedAt.UTC().Format(time.RFC3339Nano))
 	fmt.Fprintf(tw, "processed\t%s\n", timeOrDash(m.ProcessedAt))
+	fmt.Fprintf(tw, "trace id\t%s\n", orDash(m.TraceID))
 	for _, o := range tr.OtherMatches {
 		fmt.Fprintf(tw, "also matches\t%s\n", o)
 	}

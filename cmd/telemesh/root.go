@@ -6,6 +6,8 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
+
+	"github.com/telemesh/telemesh/internal/buildinfo"
 )
 
 // errUsage marks a command line that cobra could not parse; it exits 2 like a
@@ -39,6 +41,9 @@ visible to every user of the machine, so a secret flag is the last resort.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// --version prints what `telemesh version` prints.
+	root.Version = buildinfo.Read(version, commit, date).String()
+	root.SetVersionTemplate("{{.Version}}")
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
@@ -66,10 +71,10 @@ visible to every user of the machine, so a secret flag is the last resort.`,
 func newVersionCmd(e env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the telemesh version",
+		Short: "Print the telemesh version, the commit it was built from and that commit's date",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			_, err := fmt.Fprintf(e.stdout, "telemesh %s\n", version)
+			_, err := fmt.Fprint(e.stdout, buildinfo.Read(version, commit, date).String())
 			return err
 		},
 	}

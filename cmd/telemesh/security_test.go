@@ -163,9 +163,12 @@ func TestServeOverMTLSWithHealthPortAndNoReflection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mtls.Close()
-	if hc, err := healthpb.NewHealthClient(mtls).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("health over mTLS = %v, %v", hc.GetStatus(), err)
-	}
+	testutil.Eventually(t, testWait, "health over mTLS SERVING", func() error {
+		if hc, err := healthpb.NewHealthClient(mtls).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("health over mTLS = %v, %v", hc.GetStatus(), err)
+		}
+		return nil
+	})
 	// The deriver is the validator's to call: the operator's certificate,
 	// or one of the CA with only a common name, is refused, saying whom and
 	// what.

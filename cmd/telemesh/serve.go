@@ -1,14 +1,17 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/internal/buildinfo"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/logging"
+	"github.com/telemesh/telemesh/internal/tracing"
 )
 
 // stagePorts are each stage's default gRPC and admin ports.
@@ -52,6 +55,7 @@ func addNATSFlags(fs *pflag.FlagSet, s *app.NATS) {
 
 func newStageCmd(e env, stage string) *cobra.Command {
 	o := app.DefaultOptions(stage)
+	o.Build = buildinfo.Read(version, commit, date)
 	cmd := &cobra.Command{
 		Use:   stage,
 		Short: stageShort[stage],
@@ -88,6 +92,11 @@ func newStageCmd(e env, stage string) *cobra.Command {
 		if err := check(); err != nil {
 			return err
 		}
+		traces, err := tracing.ConfigFromEnv(e.lookupEnv)
+		if err != nil {
+			return fmt.Errorf("%w: %w", config.ErrInvalid, err)
+		}
+		o.Process.Tracing = traces
 		logger, err := logging.New(e.stderr, o.Process.LogFormat, o.Process.LogLevel)
 		if err != nil {
 			return config.Invalid("log-format", "%v", err)

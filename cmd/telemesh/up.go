@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/internal/buildinfo"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/demo"
 	"github.com/telemesh/telemesh/internal/local"
@@ -25,6 +26,7 @@ import (
 	"github.com/telemesh/telemesh/internal/migrate"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/simulate"
+	"github.com/telemesh/telemesh/internal/tracing"
 	"github.com/telemesh/telemesh/services/viewer"
 )
 
@@ -38,6 +40,9 @@ type meshSpec struct {
 	pprof                bool
 	viewerListen         string
 	viewer               viewer.Config
+	// tracing is what the OTEL_* variables say; child processes read them
+	// from the environment they inherit.
+	tracing tracing.Config
 }
 
 // The secrets a mesh file can say were left out of its URLs.
@@ -127,6 +132,10 @@ file.`,
 		if err := config.CheckOneOf("log-level", logLevel, logging.Levels...); err != nil {
 			return err
 		}
+		traces, err := tracing.ConfigFromEnv(e.lookupEnv)
+		if err != nil {
+			return fmt.Errorf("%w: %w", config.ErrInvalid, err)
+		}
 		if viewerListen != "" {
 			if err := config.CheckListenAddr("viewer-listen", viewerListen); err != nil {
 				return err
@@ -194,7 +203,7 @@ file.`,
 		}
 
 		spec := meshSpec{host: host, ports: map[string][2]int{}, databaseURL: db.URL, natsURL: natsURL,
-			logLevel: logLevel, pprof: pprofOn, viewerListen: viewerListen, viewer: vcfg}
+			logLevel: logLevel, pprof: pprofOn, viewerListen: viewerListen, viewer: vcfg, tracing: traces}
 		for i, s := range app.Stages {
 			spec.ports[s] = [2]int{grpcBase + i, adminBase + i}
 		}
@@ -261,6 +270,8 @@ func startInProcess(ctx context.Context, spec meshSpec, logger *slog.Logger) (*i
 		DatabaseURL: spec.databaseURL, NATSURL: spec.natsURL, Host: spec.host, Ports: spec.ports,
 		Tune: func(o *app.Options) {
 			o.Process.LogFormat, o.Process.LogLevel = "auto", spec.logLevel
+			o.Build = buildinfo.Read(version, commit, date)
+			o.Process.Tracing = spec.tracing
 			o.Process.Pprof = spec.pprof
 			o.Process.ShutdownGrace = shutdownGrace
 			o.Gateway.Subjects = demo.Subjects

@@ -420,11 +420,20 @@ func checkStage(t *testing.T, r *rendering, v chartValues, s string, sv stageVal
 		t.Errorf("terminationGracePeriodSeconds %s must exceed preStop %ds + shutdown grace %v", ptr(tg), preStop, grace)
 	}
 
-	// Probes: gRPC health on the main port, or on the plaintext health port
-	// with mTLS; HTTP /healthz for the viewer.
+	// Probes: readiness is gRPC health on the main port, or on the
+	// plaintext health port with mTLS, which says NOT_SERVING while the
+	// stage cannot work; liveness and startup are the admin port's /healthz,
+	// so a stage waiting for its database is not restarted. HTTP /healthz
+	// for the viewer.
 	for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
 		if p == nil {
 			t.Errorf("no %s probe", name)
+			continue
+		}
+		if grpc && name != "readiness" {
+			if p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != "admin" {
+				t.Errorf("%s probe %+v, want HTTP GET /healthz on admin", name, p.ProbeHandler)
+			}
 			continue
 		}
 		if grpc {

@@ -127,7 +127,7 @@ func renderAs(t testing.TB, vals map[string]any, name, ns string) (*rendering, e
 	install.ReleaseName = name
 	install.Namespace = ns
 	install.KubeVersion = kubeVersion
-	install.APIVersions = chartutil.VersionSet{"monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor"}
+	install.APIVersions = chartutil.VersionSet{"monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule"}
 	rel, err := install.Run(c, vals)
 	if err != nil {
 		return nil, err
@@ -268,7 +268,7 @@ func decode(t testing.TB, doc string, hook bool) *object {
 		o.Typed = typed
 		return o
 	}
-	if meta.APIVersion == "monitoring.coreos.com/v1" && meta.Kind == "ServiceMonitor" ||
+	if meta.APIVersion == "monitoring.coreos.com/v1" && (meta.Kind == "ServiceMonitor" || meta.Kind == "PrometheusRule") ||
 		meta.APIVersion == "cert-manager.io/v1" && meta.Kind == "Certificate" {
 		if err := json.Unmarshal(js, &o.Unstructured); err != nil {
 			t.Fatalf("%s: %v", src, err)

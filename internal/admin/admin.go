@@ -106,6 +106,27 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.srv.Shutdown(ctx)
 }
 
+// Check runs the named checks and returns the first failure as
+// "name: reason", nil when all pass. A name without a check fails: a
+// readiness that silently skipped a dependency would lie.
+func (s *Server) Check(ctx context.Context, names ...string) error {
+	for _, n := range names {
+		s.mu.Lock()
+		c, ok := s.checks[n]
+		s.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("%s: %w", n, ErrNoCheck)
+		}
+		if err := c(ctx); err != nil {
+			return fmt.Errorf("%s: %w", n, err)
+		}
+	}
+	return nil
+}
+
+// ErrNoCheck is a check asked for by name that was never added.
+var ErrNoCheck = errors.New("no such check")
+
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	names := make([]string, 0, len(s.checks))

@@ -105,3 +105,23 @@ func TestPprofIsOffByDefault(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckRunsTheNamedChecks(t *testing.T) {
+	s, err := New("127.0.0.1:0", prometheus.NewRegistry(), logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	down := errors.New("connection refused")
+	s.AddCheck("postgres", func(context.Context) error { return nil })
+	s.AddCheck("nats", func(context.Context) error { return down })
+	if err := s.Check(t.Context(), "postgres"); err != nil {
+		t.Errorf("Check(postgres) = %v", err)
+	}
+	if err := s.Check(t.Context(), "postgres", "nats"); !errors.Is(err, down) || !strings.HasPrefix(err.Error(), "nats: ") {
+		t.Errorf("Check(postgres, nats) = %v, want the nats failure named", err)
+	}
+	if err := s.Check(t.Context(), "catalog"); !errors.Is(err, ErrNoCheck) {
+		t.Errorf("Check(catalog) = %v, want ErrNoCheck", err)
+	}
+}

@@ -29,7 +29,9 @@ const Operator = "operator"
 // stage service is open to the stages that call it ([NextHops]) and to
 // nothing else; the gateway's Ingest is open to operator tooling. The
 // health service is open to any certificate of the CA, as probes and
-// `telemesh status` only learn SERVING or not from it; reflection, which
+// `telemesh status` only learn SERVING or not from it, and each caller
+// watches it (client-side health checking): a caller refused it would
+// never send a call; reflection, which
 // describes every method, to the operator (grpcurl). Without mutual TLS
 // there is no identity and no check.
 var Callers = map[string][]string{

@@ -46,7 +46,10 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 		}
 		gwCfg := o.Gateway
 		gwCfg.StoredPayloadBytes = o.Process.StoredPayloadBytes
-		g := gateway.New(gwCfg, js, validatorv1.NewValidatorServiceClient(d.conns[Validator]), d.catalog, d.pool, d.logs, gateway.NewMetrics(d.reg), d.logger)
+		g := gateway.New(gwCfg, js, validatorv1.NewValidatorServiceClient(d.conns[Validator]), d.catalog, d.pool, d.logs, gateway.NewMetrics(d.reg), d.logger).WithTracing(d.tracing)
+		if err := d.reg.Register(g.ConsumerCollector()); err != nil {
+			return nil, err
+		}
 		run := func(ctx context.Context) error {
 			// NATS may come up after the gateway: keep trying.
 			err := retry.Do(ctx, startBackoff(), func(ctx context.Context) error {
@@ -69,13 +72,17 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 	case Validator:
 		v := validator.New(validator.NewChecker(o.Limits), d.catalog, d.pool,
 			deriverv1.NewDeriverServiceClient(d.conns[Deriver]),
-			persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger)
+			persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger).WithTracing(d.tracing)
 		return &builtStage{handler: v}, nil
 	case Deriver:
-		return &builtStage{handler: deriver.New(d.catalog, persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger)}, nil
+		return &builtStage{handler: deriver.New(d.catalog, persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger).WithTracing(d.tracing)}, nil
 	case Persister:
 		store := persister.NewStore(d.pool, o.Persister.PublishLease).WithStoredPayloadLimit(o.Process.StoredPayloadBytes)
-		return &builtStage{handler: persister.New(o.Persister, store, d.logs, publisherv1.NewPublisherServiceClient(d.conns[Publisher]), d.logger)}, nil
+		srv, err := persister.New(o.Persister, store, d.logs, publisherv1.NewPublisherServiceClient(d.conns[Publisher]), d.logger).WithTracing(d.tracing).WithMetrics(d.reg)
+		if err != nil {
+			return nil, err
+		}
+		return &builtStage{handler: srv}, nil
 	case Publisher:
 		js, err := jetstream.New(d.nc)
 		if err != nil {
@@ -98,7 +105,10 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			return nil, fmt.Errorf("NATS setup: %w", cmp.Or(last, err))
 		}
 		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, 10*time.Second, d.logger)
-		srv := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger)
+		srv, err := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger).WithTracing(d.tracing).WithMetrics(d.reg)
+		if err != nil {
+			return nil, err
+		}
 		return &builtStage{handler: srv, workers: []service.Worker{{Name: "publish-retry", Run: srv.RetryLoop}}}, nil
 	}
 	return nil, fmt.Errorf("unknown stage %q", o.Stage)

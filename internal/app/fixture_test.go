@@ -262,6 +262,7 @@ func (f *fixture) analytics(filter string, want int) []map[string]any {
 				f.t.Fatalf("analytics event %q: %v", m.Data(), err)
 			}
 			ev["_subject"] = m.Subject()
+			ev["_traceparent"] = m.Headers().Get("traceparent")
 			out = append(out, ev)
 		}
 		if len(out) < stored {

@@ -86,7 +86,7 @@ func StartMesh(ctx context.Context, mo MeshOptions, logger *slog.Logger) (*Mesh,
 			return nil, err
 		}
 	}
-	if err := m.waitReady(ctx); err != nil {
+	if err := m.waitReady(ctx, Stages...); err != nil {
 		_ = m.Stop()
 		return nil, err
 	}
@@ -96,14 +96,15 @@ func StartMesh(ctx context.Context, mo MeshOptions, logger *slog.Logger) (*Mesh,
 // readyTimeout bounds StartMesh's wait for every stage to be ready.
 const readyTimeout = 60 * time.Second
 
-// waitReady waits until every stage's /readyz answers 200. A stage serves
-// gRPC before its catalog has loaded, and until then answers Unavailable;
-// a caller of StartMesh may send at once.
-func (m *Mesh) waitReady(ctx context.Context) error {
+// waitReady waits until each stage's /readyz answers 200, which includes
+// its health saying SERVING. A stage listens before its catalog has loaded
+// and says NOT_SERVING until then; a caller of StartMesh or StartStage may
+// send at once, and `telemesh status` finds every stage SERVING.
+func (m *Mesh) waitReady(ctx context.Context, stages ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	client := &http.Client{Timeout: time.Second}
-	for _, stage := range Stages {
+	for _, stage := range stages {
 		url := "http://" + m.Admin[stage] + "/readyz"
 		for {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -191,7 +192,10 @@ func (m *Mesh) StartStage(ctx context.Context, stage string) error {
 	}
 	o := r.opts
 	o.Process.Listen, o.Process.AdminListen = m.GRPC[stage], m.Admin[stage]
-	return m.start(ctx, stage, o)
+	if err := m.start(ctx, stage, o); err != nil {
+		return err
+	}
+	return m.waitReady(ctx, stage)
 }
 
 // Stop stops every stage in the reverse of the start order, gateway first,

@@ -18,11 +18,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/sethvargo/go-retry"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/telemesh/telemesh/gateway"
 	"github.com/telemesh/telemesh/internal/admin"
+	"github.com/telemesh/telemesh/internal/buildinfo"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/grpcx"
@@ -32,6 +34,7 @@ import (
 	"github.com/telemesh/telemesh/internal/service"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
+	"github.com/telemesh/telemesh/internal/tracing"
 	"github.com/telemesh/telemesh/services/persister"
 	"github.com/telemesh/telemesh/services/publisher"
 	"github.com/telemesh/telemesh/services/validator"
@@ -80,6 +83,9 @@ type Options struct {
 	PublisherNATS publisher.NATSConfig
 	// Env is the environment token of the analytics subjects.
 	Env string
+	// Build is the build this process runs, shown by the
+	// telemesh_build_info gauge; the zero value reads it from the binary.
+	Build buildinfo.Info
 	// OnServing, if set, is called once the stage serves, with its
 	// addresses.
 	OnServing func(grpcAddr, adminAddr string)
@@ -90,6 +96,13 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	s := &o.Process
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bi := o.Build
+	if bi.Version == "" {
+		bi = buildinfo.Read("", "", "")
+	}
+	if err := buildinfo.Register(reg, bi); err != nil {
+		return err
+	}
 
 	var closers []func(context.Context) error
 	defer func() {
@@ -99,6 +112,22 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 			_ = closers[i](closeCtx)
 		}
 	}()
+
+	// Tracing is closed last, so the spans of the final batches go out.
+	tp, err := tracing.New(ctx, s.Tracing, "telemesh-"+o.Stage, bi, logger)
+	if err != nil {
+		return fmt.Errorf("%w: %w", config.ErrInvalid, err)
+	}
+	closers = append(closers, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return tp.Shutdown(ctx)
+	})
+	var traceProvider trace.TracerProvider
+	if tp.Enabled() {
+		traceProvider = tp.TracerProvider()
+		logger.Info("tracing on", "otlp_endpoint", tracing.Redacted(s.Tracing.Endpoint), "sampler", s.Tracing.Sampler, "ratio", s.Tracing.Ratio)
+	}
 
 	pool, err := pg.Open(ctx, s.DatabaseURL, pg.Options{ApplicationName: "telemesh-" + o.Stage})
 	if err != nil {
@@ -110,7 +139,11 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	if err != nil {
 		return config.Invalid("stage-log-mode", "%v", err)
 	}
-	logs = logs.WithLimits(s.StageLogLimits())
+	logs, err = logs.WithLimits(s.StageLogLimits()).WithMetrics(reg)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(pg.NewPoolCollector(pool))
 
 	// With mTLS the server requires client certificates and the clients to
 	// the next hops present theirs; both re-read rotated files by themselves.
@@ -118,6 +151,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	// (Callers), by the identity in their certificate, so this stage's own
 	// certificate must carry its identity for its next hops to admit it.
 	serverCfg := s.ServerConfig()
+	serverCfg.TracerProvider = traceProvider
 	var clientCreds credentials.TransportCredentials
 	if s.TLS.Enabled() {
 		certs, err := tlsx.New(s.TLS, 0, logger)
@@ -137,7 +171,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	reg.MustRegister(clientMetrics)
 	conns := map[string]*grpc.ClientConn{}
 	for _, next := range NextHops[o.Stage] {
-		conn, err := grpcx.Dial(o.Hops[next], grpcx.ClientConfig{MaxMsgBytes: s.MaxRecvMsgBytes, Metrics: clientMetrics, Credentials: clientCreds})
+		conn, err := grpcx.Dial(o.Hops[next], grpcx.ClientConfig{MaxMsgBytes: s.MaxRecvMsgBytes, Metrics: clientMetrics, Credentials: clientCreds, TracerProvider: traceProvider})
 		if err != nil {
 			return config.Invalid(next+"-addr", "%v", err)
 		}
@@ -166,7 +200,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		return err
 	}
 	cat := catalog.NewCache(pool, logger, 30*time.Second)
-	built, err := build(ctx, o, &deps{logger: logger, pool: pool, conns: conns, nc: nc, catalog: cat, logs: logs, reg: reg})
+	built, err := build(ctx, o, &deps{logger: logger, pool: pool, conns: conns, nc: nc, catalog: cat, logs: logs, reg: reg, tracing: tp})
 	if err != nil {
 		return fmt.Errorf("start %s: %w", o.Stage, err)
 	}
@@ -191,7 +225,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		}
 		return config.Invalid("admin-listen", "%v", err)
 	}
-	adm.AddCheck("postgres", func(ctx context.Context) error { return pg.Ping(ctx, pool) })
+	adm.AddCheck("postgres", func(ctx context.Context) error { return pg.Reachable(ctx, pool) })
 	if nc != nil {
 		adm.AddCheck("nats", func(context.Context) error {
 			if !nc.IsConnected() {
@@ -225,7 +259,25 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		return cat.Run(ctx)
 	}}}, built.workers...)
 
+	// /readyz also says whether the health service says SERVING, so a
+	// probe of either sees the same: not while draining, nor before the
+	// checks below have passed once.
+	adm.AddCheck("serving", func(context.Context) error {
+		if !srv.Serving() {
+			return errNotServing
+		}
+		return nil
+	})
+	// SERVING means the stage can take calls now; the admin port's /readyz
+	// shows every check. The publisher needs only Postgres to do its work:
+	// without NATS it records each publish as failed, for its retry loop.
+	ready := []string{"postgres", "catalog"}
+	if o.Stage == Gateway {
+		ready = append(ready, "nats")
+	}
 	p := &service.Process{
+		Ready:         func(ctx context.Context) error { return adm.Check(ctx, ready...) },
+		ReadyEvery:    s.ReadyEvery,
 		Name:          o.Stage,
 		Logger:        logger,
 		GRPC:          srv,
@@ -243,6 +295,9 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	return p.Run(ctx)
 }
 
+// errNotServing is the readiness of a stage whose health says NOT_SERVING.
+var errNotServing = errors.New("health is NOT_SERVING")
+
 // deps are what Serve opens for a stage before building it.
 type deps struct {
 	logger  *slog.Logger
@@ -252,6 +307,7 @@ type deps struct {
 	catalog *catalog.Cache
 	logs    *stagelog.Writer
 	reg     prometheus.Registerer
+	tracing *tracing.Provider
 }
 
 // builtStage is a constructed stage: its gRPC handler and the workers that

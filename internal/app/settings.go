@@ -1,6 +1,8 @@
 package app
 
 import (
+	"github.com/telemesh/telemesh/internal/tracing"
+
 	"errors"
 	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
 	"strings"
@@ -16,6 +18,11 @@ import (
 
 // Process holds the settings every stage process has.
 type Process struct {
+	// Tracing is what the OTEL_* variables say; no endpoint is tracing off.
+	Tracing tracing.Config
+	// ReadyEvery is how often the stage checks it can do its work, for its
+	// health status; 0 is every second.
+	ReadyEvery           time.Duration
 	Listen               string
 	AdminListen          string
 	DatabaseURL          string

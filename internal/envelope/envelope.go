@@ -47,6 +47,14 @@ func StatusName(s telemetryv1.MessageStatus) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "MESSAGE_STATUS_"))
 }
 
+// StateName returns the stored name of a processing state, or "" for none.
+func StateName(s telemetryv1.ProcessingState) string {
+	if s == telemetryv1.ProcessingState_PROCESSING_STATE_UNSPECIFIED {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(s.String(), "PROCESSING_STATE_"))
+}
+
 // StatusFromString maps a stored message status to its enum.
 func StatusFromString(s string) telemetryv1.MessageStatus {
 	return telemetryv1.MessageStatus(telemetryv1.MessageStatus_value["MESSAGE_STATUS_"+strings.ToUpper(s)])

@@ -101,7 +101,7 @@ func TestMTLSCallersAreAuthorizedByIdentity(t *testing.T) {
 			[]string{"no telemesh identity", checkMethod}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := check(ctx, dial(t, addr, as(t, ca, tc.cert)))
+			err := check(ctx, dialServer(t, addr, as(t, ca, tc.cert)))
 			if tc.wantIn == nil {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -125,7 +125,7 @@ func TestMTLSCallersAreAuthorizedByIdentity(t *testing.T) {
 
 	// A method's own entry wins over its service's: any certificate of the
 	// CA may watch.
-	deriver := dial(t, addr, as(t, ca, ca.Identity(t, "deriver")))
+	deriver := dialServer(t, addr, as(t, ca, ca.Identity(t, "deriver")))
 	if err := watch(ctx, deriver); err != nil {
 		t.Errorf("the deriver's health watch (any peer): %v", err)
 	}
@@ -134,11 +134,11 @@ func TestMTLSCallersAreAuthorizedByIdentity(t *testing.T) {
 		!strings.Contains(err.Error(), `caller "deriver" may not call /grpc.reflection.v1.ServerReflection/ServerReflectionInfo`) {
 		t.Errorf("the deriver's reflection: %v, want PermissionDenied naming it and the method", err)
 	}
-	if _, err := listServices(ctx, dial(t, addr, as(t, ca, ca.Identity(t, "operator")))); err != nil {
+	if _, err := listServices(ctx, dialServer(t, addr, as(t, ca, ca.Identity(t, "operator")))); err != nil {
 		t.Errorf("the operator's reflection: %v", err)
 	}
 	// What the table does not name, no one may call.
-	if _, err := listServices(ctx, dial(t, mtlsServer(t, ca, &grpcx.Policy{Callers: map[string][]string{
+	if _, err := listServices(ctx, dialServer(t, mtlsServer(t, ca, &grpcx.Policy{Callers: map[string][]string{
 		"grpc.health.v1.Health": {"operator"},
 	}}), as(t, ca, ca.Identity(t, "operator")))); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no caller may") {
 		t.Errorf("reflection absent from the table: %v, want PermissionDenied, no caller may", err)
@@ -153,10 +153,10 @@ func TestMTLSTrustDomainIsConfigurable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	ours := ca.IssueSpec(t, testcerts.Spec{CommonName: "g", URIs: []string{"spiffe://prod.example/gateway"}})
-	if err := check(ctx, dial(t, addr, as(t, ca, ours))); err != nil {
+	if err := check(ctx, dialServer(t, addr, as(t, ca, ours))); err != nil {
 		t.Errorf("the gateway of the trust domain: %v", err)
 	}
-	if err := check(ctx, dial(t, addr, as(t, ca, ca.Identity(t, "gateway")))); status.Code(err) != codes.PermissionDenied {
+	if err := check(ctx, dialServer(t, addr, as(t, ca, ca.Identity(t, "gateway")))); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("the gateway of the default trust domain: %v, want PermissionDenied", err)
 	}
 	for _, bad := range []string{"", "Prod", "a/b", "spiffe://x", strings.Repeat("a", 256)} {
@@ -171,12 +171,12 @@ func TestWithoutPolicyEveryCallerPasses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	// mTLS without a policy: any certificate of the CA, as before.
-	if err := check(ctx, dial(t, mtlsServer(t, ca, nil), as(t, ca, ca.Issue(t, "anyone")))); err != nil {
+	if err := check(ctx, dialServer(t, mtlsServer(t, ca, nil), as(t, ca, ca.Issue(t, "anyone")))); err != nil {
 		t.Errorf("mTLS without a policy: %v", err)
 	}
 	// No TLS at all: nothing changes.
 	_, addr := serve(t, grpcx.DefaultServerConfig())
-	plain := dial(t, addr, nil)
+	plain := dialServer(t, addr, nil)
 	if err := check(ctx, plain); err != nil {
 		t.Errorf("plaintext: %v", err)
 	}

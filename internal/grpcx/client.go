@@ -7,9 +7,13 @@ import (
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	// The client-side health checking producer: without it the
+	// healthCheckConfig of the service config is ignored.
+	_ "google.golang.org/grpc/health"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -18,9 +22,13 @@ import (
 // serviceConfig spreads calls over every address a dns:/// name resolves to
 // and retries calls that failed with Unavailable (a replica going away, a
 // stage restarting). Retries are safe: every stage is idempotent on the
-// dedupe key.
+// dedupe key. Client-side health checking watches each replica's health
+// service, so round_robin sends only to replicas that say SERVING: not to
+// one whose catalog is not loaded or whose Postgres is unreachable, nor to
+// one draining before it stops.
 const serviceConfig = `{
   "loadBalancingConfig": [{"round_robin": {}}],
+  "healthCheckConfig": {"serviceName": ""},
   "methodConfig": [{
     "name": [{}],
     "waitForReady": true,
@@ -42,6 +50,9 @@ type ClientConfig struct {
 	Credentials credentials.TransportCredentials
 	// Metrics, if set, records client-side call metrics.
 	Metrics *grpcprom.ClientMetrics
+	// TracerProvider, if set, traces every call and sends the trace
+	// context with it. Nil is tracing off.
+	TracerProvider trace.TracerProvider
 }
 
 // Dial returns a connection to target: host:port, dns:///host:port (every
@@ -64,6 +75,9 @@ func Dial(target string, cfg ClientConfig) (*grpc.ClientConn, error) {
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if h := clientStatsHandler(cfg.TracerProvider); h != nil {
+		opts = append(opts, grpc.WithStatsHandler(h))
 	}
 	if cfg.Metrics != nil {
 		opts = append(opts,

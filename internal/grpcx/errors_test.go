@@ -1,11 +1,14 @@
 package grpcx_test
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/telemesh/telemesh/internal/grpcx"
 )
@@ -34,5 +37,38 @@ func TestCodeOfPostgresErrors(t *testing.T) {
 				t.Errorf("Code(SQLSTATE %s) = %v, want %v", tt.code, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestInternalErrorCarriesOnlyItsID(t *testing.T) {
+	cause := fmt.Errorf("persist 3 messages: %w", &pgconn.PgError{Code: "P0001", Message: "secret detail"})
+	err := grpcx.ToStatus(cause)
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Internal {
+		t.Fatalf("ToStatus = %v, want an Internal status", err)
+	}
+	id := grpcx.ErrorID(err)
+	if len(id) != 16 {
+		t.Fatalf("ErrorID = %q, want 16 hex digits", id)
+	}
+	if want := "internal error; error id " + id; st.Message() != want {
+		t.Errorf("status message %q, want %q", st.Message(), want)
+	}
+	if !strings.Contains(err.Error(), "secret detail") {
+		t.Errorf("Error() = %q, want the cause for the server's log", err.Error())
+	}
+	// The status crosses a hop as a plain status; the stage above wraps it
+	// and keeps its id, so one id names the failure all the way up.
+	received := status.Error(st.Code(), st.Message())
+	up := grpcx.ToStatus(fmt.Errorf("deriver: %w", received))
+	if got := grpcx.ErrorID(up); got != id {
+		t.Errorf("id after a hop = %q, want %q", got, id)
+	}
+	if got := status.Convert(up).Message(); got != st.Message() {
+		t.Errorf("message after a hop = %q, want %q", got, st.Message())
+	}
+	// A code a caller can act on keeps its message.
+	if got := status.Convert(grpcx.ToStatus(context.DeadlineExceeded)); got.Code() != codes.DeadlineExceeded || grpcx.ErrorID(got.Err()) != "" {
+		t.Errorf("deadline: %v", got)
 	}
 }

@@ -45,6 +45,23 @@ func serve(t *testing.T, cfg grpcx.ServerConfig) (*grpcx.Server, string) {
 	return srv, ln.Addr().String()
 }
 
+// dialServer connects to one server as a probe or grpcurl does: no
+// balancing and no client-side health checking, so what the server
+// answers (NOT_SERVING, PermissionDenied on its health service) reaches
+// the test instead of keeping the connection from being used.
+func dialServer(t *testing.T, target string, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
 func dial(t *testing.T, target string, creds credentials.TransportCredentials) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpcx.Dial(target, grpcx.ClientConfig{Credentials: creds})
@@ -122,7 +139,7 @@ func TestHealthServerServesOnlyHealthInStep(t *testing.T) {
 	// not time out on a busy machine.
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	plain := dial(t, ln.Addr().String(), insecure.NewCredentials())
+	plain := dialServer(t, ln.Addr().String(), insecure.NewCredentials())
 	healthOf := func(conn *grpc.ClientConn) (healthpb.HealthCheckResponse_ServingStatus, error) {
 		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 		return resp.GetStatus(), err
@@ -140,13 +157,13 @@ func TestHealthServerServesOnlyHealthInStep(t *testing.T) {
 	srv.SetServing(true)
 
 	// The main port refuses plaintext and accepts a client certificate.
-	plainMain := dial(t, addr, insecure.NewCredentials())
+	plainMain := dialServer(t, addr, insecure.NewCredentials())
 	shortCtx, shortCancel := context.WithTimeout(ctx, time.Second)
 	defer shortCancel()
 	if _, err := healthpb.NewHealthClient(plainMain).Check(shortCtx, &healthpb.HealthCheckRequest{}); err == nil {
 		t.Error("the main port answered a plaintext call")
 	}
-	if st, err := healthOf(dial(t, addr, r.ClientCredentials(""))); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+	if st, err := healthOf(dialServer(t, addr, r.ClientCredentials(""))); err != nil || st != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("main port over mTLS: %v, %v", st, err)
 	}
 }

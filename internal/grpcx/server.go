@@ -4,6 +4,7 @@ package grpcx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -15,6 +16,7 @@ import (
 	protovalidatemw "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -22,7 +24,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 )
 
 // ServerConfig holds the limits and switches of a stage's gRPC server.
@@ -52,6 +53,9 @@ type ServerConfig struct {
 	// for the method, known by their verified client certificate; set it
 	// with Credentials that require one. Nil admits every call.
 	Authorize *Policy
+	// TracerProvider, if set, traces every call (otelgrpc), continuing the
+	// caller's trace from the call's metadata. Nil is tracing off.
+	TracerProvider trace.TracerProvider
 }
 
 // DefaultServerConfig returns the limits used when a setting is not given.
@@ -93,6 +97,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("request validator: %w", err)
 	}
+	logOptions := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel), logging.WithErrorFields(errorFields)}
 	opts := []grpc.ServerOption{
 		// The chain runs outermost first. Metrics and logging see every call,
 		// including ones that later interceptors reject, with the final code.
@@ -102,11 +107,13 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		// call a method learns nothing from its validation errors.
 		// The timeout is applied before validation and the handler so both
 		// run under it. Errors are mapped to codes after the handler returns
-		// and before logging and metrics see them. Recovery is innermost so a
-		// panic becomes an Internal error that everything above records.
+		// and before logging and metrics see them; an internal error keeps
+		// its cause for the log line, under the error id that is all the
+		// caller receives. Recovery is innermost so a panic becomes an
+		// Internal error that everything above records.
 		grpc.ChainUnaryInterceptor(
 			metrics.UnaryServerInterceptor(),
-			logging.UnaryServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
+			logging.UnaryServerInterceptor(slogAdapter(logger), logOptions...),
 			authorizeUnary(cfg.Authorize),
 			timeoutInterceptor(cfg.RequestTimeout),
 			validateUnary(protovalidatemw.UnaryServerInterceptor(validator), cfg.Validated),
@@ -115,7 +122,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		),
 		grpc.ChainStreamInterceptor(
 			metrics.StreamServerInterceptor(),
-			logging.StreamServerInterceptor(slogAdapter(logger), logging.WithLogOnEvents(logging.FinishCall), logging.WithLevels(codeToLevel)),
+			logging.StreamServerInterceptor(slogAdapter(logger), logOptions...),
 			authorizeStream(cfg.Authorize),
 			validateStream(protovalidatemw.StreamServerInterceptor(validator), cfg.Validated),
 			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(recoverHandler(logger))),
@@ -137,6 +144,12 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	}
 	if cfg.Credentials != nil {
 		opts = append(opts, grpc.Creds(cfg.Credentials))
+	}
+	if h := serverStatsHandler(cfg.TracerProvider); h != nil {
+		// A stats handler sees the call before any interceptor, so the
+		// span covers the whole chain and the context every interceptor
+		// and the handler get holds it (log lines name its trace).
+		opts = append(opts, grpc.StatsHandler(h))
 	}
 	s := &Server{
 		Server:  grpc.NewServer(opts...),
@@ -199,6 +212,13 @@ func (s *Server) Ready() {
 	s.Metrics.InitializeMetrics(s.Server)
 }
 
+// Serving reports whether the health service says SERVING for the whole
+// server.
+func (s *Server) Serving() bool {
+	resp, err := s.Health.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
+}
+
 // SetServing marks the whole server and each registered service SERVING or
 // NOT_SERVING in the health service.
 func (s *Server) SetServing(serving bool) {
@@ -251,10 +271,14 @@ func timeoutInterceptor(max time.Duration) grpc.UnaryServerInterceptor {
 	}
 }
 
+// ErrPanic is the cause of a call whose handler panicked.
+var ErrPanic = errors.New("panic in gRPC handler")
+
 func recoverHandler(logger *slog.Logger) recovery.RecoveryHandlerFuncContext {
 	return func(ctx context.Context, p any) error {
-		logger.ErrorContext(ctx, "panic in gRPC handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-		return status.Error(codes.Internal, "internal error")
+		err := NewInternalError(fmt.Errorf("%w: %v", ErrPanic, p))
+		logger.ErrorContext(ctx, "panic in gRPC handler", "panic", fmt.Sprint(p), "error_id", err.ID, "stack", string(debug.Stack()))
+		return err
 	}
 }
 

@@ -21,7 +21,8 @@ var Levels = []string{"debug", "info", "warn", "error"}
 // New returns a logger writing to w. format is auto, text or json; auto picks
 // text when w is a terminal. level is debug, info, warn or error. Each line
 // carries each key once: a key set again, by [slog.Logger.With] and at the
-// call, keeps its last value (see [uniqueKeys]).
+// call, keeps its last value (see [uniqueKeys]). A line logged with a
+// context holding a span names its trace_id.
 func New(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
@@ -43,7 +44,7 @@ func New(w io.Writer, format, level string) (*slog.Logger, error) {
 	default:
 		return nil, fmt.Errorf("log format %q: want auto, text or json", format)
 	}
-	return slog.New(newUniqueKeys(h)), nil
+	return slog.New(traceIDs{newUniqueKeys(h)}), nil
 }
 
 // Discard returns a logger that writes nothing, for embedders and tests that

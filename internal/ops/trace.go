@@ -27,6 +27,9 @@ type Message struct {
 	DeliveryAttempts int32      `json:"delivery_attempts"`
 	ReceivedAt       time.Time  `json:"received_at"`
 	ProcessedAt      *time.Time `json:"processed_at,omitempty"`
+	// TraceID is the message's OpenTelemetry trace id; nil when it has
+	// none.
+	TraceID *string `json:"trace_id,omitempty"`
 }
 
 // StageLog is an ingestion_stage_logs row as a trace shows it.
@@ -71,7 +74,7 @@ type Trace struct {
 // tables of millions of rows; TestTraceQueriesUseIndexes checks the plans.
 const (
 	messageColumns = `id, organization_id, device_id, source_subject, source_message_id, dedupe_key, status,
-	halted_stage, error_summary, delivery_attempts, received_at, processed_at`
+	halted_stage, error_summary, delivery_attempts, received_at, processed_at, trace_id`
 	// queryMessageByID uses the primary key.
 	queryMessageByID = `select ` + messageColumns + ` from ingestion_messages where id = $1`
 	// queryMessageByDedupeKey uses ingestion_messages_dedupe_key_key.
@@ -166,7 +169,7 @@ func queryMessages(ctx context.Context, pool *pgxpool.Pool, sql string, arg any)
 	msgs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Message, error) {
 		var m Message
 		err := r.Scan(&m.ID, &m.OrganizationID, &m.DeviceID, &m.Subject, &m.SourceMessageID, &m.DedupeKey, &m.Status,
-			&m.HaltedStage, &m.Reason, &m.DeliveryAttempts, &m.ReceivedAt, &m.ProcessedAt)
+			&m.HaltedStage, &m.Reason, &m.DeliveryAttempts, &m.ReceivedAt, &m.ProcessedAt, &m.TraceID)
 		return m, err
 	})
 	if err != nil {

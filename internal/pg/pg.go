@@ -60,6 +60,18 @@ func Ping(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
+// Reachable reports whether the stage can reach Postgres, for its
+// readiness: a pool whose every connection is in use is working, so it is
+// taken as reachable without a ping, which would wait for one of them and,
+// under full load, time out and take a busy replica out of rotation. Any
+// other pool is pinged.
+func Reachable(ctx context.Context, pool *pgxpool.Pool) error {
+	if st := pool.Stat(); st.MaxConns() > 0 && st.AcquiredConns() >= st.MaxConns() {
+		return nil
+	}
+	return Ping(ctx, pool)
+}
+
 func unwrapAll(err error) error {
 	type unwrapper interface{ Unwrap() error }
 	for {

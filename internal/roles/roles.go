@@ -195,7 +195,7 @@ func Roles() []Role {
 				// services/persister/store.go.
 				Grant{Table: "ingestion_messages", Privileges: []string{Select, Insert}, Columns: updateOf(
 					"organization_id", "device_id", "status", "halted_stage", "error_summary",
-					"delivery_attempts", "processed_at", "updated_at")},
+					"delivery_attempts", "processed_at", "trace_id", "updated_at")},
 				Grant{Table: "device_telemetry_logs", Privileges: []string{Select, Insert}, Columns: updateOf(
 					"processing_state", "failure_reason", "next_publish_at", "publish_attempts", "updated_at")},
 				// The rows to publish go in the outbox in the same

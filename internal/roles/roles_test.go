@@ -131,7 +131,7 @@ func TestEachRoleHasOnlyTheGrantsItNeeds(t *testing.T) {
 			allowed: []string{insertMessage + ` on conflict (dedupe_key) do update set organization_id = excluded.organization_id,
 					device_id = excluded.device_id, status = excluded.status, halted_stage = excluded.halted_stage,
 					error_summary = excluded.error_summary, delivery_attempts = excluded.delivery_attempts,
-					processed_at = excluded.processed_at, updated_at = now()
+					processed_at = excluded.processed_at, trace_id = excluded.trace_id, updated_at = now()
 				where ingestion_messages.status in ('parked', 'queued') returning id, dedupe_key`,
 				insertTelemetry, insertStageLog,
 				`update device_telemetry_logs set processing_state = 'publish_failed', failure_reason = 'x', next_publish_at = now(),

@@ -49,6 +49,14 @@ type Process struct {
 	ShutdownGrace time.Duration
 	// OnServing, if set, is called once the process is serving.
 	OnServing func()
+	// Ready, if set, says whether the stage can do its work now (its
+	// catalog loaded, Postgres and NATS reachable where it needs them). The
+	// health service says SERVING only while it passes, so balancers with
+	// client-side health checking send calls only to replicas that can
+	// take them. Nil is always ready.
+	Ready func(ctx context.Context) error
+	// ReadyEvery is how often Ready is asked; 0 is every second.
+	ReadyEvery time.Duration
 }
 
 // Run serves until ctx ends or a part fails, then stops in this order:
@@ -90,7 +98,9 @@ func (p *Process) Run(ctx context.Context) error {
 	}
 
 	p.GRPC.Ready()
-	p.GRPC.SetServing(true)
+	readyCtx, stopReady := context.WithCancel(context.WithoutCancel(ctx))
+	readyDone := make(chan struct{})
+	p.followReadiness(readyCtx, readyDone)
 	addrs := []any{"stage", p.Name, "grpc", p.Listener.Addr().String(), "admin", p.Admin.Addr()}
 	if p.Health != nil {
 		addrs = append(addrs, "health", p.HealthListener.Addr().String())
@@ -109,6 +119,9 @@ func (p *Process) Run(ctx context.Context) error {
 	}
 
 	deadline := time.Now().Add(p.ShutdownGrace)
+	// Draining: NOT_SERVING from now on, and nothing may set it back.
+	stopReady()
+	<-readyDone
 	p.GRPC.SetServing(false)
 	stopWork()
 	workersDone := make(chan struct{})
@@ -131,4 +144,54 @@ func (p *Process) Run(ctx context.Context) error {
 	}
 	p.Logger.Info("stopped", "stage", p.Name)
 	return runErr
+}
+
+// followReadiness sets the health status from Ready: once now, so a stage
+// that is ready serves at once, then every ReadyEvery until ctx ends, when
+// it closes done. A change is logged with its reason.
+func (p *Process) followReadiness(ctx context.Context, done chan<- struct{}) {
+	if p.Ready == nil {
+		p.GRPC.SetServing(true)
+		close(done)
+		return
+	}
+	every := p.ReadyEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	serving := false
+	check := func() {
+		cctx, cancel := context.WithTimeout(ctx, max(every, 2*time.Second))
+		err := p.Ready(cctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err == nil && !serving:
+			p.Logger.Info("ready: health SERVING", "stage", p.Name)
+		case err != nil && serving:
+			p.Logger.Warn("not ready: health NOT_SERVING until it is", "stage", p.Name, "reason", err.Error())
+		case err != nil:
+			p.Logger.Debug("not ready yet", "stage", p.Name, "reason", err.Error())
+		}
+		if (err == nil) != serving {
+			serving = err == nil
+			p.GRPC.SetServing(serving)
+		}
+	}
+	check()
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				check()
+			}
+		}
+	}()
 }

@@ -3,6 +3,8 @@
 package stagelog
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
+
 	"cmp"
 	"context"
 	"encoding/json"
@@ -160,6 +162,24 @@ type Writer struct {
 	rate     float64
 	instance string
 	limits   Limits
+	// rows counts the rows this process's stages make, kept or not.
+	rows *prometheus.CounterVec
+}
+
+// WithMetrics returns a copy of the writer that counts every row its stage
+// makes, written or only counted by the mode, on reg as
+// telemesh_stage_messages_total{stage,status,reason}: what each stage did to
+// how many messages, attempts included.
+func (w *Writer) WithMetrics(reg prometheus.Registerer) (*Writer, error) {
+	c := *w
+	c.rows = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "telemesh_stage_messages_total",
+		Help: "Messages each stage handled, by stage, stage-log status and reason code (every attempt counts).",
+	}, []string{"stage", "status", "reason"})
+	if err := reg.Register(c.rows); err != nil {
+		return nil, fmt.Errorf("register stage metrics: %w", err)
+	}
+	return &c, nil
 }
 
 // New returns a writer with [DefaultLimits]. rate is used by the sampled
@@ -251,6 +271,9 @@ func (w *Writer) Record(e *Entry) *telemetryv1.StageRecord {
 	r := &telemetryv1.StageRecord{
 		Stage: StageFromName(e.Stage), Status: StatusFromName(e.Status),
 		DurationUs: max(e.Duration.Microseconds(), 0), AtUs: at.UnixMicro(), ReasonCode: e.Code,
+	}
+	if w.rows != nil {
+		w.rows.WithLabelValues(e.Stage, e.Status, e.Code).Inc()
 	}
 	if !w.Keep(e) {
 		r.CountOnly = true

@@ -24,6 +24,7 @@ import (
 	"github.com/telemesh/telemesh/internal/envelope"
 	reasoncode "github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/internal/tracing"
 	"github.com/telemesh/telemesh/internal/value"
 )
 
@@ -34,6 +35,8 @@ type Server struct {
 	persister persisterv1.PersisterServiceClient
 	logs      *stagelog.Writer
 	logger    *slog.Logger
+
+	mutateSpans, deriveSpans *tracing.Messages
 
 	mu       sync.Mutex
 	compiled *catalog.Snapshot
@@ -50,6 +53,13 @@ type topicProgram struct {
 // New returns the deriver.
 func New(cat *catalog.Cache, persister persisterv1.PersisterServiceClient, logs *stagelog.Writer, logger *slog.Logger) *Server {
 	return &Server{catalog: cat, persister: persister, logs: logs, logger: logger}
+}
+
+// WithTracing gives each message a mutate span and, inside it, a derive
+// span in its trace.
+func (srv *Server) WithTracing(p *tracing.Provider) *Server {
+	srv.mutateSpans, srv.deriveSpans = p.Messages(envelope.StageMutate), p.Messages(envelope.StageDerive)
+	return srv
 }
 
 // Register registers the stage's service on s.
@@ -109,11 +119,20 @@ func typed(values map[string]any, types map[string]string) {
 
 // Derive mutates and derives every message of the batch, then sends the
 // batch to the persister.
-func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*deriverv1.DeriveResponse, error) {
+func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (resp *deriverv1.DeriveResponse, err error) {
 	envs := req.GetEnvelopes()
 	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
 		return nil, err
 	}
+	// Mutations and derivations are evaluated together, so the derive span
+	// sits inside the mutate span; both end with the outcome that comes
+	// back from the persister.
+	mutateSpans := srv.mutateSpans.Start(ctx, envs)
+	deriveSpans := srv.deriveSpans.Children(mutateSpans, envs)
+	defer func() {
+		deriveSpans.EndAll(resp.GetOutcomes(), err)
+		mutateSpans.EndAll(resp.GetOutcomes(), err)
+	}()
 	for i, e := range envs {
 		start := time.Now()
 		p, err := srv.program(envelope.ParseUUID(e.GetTopicId()))
@@ -129,6 +148,8 @@ func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*d
 		}
 		res := p.Apply(extracted)
 		mutate, derive := record(e, extracted, res, time.Since(start))
+		mutateSpans.SetStage(i, mutate.Status, mutate.Code)
+		deriveSpans.SetStage(i, derive.Status, derive.Code)
 		if req.GetDryRun() {
 			continue
 		}
@@ -136,11 +157,11 @@ func (srv *Server) Derive(ctx context.Context, req *deriverv1.DeriveRequest) (*d
 			e.StageLog = append(e.StageLog, srv.logs.Record(entry))
 		}
 	}
-	resp, err := srv.persister.Persist(ctx, &persisterv1.PersistRequest{Envelopes: envs, DryRun: req.GetDryRun(), WireVersion: envelope.WireVersion})
+	persisted, err := srv.persister.Persist(ctx, &persisterv1.PersistRequest{Envelopes: envs, DryRun: req.GetDryRun(), WireVersion: envelope.WireVersion})
 	if err != nil {
 		return nil, fmt.Errorf("persister: %w", err)
 	}
-	return &deriverv1.DeriveResponse{Outcomes: resp.GetOutcomes()}, nil
+	return &deriverv1.DeriveResponse{Outcomes: persisted.GetOutcomes()}, nil
 }
 
 // record writes a message's result into its envelope (values, transformed

@@ -46,6 +46,8 @@ type Message struct {
 	HaltedStage string
 	Reason      string
 	ReceivedAt  time.Time
+	// TraceID is the message's trace id, "" when it has none.
+	TraceID string
 	// Telemetry is the row for device_telemetry_logs; nil for messages
 	// that have none (failed_terminal, parked).
 	Telemetry *Telemetry

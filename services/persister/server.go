@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	persisterv1 "github.com/telemesh/telemesh/gen/telemesh/persister/v1"
@@ -17,6 +18,7 @@ import (
 	"github.com/telemesh/telemesh/internal/envelope"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/internal/tracing"
 )
 
 // Config tunes the stage.
@@ -48,11 +50,35 @@ type Server struct {
 	logs      *stagelog.Writer
 	publisher publisherv1.PublisherServiceClient
 	logger    *slog.Logger
+	spans     *tracing.Messages
+	writes    prometheus.Observer
+}
+
+// WithMetrics registers telemesh_persister_write_seconds on reg: how long
+// each batch's transaction took (the COPYs and statements of its rows, a
+// split batch's parts included), the cost the pipeline's rate hangs on.
+func (srv *Server) WithMetrics(reg prometheus.Registerer) (*Server, error) {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "telemesh_persister_write_seconds",
+		Help:    "Time to write one batch in Postgres: its transaction (COPY and statements), until commit.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
+	})
+	if err := reg.Register(h); err != nil {
+		return nil, fmt.Errorf("register persister metrics: %w", err)
+	}
+	srv.writes = h
+	return srv, nil
 }
 
 // New returns the persist stage.
 func New(cfg Config, store *Store, logs *stagelog.Writer, publisher publisherv1.PublisherServiceClient, logger *slog.Logger) *Server {
 	return &Server{cfg: cfg, store: store, logs: logs, publisher: publisher, logger: logger}
+}
+
+// WithTracing gives each message a persist span in its trace.
+func (srv *Server) WithTracing(p *tracing.Provider) *Server {
+	srv.spans = p.Messages(envelope.StagePersist)
+	return srv
 }
 
 // Register registers the stage's service on s.
@@ -61,12 +87,15 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 }
 
 // Persist stores the batch, then calls the publisher for the rows it stored.
-func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest) (*persisterv1.PersistResponse, error) {
+func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest) (resp *persisterv1.PersistResponse, err error) {
 	start := time.Now()
 	envs := req.GetEnvelopes()
 	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
 		return nil, err
 	}
+	// The span ends after the publisher answered, with the message's outcome.
+	spans := srv.spans.Start(ctx, envs)
+	defer func() { spans.EndAll(resp.GetOutcomes(), err) }()
 	msgs := make([]Message, len(envs))
 	for i, e := range envs {
 		msgs[i] = toMessage(e)
@@ -101,7 +130,11 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 		}
 		b.Add(&entry)
 	}
+	began := time.Now()
 	results, entries, err := srv.store.Persist(ctx, msgs, req.GetDryRun(), srv.logs, logs)
+	if srv.writes != nil && !req.GetDryRun() {
+		srv.writes.Observe(time.Since(began).Seconds())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("persist %d messages: %w", len(envs), err)
 	}
@@ -263,6 +296,7 @@ func toMessage(e *telemetryv1.Envelope) Message {
 		HaltedStage:     envelope.StageName(e.GetHaltedStage()),
 		Reason:          e.GetReason(),
 		ReceivedAt:      envelope.Time(e.GetReceivedAt()),
+		TraceID:         tracing.TraceID(e.GetTraceparent()),
 	}
 	var state string
 	switch e.GetStatus() {
@@ -332,7 +366,7 @@ func forPublisher(e *telemetryv1.Envelope, id uuid.UUID, out *telemetryv1.Outcom
 		DeliveryAttempt: e.GetDeliveryAttempt(), ReceivedAt: e.GetReceivedAt(), RecordedAt: e.GetRecordedAt(),
 		Transformed: e.GetTransformed(), Unresolved: e.GetUnresolved(), ValidationErrors: e.GetValidationErrors(),
 		Status: out.GetStatus(), ProcessingState: out.GetProcessingState(), HaltedStage: e.GetHaltedStage(),
-		Reason: e.GetReason(), ReasonCode: e.GetReasonCode(),
+		Reason: e.GetReason(), ReasonCode: e.GetReasonCode(), Traceparent: e.GetTraceparent(),
 	}
 	if pub.Transformed == "" {
 		pub.Transformed = e.GetValues()

@@ -66,10 +66,10 @@ type LogFunc func(b *stagelog.Batch, i int, r Result, carried bool)
 const insertMessages = `
 insert into ingestion_messages (id, organization_id, device_id, source_subject, source_message_id,
 	dedupe_key, stream_sequence, delivery_attempts, raw_payload, content_type, status, halted_stage,
-	error_summary, received_at, processed_at, raw_payload_bytes, raw_payload_sha256)
+	error_summary, received_at, processed_at, raw_payload_bytes, raw_payload_sha256, trace_id)
 select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
 	$7::bigint[], $8::int[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::text[],
-	$14::timestamptz[], $15::timestamptz[], $16::int[], $17::bytea[])
+	$14::timestamptz[], $15::timestamptz[], $16::int[], $17::bytea[], $18::text[])
 on conflict (dedupe_key) do update set
 	organization_id = excluded.organization_id,
 	device_id = excluded.device_id,
@@ -78,6 +78,7 @@ on conflict (dedupe_key) do update set
 	error_summary = excluded.error_summary,
 	delivery_attempts = excluded.delivery_attempts,
 	processed_at = excluded.processed_at,
+	trace_id = excluded.trace_id,
 	updated_at = now()
 -- Only a parked message is resumed; an original that reached persist is
 -- never overwritten, so its status always tells what happened to it.
@@ -350,6 +351,7 @@ func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, i
 		ids, orgs, devs                   = make([]pgtype.UUID, n), make([]pgtype.UUID, n), make([]pgtype.UUID, n)
 		subjects, keys, statuses          = make([]string, n), make([]string, n), make([]string, n)
 		srcIDs, ctypes, halted, summaries = make([]pgtype.Text, n), make([]pgtype.Text, n), make([]pgtype.Text, n), make([]pgtype.Text, n)
+		traces                            = make([]pgtype.Text, n)
 		seqs                              = make([]pgtype.Int8, n)
 		attempts                          = make([]int32, n)
 		payloads, sums                    = make([][]byte, n), make([][]byte, n)
@@ -372,9 +374,10 @@ func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, i
 		summaries[j] = pgText(withNote(m.Reason, p.Note()))
 		received[j] = m.ReceivedAt
 		processed[j] = pgtype.Timestamptz{Time: now, Valid: m.Status != StatusParked}
+		traces[j] = pgText(m.TraceID)
 	}
 	rows, err := tx.Query(ctx, insertMessages, ids, orgs, devs, subjects, srcIDs, keys, seqs, attempts,
-		payloads, ctypes, statuses, halted, summaries, received, processed, sizes, sums)
+		payloads, ctypes, statuses, halted, summaries, received, processed, sizes, sums, traces)
 	if err != nil {
 		return nil, fmt.Errorf("insert ingestion_messages: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/catalog"
@@ -40,6 +41,9 @@ type Item struct {
 	ValidationErrors []envelope.ValidationError
 	InvalidReason    string
 	Attempt          int
+	// Traceparent is the message's trace context, put on its event so a
+	// consumer continues the message's trace; "" when it has none.
+	Traceparent string
 }
 
 // ItemResult is what happened to one item.
@@ -141,7 +145,11 @@ func (p *Publisher) Publish(ctx context.Context, items []Item, dryRun bool) []It
 		// Each event has its own buffer: the future keeps the message
 		// until its ack.
 		body := appendEvent(make([]byte, 0, 256+len(it.Values)+len(it.Unresolved)), it)
-		fut, err := p.js.PublishAsync(subject, body, jetstream.WithMsgID(it.MessageID.String()))
+		msg := &nats.Msg{Subject: subject, Data: body}
+		if it.Traceparent != "" {
+			msg.Header = nats.Header{"traceparent": []string{it.Traceparent}}
+		}
+		fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(it.MessageID.String()))
 		if err != nil {
 			results[i].Err = diag.streamError(ctx, subject, err)
 			continue

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
@@ -22,6 +23,7 @@ import (
 	"github.com/telemesh/telemesh/internal/envelope"
 	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/internal/tracing"
 )
 
 // Config tunes the stage.
@@ -48,6 +50,8 @@ type Server struct {
 	catalog *catalog.Cache
 	logs    *stagelog.Writer
 	logger  *slog.Logger
+	spans   *tracing.Messages
+	retried *prometheus.CounterVec
 }
 
 // New returns the publish stage.
@@ -60,14 +64,23 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 	publisherv1.RegisterPublisherServiceServer(s, srv)
 }
 
+// WithTracing gives each message a publish span in its trace.
+func (srv *Server) WithTracing(p *tracing.Provider) *Server {
+	srv.spans = p.Messages(envelope.StagePublish)
+	return srv
+}
+
 // Publish publishes the persisted rows of a batch and records the result on
 // each row.
-func (srv *Server) Publish(ctx context.Context, req *publisherv1.PublishRequest) (*publisherv1.PublishResponse, error) {
+func (srv *Server) Publish(ctx context.Context, req *publisherv1.PublishRequest) (resp *publisherv1.PublishResponse, err error) {
 	start := time.Now()
 	envs := req.GetEnvelopes()
 	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
 		return nil, err
 	}
+	// Each event carries its message's publish span as its traceparent.
+	spans := srv.spans.Start(ctx, envs)
+	defer func() { spans.EndAll(resp.GetOutcomes(), err) }()
 	entries := make([]uuid.UUID, 0, len(req.GetOutboxIds()))
 	for _, id := range req.GetOutboxIds() {
 		u, err := uuid.Parse(id)
@@ -270,6 +283,10 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 			failed++
 		}
 	}
+	if srv.retried != nil {
+		srv.retried.WithLabelValues("failed").Add(float64(failed))
+		srv.retried.WithLabelValues("published").Add(float64(len(results) - failed))
+	}
 	srv.logger.Info("publish retry round", "entries", len(entries), "rows", len(rows), "failed", failed)
 	return len(rows), nil
 }
@@ -287,6 +304,7 @@ func itemFromEnvelope(e *telemetryv1.Envelope) Item {
 		Values:           jsonObject(e.GetTransformed()),
 		Unresolved:       jsonObject(e.GetUnresolved()),
 		Attempt:          1,
+		Traceparent:      e.GetTraceparent(),
 	}
 	if it.RecordedAt.IsZero() {
 		it.RecordedAt = envelope.Time(e.GetReceivedAt())

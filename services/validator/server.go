@@ -24,6 +24,7 @@ import (
 	"github.com/telemesh/telemesh/internal/envelope"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
+	"github.com/telemesh/telemesh/internal/tracing"
 	"github.com/telemesh/telemesh/internal/value"
 )
 
@@ -37,11 +38,18 @@ type Server struct {
 	persister persisterv1.PersisterServiceClient
 	logs      *stagelog.Writer
 	logger    *slog.Logger
+	spans     *tracing.Messages
 }
 
 // New returns the validate stage.
 func New(checker *Checker, cat *catalog.Cache, pool *pgxpool.Pool, deriver deriverv1.DeriverServiceClient, persister persisterv1.PersisterServiceClient, logs *stagelog.Writer, logger *slog.Logger) *Server {
 	return &Server{checker: checker, catalog: cat, pool: pool, deriver: deriver, persister: persister, logs: logs, logger: logger}
+}
+
+// WithTracing gives each message a validate span in its trace.
+func (srv *Server) WithTracing(p *tracing.Provider) *Server {
+	srv.spans = p.Messages(envelope.StageValidate)
+	return srv
 }
 
 // Register registers the stage's service on s.
@@ -51,12 +59,16 @@ func (srv *Server) Register(s grpc.ServiceRegistrar) {
 
 // Validate validates a batch and sends each message on: valid ones to the
 // deriver, stopped ones to the persister.
-func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateRequest) (*validatorv1.ValidateResponse, error) {
+func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateRequest) (resp *validatorv1.ValidateResponse, err error) {
 	start := time.Now()
 	envs := req.GetEnvelopes()
 	if err := envelope.CheckBatch(req.GetWireVersion(), envs); err != nil {
 		return nil, err
 	}
+	// Each message's span ends with the outcome that comes back up the
+	// chain, so it says how the message ended, not only what this stage did.
+	spans := srv.spans.Start(ctx, envs)
+	defer func() { spans.EndAll(resp.GetOutcomes(), err) }()
 	snap := srv.catalog.Snapshot()
 	if snap == nil {
 		return nil, errCatalogNotLoaded
@@ -119,6 +131,7 @@ func (srv *Server) Validate(ctx context.Context, req *validatorv1.ValidateReques
 			if entry.Stage == "" {
 				continue
 			}
+			spans.SetStage(i, entry.Status, entry.Code)
 			entry.Duration = took
 			e.StageLog = append(e.StageLog, srv.logs.Record(entry))
 		}

@@ -436,8 +436,9 @@ func TestDeviceAndTrace(t *testing.T) {
 	var tr struct {
 		Trace struct {
 			Message struct {
-				ID     uuid.UUID `json:"id"`
-				Status string    `json:"status"`
+				ID      uuid.UUID `json:"id"`
+				Status  string    `json:"status"`
+				TraceID string    `json:"trace_id"`
 			} `json:"message"`
 			StageLogs []struct {
 				Stage string `json:"stage"`
@@ -449,12 +450,15 @@ func TestDeviceAndTrace(t *testing.T) {
 		Chain  []string `json:"chain"`
 		Device string   `json:"device"`
 	}
+	// The message lookup shows the trace id, which leads to the trace.
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	e.exec(`update ingestion_messages set trace_id = $2 where id = $1`, ids[1], traceID)
 	for _, ref := range []string{ids[1].String(), "id:devices.d1.telemetry:m-1"} {
 		if got := e.do(http.MethodGet, "/api/trace?ref="+ref, "", nil, &tr); got != http.StatusOK {
 			t.Fatalf("trace %s: %d", ref, got)
 		}
 		if tr.Trace.Message.ID != ids[1] || len(tr.Trace.StageLogs) != 6 || tr.Trace.Telemetry == nil ||
-			tr.Trace.Telemetry.ProcessingState != "processed" || len(tr.Chain) != 6 || tr.Device != "d1" {
+			tr.Trace.Telemetry.ProcessingState != "processed" || len(tr.Chain) != 6 || tr.Device != "d1" || tr.Trace.Message.TraceID != traceID {
 			t.Errorf("trace of %s: %+v", ref, tr)
 		}
 	}

@@ -821,7 +821,8 @@
         row('reason', m.reason || '—'),
         row('deliveries', String(m.delivery_attempts)),
         row('received', fmtDateTime(m.received_at)),
-        row('processed', fmtDateTime(m.processed_at))),
+        row('processed', fmtDateTime(m.processed_at)),
+        row('trace id', m.trace_id ? el('span', { class: 'mono', id: 'trace-id' }, m.trace_id) : '—')),
       (t.other_matches || []).length ? el('p', { class: 'hint' }, 'Other messages with this id: ', ...t.other_matches.map((id) => el('button', { type: 'button', class: 'link', onclick: () => lookup(id) }, shortId(id) + ' '))) : null));
 
     const byStage = new Map();

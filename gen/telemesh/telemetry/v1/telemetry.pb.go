@@ -779,7 +779,13 @@ type Envelope struct {
 	// The stage that ends the message's way through the chain writes them with
 	// its own rows, so a batch's rows of every stage reach Postgres in one
 	// transaction instead of one per stage.
-	StageLog      []*StageRecord `protobuf:"bytes,31,rep,name=stage_log,json=stageLog,proto3" json:"stage_log,omitempty"`
+	StageLog []*StageRecord `protobuf:"bytes,31,rep,name=stage_log,json=stageLog,proto3" json:"stage_log,omitempty"`
+	// traceparent is the message's W3C trace context (the traceparent header
+	// of the device's NATS message, else the gateway's): each stage starts its
+	// span of the message as a child of it and sets it to that span before
+	// passing the message on, so one message reads as one trace across the
+	// batches it travels in. Empty when the message has no trace.
+	Traceparent   string `protobuf:"bytes,32,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1008,6 +1014,13 @@ func (x *Envelope) GetStageLog() []*StageRecord {
 		return x.StageLog
 	}
 	return nil
+}
+
+func (x *Envelope) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
 }
 
 // StageRecord is one row of ingestion_stage_logs, carried with its message.
@@ -1276,7 +1289,7 @@ const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\tparameter\x18\x01 \x01(\tR\tparameter\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1a\n" +
-	"\bcritical\x18\x04 \x01(\bR\bcritical\"\x84\n" +
+	"\bcritical\x18\x04 \x01(\bR\bcritical\"\xa6\n" +
 	"\n" +
 	"\bEnvelope\x12'\n" +
 	"\n" +
@@ -1315,7 +1328,8 @@ const file_telemesh_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
 	"unresolved\x18\x1e \x01(\tR\n" +
 	"unresolved\x12?\n" +
-	"\tstage_log\x18\x1f \x03(\v2\".telemesh.telemetry.v1.StageRecordR\bstageLogJ\x04\b\x13\x10\x14J\x04\b\x14\x10\x15J\x04\b\x15\x10\x16R\textractedR\amutatedR\aderived\"\x8e\x03\n" +
+	"\tstage_log\x18\x1f \x03(\v2\".telemesh.telemetry.v1.StageRecordR\bstageLog\x12 \n" +
+	"\vtraceparent\x18  \x01(\tR\vtraceparentJ\x04\b\x13\x10\x14J\x04\b\x14\x10\x15J\x04\b\x15\x10\x16R\textractedR\amutatedR\aderived\"\x8e\x03\n" +
 	"\vStageRecord\x122\n" +
 	"\x05stage\x18\x01 \x01(\x0e2\x1c.telemesh.telemetry.v1.StageR\x05stage\x12:\n" +
 	"\x06status\x18\x02 \x01(\x0e2\".telemesh.telemetry.v1.StageStatusR\x06status\x12\x1f\n" +

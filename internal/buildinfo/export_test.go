@@ -1,0 +1,4 @@
+package buildinfo
+
+// FromBuildInfo lets tests give the toolchain's record.
+var FromBuildInfo = fromBuildInfo
