@@ -563,8 +563,8 @@ func TestHostileIDsAndHeadersOverNATS(t *testing.T) {
 			}
 		}
 		// What the gateway will take as the id: NATS drops the blanks that
-		// lead a header value.
-		id := strings.TrimLeft(headerID, " \t")
+		// lead or end a header value.
+		id := strings.Trim(headerID, " \t")
 		if id == "" {
 			id, _ = gateway.PayloadMessageID(m.Data)
 		}
