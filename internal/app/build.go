@@ -94,7 +94,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			case <-time.After(time.Second):
 			}
 		}
-		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, 10*time.Second, d.logger)
+		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, o.Publisher.NATSTimeout, d.logger)
 		srv := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger)
 		return &builtStage{handler: srv, workers: []service.Worker{{Name: "publish-retry", Run: srv.RetryLoop}}}, nil
 	}
