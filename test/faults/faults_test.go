@@ -103,6 +103,27 @@ func faults() []fault {
 	}
 	return append(out,
 		fault{
+			// A deploy: every stage in turn stopped with SIGTERM and
+			// started again, the gateway first, as the chart's
+			// Deployments roll.
+			name:      "stages-rolling-restart",
+			minStream: 15 * time.Second,
+			inject: func(t *testing.T, e *faultEnv) {
+				e.waitStored(t, e.s.messages/5)
+				for i, stage := range stages {
+					start := time.Now()
+					e.mesh.stop(t, stage)
+					stopped := time.Since(start)
+					if i == len(stages)-1 {
+						e.mark("the restart of the last stage")
+					}
+					e.mesh.restart(t, stage)
+					e.note(fmt.Sprintf("%s stopped (SIGTERM) in %s and serving again %s later", stage,
+						stopped.Round(100*time.Millisecond), (time.Since(start) - stopped).Round(100*time.Millisecond)))
+				}
+			},
+		},
+		fault{
 			name: "nats-restart",
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
