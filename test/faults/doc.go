@@ -4,7 +4,8 @@
 // with unique ids, inject one fault at a time and then compare the ids NATS
 // acknowledged with what reached Postgres and the analytics stream.
 //
-// The faults: a stage killed with SIGKILL, NATS or Postgres restarted, a
+// The faults: a stage killed with SIGKILL, every stage restarted in turn
+// with SIGTERM as a deploy rolls them, NATS or Postgres restarted, a
 // stage frozen, the publisher cut off from NATS, messages sent again after
 // the NATS duplicate window; on a three-node JetStream cluster (streams and
 // bucket at three replicas, every stage given all three URLs) the stream's
