@@ -294,7 +294,8 @@ func TestStopHandsBackUnstartedMessages(t *testing.T) {
 }
 
 // TestSetupUpdatesAnExistingConsumer: a consumer made by an earlier
-// release, with a minute's ack wait and a large MaxAckPending, takes the
+// release, with a minute's ack wait, a large MaxAckPending and ten
+// deliveries, takes the
 // current settings when a gateway starts.
 func TestSetupUpdatesAnExistingConsumer(t *testing.T) {
 	f := newFixture(t, nil)
@@ -303,7 +304,7 @@ func TestSetupUpdatesAnExistingConsumer(t *testing.T) {
 		t.Fatalf("stream: %v", err)
 	}
 	if _, err := f.js.CreateConsumer(t.Context(), cfg.Stream, jetstream.ConsumerConfig{
-		Durable: cfg.Consumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 20000, MaxDeliver: cfg.MaxDeliver,
+		Durable: cfg.Consumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 20000, MaxDeliver: 10,
 	}); err != nil {
 		t.Fatalf("the earlier consumer: %v", err)
 	}
@@ -313,6 +314,9 @@ func TestSetupUpdatesAnExistingConsumer(t *testing.T) {
 	info := f.consumer(cfg)
 	if info.Config.AckWait != cfg.AckWait {
 		t.Errorf("ack wait %s, want %s", info.Config.AckWait, cfg.AckWait)
+	}
+	if info.Config.MaxDeliver != cfg.MaxDeliver {
+		t.Errorf("max deliver %d, want %d", info.Config.MaxDeliver, cfg.MaxDeliver)
 	}
 	if want := cfg.BatchSize * cfg.Concurrency; info.Config.MaxAckPending != want {
 		t.Errorf("MaxAckPending %d, want %d (batch size x batches in flight)", info.Config.MaxAckPending, want)

@@ -75,15 +75,19 @@ type Config struct {
 // DefaultConfig returns the settings used when none are given.
 func DefaultConfig() Config {
 	return Config{
-		Stream:      "TELEMETRY",
-		Subjects:    []string{"devices.>"},
-		Duplicates:  2 * time.Minute,
-		MaxAge:      7 * 24 * time.Hour,
-		Replicas:    1,
-		Consumer:    "telemesh-gateway",
-		AckWait:     5 * time.Second,
-		MaxDeliver:  10,
-		Backoff:     []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
+		Stream:     "TELEMETRY",
+		Subjects:   []string{"devices.>"},
+		Duplicates: 2 * time.Minute,
+		MaxAge:     7 * 24 * time.Hour,
+		Replicas:   1,
+		Consumer:   "telemesh-gateway",
+		AckWait:    5 * time.Second,
+		MaxDeliver: 15,
+		// Short first delays: a stage restarting (a deploy rolls them one
+		// after another) fails a batch several times within seconds, and
+		// each failure counts; longer ones relieve a stage that stays
+		// down, and the dead letter comes only after about four minutes.
+		Backoff:     []time.Duration{time.Second, time.Second, time.Second, 2 * time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
 		BatchSize:   500,
 		BatchAge:    5 * time.Millisecond,
 		Concurrency: 8,
