@@ -40,6 +40,12 @@ type fault struct {
 	// resend sends every tenth message again after the stream's duplicate
 	// window, so only telemesh's own dedupe can catch it.
 	resend bool
+	// holds, if set, is how long the fault keeps the pipeline from
+	// processing on purpose (a stage frozen, NATS cut off): no message
+	// published meanwhile can be processed before it ends, so the
+	// longest-wait target allows it on top of its own bound. Crashes and
+	// restarts hold nothing: their targets are the bare ones.
+	holds func(s suite) time.Duration
 	// inject waits for its moment, injects the fault and returns once the
 	// fault has ended (the stage restarted, the server back, ...). It
 	// marks the fault's moment, from which the recovery times run; without
@@ -157,8 +163,9 @@ func faults() []fault {
 			// ends the stages' sessions. One message per batch, so a call
 			// that fails carries a single message, which the gateway
 			// dead-letters if it takes the failure for the message's own.
-			name: "postgres-sessions-killed",
-			args: map[string][]string{gateway: {"--batch-size", "1"}},
+			name:  "postgres-sessions-killed",
+			args:  map[string][]string{gateway: {"--batch-size", "1"}},
+			holds: func(s suite) time.Duration { return s.terminate },
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
 				ended := 0
@@ -177,7 +184,8 @@ func faults() []fault {
 			},
 		},
 		fault{
-			name: "slow-deriver",
+			name:  "slow-deriver",
+			holds: func(s suite) time.Duration { return s.freeze },
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
 				e.mesh.freeze(t, deriver)
@@ -189,6 +197,7 @@ func faults() []fault {
 		fault{
 			name:           "publisher-nats-cut",
 			proxyPublisher: true,
+			holds:          func(s suite) time.Duration { return s.cut },
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
 				e.proxy.Cut()
@@ -513,6 +522,11 @@ func runFault(t *testing.T, s suite, f fault, r *report) {
 		t.Fatalf("measure the recovery: %v", err)
 	}
 	got.notes = append(got.notes, fmt.Sprintf("the times run from %s", e.momentWhat))
+	if f.holds != nil {
+		got.timings.held = f.holds(s)
+		got.notes = append(got.notes, fmt.Sprintf("the fault holds the pipeline %s on purpose: the longest-wait target is %s + %s",
+			got.timings.held, targetLongestWait, got.timings.held))
+	}
 	// The soak's checker, held to this one on every fault.
 	bulk, err := bulkCheck(checkCtx, e.db.Pool, js, maps.All(e.driver.ackedTimes()))
 	if err != nil {
