@@ -249,7 +249,12 @@ func (g *Gateway) pullBuffer() int {
 // consume pulls batches until ctx ends, the pipeline is paused, or the
 // subscription fails.
 func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) error {
-	iter, err := g.cons.Messages(jetstream.PullMaxMessages(g.pullBuffer()))
+	iter, err := g.cons.Messages(jetstream.PullMaxMessages(g.pullBuffer()),
+		// A pull request lives on the consumer's leader; when that server
+		// dies the request dies with it, silently. Idle heartbeats every
+		// second tell within two that it is gone, and the iterator pulls
+		// again, instead of after the default 30 s expiry.
+		jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		return fmt.Errorf("pull: %w", err)
 	}
@@ -290,11 +295,24 @@ func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) e
 		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 			return nil
 		}
+		if errors.Is(err, jetstream.ErrNoHeartbeat) {
+			// The iterator has forgotten the lost request and asks again
+			// on the next call.
+			g.logger.Info("pull request lost (no heartbeat); pulling again")
+			continue
+		}
 		if err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return err
 		}
 	}
 }
+
+// The pull requests' expiry and idle heartbeat: short, so a request lost
+// with a NATS server is noticed within seconds.
+const (
+	pullExpiry    = 5 * time.Second
+	pullHeartbeat = time.Second
+)
 
 // handBackWait bounds the wait for the last buffered messages once the
 // subscription drains on a stop.
