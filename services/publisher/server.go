@@ -41,7 +41,7 @@ type Config struct {
 
 // DefaultConfig returns the settings used when none are given.
 func DefaultConfig() Config {
-	return Config{RetryEvery: time.Second, RetryBatch: 500, RetryBase: time.Second, RetryMax: 5 * time.Minute, NATSTimeout: 2 * time.Second}
+	return Config{RetryEvery: 500 * time.Millisecond, RetryBatch: 500, RetryBase: 500 * time.Millisecond, RetryMax: 5 * time.Minute, NATSTimeout: 2 * time.Second}
 }
 
 // Server is the gRPC handler of the publish stage.
