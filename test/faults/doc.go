@@ -17,7 +17,8 @@
 // Every fault's line in the table gives, besides the set check, how
 // quickly the pipeline came back, from the fault's moment (a restart, a
 // kill the cluster is to survive, a promotion): moving again (the first
-// message processed after it), time to last processed, and the longest
+// message processed after it), time to last processed (of the messages
+// published before it: the backlog it held up), and the longest
 // wait of any message from its publish to its processed row, each with
 // PASS or FAIL against its target (5 s, 10 s, 10 s).
 //

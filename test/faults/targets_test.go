@@ -50,7 +50,9 @@ type timings struct {
 	// not measured.
 	settled bool
 	// moving runs from the fault's moment to the first message processed
-	// after it, last to the last message processed.
+	// after it, last to the last processed of the messages published
+	// before it: the backlog the fault held up. Messages published later
+	// flow as the driver sends them; the longest wait judges those.
 	moving, last time.Duration
 	// longestWait is the longest time from a message's acknowledgement by
 	// NATS to its processed row, and longestID the message that waited it.
@@ -145,7 +147,7 @@ func measureTimings(ctx context.Context, pool *pgxpool.Pool, acked map[string]ti
 		if w := p.at.Sub(ackedAt); w > tm.longestWait {
 			tm.longestWait, tm.longestID = w, p.id
 		}
-		if p.at.After(last) {
+		if ackedAt.Before(moment) && p.at.After(last) {
 			last = p.at
 		}
 		if !p.at.Before(moment) && (first.IsZero() || p.at.Before(first)) {
@@ -156,7 +158,7 @@ func measureTimings(ctx context.Context, pool *pgxpool.Pool, acked map[string]ti
 		tm.settled = true
 		return tm, nil
 	}
-	tm.moving, tm.last = first.Sub(moment), last.Sub(moment)
+	tm.moving, tm.last = first.Sub(moment), max(last.Sub(moment), 0)
 	return tm, nil
 }
 
@@ -164,7 +166,7 @@ func measureTimings(ctx context.Context, pool *pgxpool.Pool, acked map[string]ti
 // the outcome.
 func formTargets(enforce bool) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "targets: moving again within %s and the last message processed within %s of the fault's moment, no message waiting more than %s; ",
+	fmt.Fprintf(&b, "targets: moving again within %s and the last message published before the fault's moment processed within %s of it, no message waiting more than %s; ",
 		targetMoving, targetLast, targetLongestWait)
 	if enforce {
 		b.WriteString("enforced (" + EnvTargets + "=report to only report them)")
