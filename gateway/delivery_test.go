@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -72,9 +73,15 @@ func (c *chain) seen() map[string]int {
 // in-process NATS server and a chain on loopback gRPC.
 type fixture struct {
 	t     *testing.T
+	nats  *testnats.Server
+	nc    *nats.Conn
 	js    jetstream.JetStream
 	chain *chain
 	deps  func(cfg Config) *Gateway
+
+	mu sync.Mutex
+	// slow counts the messages the client dropped as a slow consumer.
+	slow int
 }
 
 func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fixture {
@@ -92,7 +99,25 @@ func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fix
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, js := testnats.New(t).Connect(t)
+	ns := testnats.New(t)
+	f := &fixture{t: t, nats: ns}
+	nc, err := nats.Connect(ns.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				f.mu.Lock()
+				f.slow++
+				f.mu.Unlock()
+			}
+		}))
+	if err != nil {
+		t.Fatalf("connect to NATS: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.nc, f.js = nc, js
 
 	c := &chain{hold: hold, calls: map[string]int{}}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -109,9 +134,19 @@ func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fix
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 
-	return &fixture{t: t, js: js, chain: c, deps: func(cfg Config) *Gateway {
+	f.chain = c
+	f.deps = func(cfg Config) *Gateway {
 		return New(cfg, js, validatorv1.NewValidatorServiceClient(conn), cat, db.Pool, logs, NewMetrics(prometheus.NewRegistry()), logger)
-	}}
+	}
+	return f
+}
+
+// slowConsumerDrops returns how many times the client reported dropping
+// messages as a slow consumer.
+func (f *fixture) slowConsumerDrops() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.slow
 }
 
 // config is the gateway's default configuration on the demo subjects.
@@ -353,5 +388,54 @@ func TestConfigValidate(t *testing.T) {
 				t.Errorf("want --%s named: %v", tc.flag, err)
 			}
 		})
+	}
+}
+
+// TestNoSlowConsumerAfterReconnect: after NATS restarts, the client pulls
+// again while what it pulled before is still buffered; the subscription
+// holds everything the consumer may deliver, so nothing is dropped as a
+// slow consumer (which would leave it waiting an ack wait).
+func TestNoSlowConsumerAfterReconnect(t *testing.T) {
+	release := make(chan struct{})
+	f := newFixture(t, func(ctx context.Context, ids []string) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+	})
+	cfg := f.config()
+	cfg.BatchSize, cfg.Concurrency = 5, 2
+	cfg.AckWait = 30 * time.Second
+	f.start(cfg)
+	ids := f.publish("reconnect", 200)
+	testutil.Eventually(t, 30*time.Second, "the gateway holding as much as it may", func() error {
+		if info := f.consumer(cfg); info.NumAckPending < cfg.BatchSize*cfg.Concurrency {
+			return fmt.Errorf("%d delivered and unacknowledged", info.NumAckPending)
+		}
+		return nil
+	})
+
+	f.nats.Restart(t)
+	testutil.Eventually(t, 30*time.Second, "the client reconnected", func() error {
+		if !f.nc.IsConnected() {
+			return errors.New("not connected")
+		}
+		return nil
+	})
+	close(release)
+	testutil.Eventually(t, 2*time.Minute, "every message acknowledged", func() error {
+		if info := f.consumer(cfg); info.NumAckPending != 0 || info.NumPending != 0 {
+			return fmt.Errorf("%d awaiting an ack, %d not delivered", info.NumAckPending, info.NumPending)
+		}
+		return nil
+	})
+	if n := f.slowConsumerDrops(); n != 0 {
+		t.Errorf("the client dropped messages as a slow consumer %d times", n)
+	}
+	seen := f.chain.seen()
+	for _, id := range ids {
+		if seen[id] == 0 {
+			t.Errorf("message %s never went down the chain", id)
+		}
 	}
 }
