@@ -252,8 +252,9 @@ func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) e
 	iter, err := g.cons.Messages(jetstream.PullMaxMessages(g.pullBuffer()),
 		// A pull request lives on the consumer's leader; when that server
 		// dies the request dies with it, silently. Idle heartbeats every
-		// second tell within two that it is gone, and the iterator pulls
-		// again, instead of after the default 30 s expiry.
+		// half second tell within one that it is gone, and the iterator
+		// pulls again (and again, until a new leader answers), instead of
+		// after the default 30 s expiry.
 		jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		return fmt.Errorf("pull: %w", err)
@@ -311,7 +312,7 @@ func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) e
 // with a NATS server is noticed within seconds.
 const (
 	pullExpiry    = 5 * time.Second
-	pullHeartbeat = time.Second
+	pullHeartbeat = 500 * time.Millisecond
 )
 
 // handBackWait bounds the wait for the last buffered messages once the
