@@ -49,14 +49,19 @@ type Config struct {
 	Replicas int
 	// Consumer is the durable pull consumer every gateway replica shares.
 	Consumer string
-	// AckWait is how long a delivered message may stay unacknowledged
-	// before JetStream redelivers it.
+	// AckWait is how long a delivered message may go without an ack or a
+	// sign of progress before JetStream redelivers it. A batch in flight
+	// sends progress every AckWait/3, so AckWait bounds only how long the
+	// messages of a crashed gateway wait, not how long a batch may take.
 	AckWait time.Duration
 	// MaxDeliver bounds deliveries; the last one that fails is dead-lettered.
 	MaxDeliver int
 	// Backoff is the redelivery delay after each failed delivery.
 	Backoff []time.Duration
-	// MaxAckPending bounds messages delivered and not yet acknowledged.
+	// MaxAckPending bounds messages delivered and not yet acknowledged,
+	// over every replica sharing the consumer. 0 sizes it to the batches
+	// in flight of one replica (BatchSize x Concurrency), so no message
+	// waits in a local buffer where nothing keeps its delivery alive.
 	MaxAckPending int
 	// BatchSize and BatchAge close a batch, whichever comes first.
 	BatchSize int
@@ -76,21 +81,24 @@ type Config struct {
 // DefaultConfig returns the settings used when none are given.
 func DefaultConfig() Config {
 	return Config{
-		Stream:        "TELEMETRY",
-		Subjects:      []string{"devices.>"},
-		Duplicates:    2 * time.Minute,
-		MaxAge:        7 * 24 * time.Hour,
-		Replicas:      1,
-		Consumer:      "telemesh-gateway",
-		AckWait:       60 * time.Second,
-		MaxDeliver:    10,
-		Backoff:       []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
-		MaxAckPending: 20000,
-		BatchSize:     500,
-		BatchAge:      5 * time.Millisecond,
-		Concurrency:   8,
-		CallTimeout:   45 * time.Second,
-		OwnPrefixes:   []string{"iot.v1.analytics", "iot.v1.invalid"},
+		Stream:     "TELEMETRY",
+		Subjects:   []string{"devices.>"},
+		Duplicates: 2 * time.Minute,
+		MaxAge:     7 * 24 * time.Hour,
+		Replicas:   1,
+		Consumer:   "telemesh-gateway",
+		AckWait:    5 * time.Second,
+		MaxDeliver: 15,
+		// Short first delays: a stage restarting (a deploy rolls them one
+		// after another) fails a batch several times within seconds, and
+		// each failure counts; longer ones relieve a stage that stays
+		// down, and the dead letter comes only after about four minutes.
+		Backoff:     []time.Duration{time.Second, time.Second, time.Second, 2 * time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
+		BatchSize:   500,
+		BatchAge:    5 * time.Millisecond,
+		Concurrency: 8,
+		CallTimeout: 45 * time.Second,
+		OwnPrefixes: []string{"iot.v1.analytics", "iot.v1.invalid"},
 
 		StoredPayloadBytes: 256 << 10,
 	}
@@ -169,13 +177,16 @@ func (g *Gateway) Setup(ctx context.Context) error {
 	// No BackOff: JetStream would take it as each delivery's ack wait and
 	// redeliver batches still in progress. A failed batch is NAKed with the
 	// gateway's own delay instead (retryLater); AckWait covers a crash.
+	// CreateOrUpdateConsumer also updates a consumer an earlier release
+	// made, so an existing deployment takes the new AckWait and
+	// MaxAckPending at its next start.
 	cons, err := g.js.CreateOrUpdateConsumer(ctx, g.cfg.Stream, jetstream.ConsumerConfig{
 		Durable:       g.cfg.Consumer,
 		Description:   "telemesh gateway; shared by every replica",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       g.cfg.AckWait,
 		MaxDeliver:    g.cfg.MaxDeliver,
-		MaxAckPending: g.cfg.MaxAckPending,
+		MaxAckPending: g.cfg.ackPending(),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
@@ -197,13 +208,17 @@ type delivered struct {
 
 // Run consumes until ctx ends. While the global pipeline switch is off it
 // stops pulling: the stream keeps the backlog, and resuming drains it. On
-// return every batch it started has been finished and acknowledged, or left
-// unacknowledged for redelivery.
+// return every batch it started has been finished, and every message it
+// pulled but did not start has been handed back (NAKed) for another
+// replica or the next start to take at once.
 func (g *Gateway) Run(ctx context.Context) error {
 	if g.cons == nil {
 		return errors.New("gateway: Setup was not called")
 	}
-	batches := make(chan []jetstream.Msg, g.cfg.Concurrency)
+	// Unbuffered: a batch is taken from the pull only when a worker is free
+	// to start it, so nothing waits in a local queue where its delivery is
+	// not kept alive.
+	batches := make(chan []jetstream.Msg)
 	var wg sync.WaitGroup
 	for range g.cfg.Concurrency {
 		wg.Add(1)
@@ -245,10 +260,27 @@ func (g *Gateway) Run(ctx context.Context) error {
 	return nil
 }
 
+// pullBuffer is how many messages one pull subscription may hold: what the
+// consumer may have delivered and not yet acknowledged, and a batch more
+// for status messages and a redelivery overtaking its first copy. The
+// subscription's buffer is as large as the pull, and JetStream never
+// delivers past MaxAckPending, so even after a reconnect, when the client
+// asks again while the server still delivers on the old request, no
+// message is dropped as a slow consumer.
+func (g *Gateway) pullBuffer() int {
+	return g.cfg.ackPending() + g.cfg.BatchSize
+}
+
 // consume pulls batches until ctx ends, the pipeline is paused, or the
 // subscription fails.
 func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) error {
-	iter, err := g.cons.Messages(jetstream.PullMaxMessages(2 * g.cfg.BatchSize))
+	iter, err := g.cons.Messages(jetstream.PullMaxMessages(g.pullBuffer()),
+		// A pull request lives on the consumer's leader; when that server
+		// dies the request dies with it, silently. Idle heartbeats every
+		// half second tell within one that it is gone, and the iterator
+		// pulls again (and again, until a new leader answers), instead of
+		// after the default 30 s expiry.
+		jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		return fmt.Errorf("pull: %w", err)
 	}
@@ -260,8 +292,8 @@ func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) e
 	}()
 	for {
 		if ctx.Err() != nil {
-			// Messages buffered but not taken stay unacknowledged and are
-			// redelivered to another replica after AckWait.
+			g.handBack(iter)
+			stopping = true
 			return nil
 		}
 		if !stopping && !g.catalog.Switches().Global.PipelineEnabled {
@@ -271,23 +303,73 @@ func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) e
 		}
 		batch, err := g.collect(iter)
 		if len(batch) > 0 {
+			if ctx.Err() != nil {
+				g.nak(batch)
+				g.handBack(iter)
+				stopping = true
+				return nil
+			}
 			select {
 			case batches <- batch:
 			case <-ctx.Done():
-				// Not started: leave them for redelivery.
-				for _, m := range batch {
-					_ = m.Nak()
-				}
+				g.nak(batch)
+				g.handBack(iter)
+				stopping = true
 				return nil
 			}
 		}
 		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 			return nil
 		}
+		if errors.Is(err, jetstream.ErrNoHeartbeat) {
+			// The iterator has forgotten the lost request and asks again
+			// on the next call.
+			g.logger.Info("pull request lost (no heartbeat); pulling again")
+			continue
+		}
 		if err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return err
 		}
 	}
+}
+
+// The pull requests' expiry and idle heartbeat: short, so a request lost
+// with a NATS server is noticed within seconds.
+const (
+	pullExpiry    = 5 * time.Second
+	pullHeartbeat = 500 * time.Millisecond
+)
+
+// handBackWait bounds the wait for the last buffered messages once the
+// subscription drains on a stop.
+const handBackWait = time.Second
+
+// handBack stops pulling and NAKs every message the subscription holds but
+// no worker started, so JetStream redelivers them at once to another
+// replica, or to this one's successor, instead of after AckWait.
+func (g *Gateway) handBack(iter jetstream.MessagesContext) {
+	iter.Drain()
+	n := 0
+	for {
+		m, err := iter.Next(jetstream.NextMaxWait(handBackWait))
+		if err != nil {
+			break
+		}
+		_ = m.Nak()
+		n++
+	}
+	if n > 0 {
+		g.metrics.handedBack.Add(float64(n))
+		g.logger.Info("stopping: messages pulled but not started handed back for redelivery", "messages", n)
+	}
+}
+
+// nak hands messages not started back for immediate redelivery.
+func (g *Gateway) nak(batch []jetstream.Msg) {
+	for _, m := range batch {
+		_ = m.Nak()
+	}
+	g.metrics.handedBack.Add(float64(len(batch)))
 }
 
 // collect takes up to BatchSize messages: it waits up to 200ms for the first
@@ -315,6 +397,40 @@ func (g *Gateway) collect(iter jetstream.MessagesContext) ([]jetstream.Msg, erro
 		batch = append(batch, m)
 	}
 	return batch, nil
+}
+
+// keepAlive tells JetStream every AckWait/3 that the messages are still
+// being worked on, so a batch that takes longer than AckWait (a slow stage,
+// a publish retried) is not redelivered while it is in flight. The returned
+// function stops it; call it once every message has its terminal outcome,
+// or has been NAKed. A gateway that dies stops sending, and its messages
+// come back after one AckWait.
+func (g *Gateway) keepAlive(msgs []jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(max(g.cfg.AckWait/3, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			for _, m := range msgs {
+				// A message acknowledged meanwhile answers
+				// ErrMsgAlreadyAckd; nothing to do for it.
+				_ = m.InProgress()
+			}
+			g.metrics.inProgress.Inc()
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }
 
 // handle sends one batch down the chain and acknowledges each message whose
@@ -355,6 +471,11 @@ func (g *Gateway) handle(ctx context.Context, msgs []jetstream.Msg) {
 			batch[i].spans, batch[i].i = spans, i
 		}
 	}
+	alive := make([]jetstream.Msg, len(batch))
+	for i, d := range batch {
+		alive[i] = d.msg
+	}
+	defer g.keepAlive(alive)()
 	// Each message carries its ingress row to the stage that ends its way
 	// through the chain, which writes it with its own rows in one
 	// transaction.
@@ -608,6 +729,15 @@ func ingressEntry(e *telemetryv1.Envelope, took time.Duration) stagelog.Entry {
 	return entry
 }
 
+// ackPending is the consumer's MaxAckPending: the setting, or when it is 0
+// the batches one replica has in flight.
+func (c Config) ackPending() int {
+	if c.MaxAckPending > 0 {
+		return c.MaxAckPending
+	}
+	return c.BatchSize * c.Concurrency
+}
+
 // Validate checks the settings and names the first bad one by its flag.
 func (c Config) Validate() error {
 	switch {
@@ -621,8 +751,14 @@ func (c Config) Validate() error {
 		return config.Invalid("concurrency", "must be at least 1")
 	case c.MaxDeliver < 2:
 		return config.Invalid("max-deliver", "must be at least 2 so a transient failure is retried")
-	case c.AckWait <= c.CallTimeout:
-		return config.Invalid("ack-wait", "%s must exceed --call-timeout %s, or batches in flight are redelivered", c.AckWait, c.CallTimeout)
+	case c.AckWait < 300*time.Millisecond:
+		return config.Invalid("ack-wait", "%s is too short: batches in flight signal progress every third of it", c.AckWait)
+	case c.CallTimeout <= 0:
+		return config.Invalid("call-timeout", "must be positive")
+	case c.MaxAckPending < 0:
+		return config.Invalid("max-ack-pending", "must not be negative (0 sizes it to --batch-size x --concurrency)")
+	case c.MaxAckPending > 0 && c.MaxAckPending < c.BatchSize:
+		return config.Invalid("max-ack-pending", "%d holds less than one batch of --batch-size %d", c.MaxAckPending, c.BatchSize)
 	case c.Replicas < 1 || c.Replicas > 5:
 		return config.Invalid("stream-replicas", "%d is out of range 1..5", c.Replicas)
 	}

@@ -11,6 +11,8 @@ type Metrics struct {
 	paused       prometheus.Gauge
 	batchSeconds prometheus.Histogram
 	resumed      prometheus.Counter
+	handedBack   prometheus.Counter
+	inProgress   prometheus.Counter
 }
 
 // NewMetrics registers the gateway's metrics on reg.
@@ -38,7 +40,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		resumed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "telemesh_gateway_resumed_total", Help: "Parked messages sent down the chain again.",
 		}),
+		handedBack: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "telemesh_gateway_handed_back_total", Help: "Messages pulled but not started, NAKed for immediate redelivery when the gateway stopped.",
+		}),
+		inProgress: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "telemesh_gateway_in_progress_total", Help: "Progress signals sent for batches in flight longer than a third of the ack wait.",
+		}),
 	}
-	reg.MustRegister(m.outcomes, m.naks, m.deadLettered, m.ignored, m.paused, m.batchSeconds, m.resumed)
+	reg.MustRegister(m.outcomes, m.naks, m.deadLettered, m.ignored, m.paused, m.batchSeconds, m.resumed, m.handedBack, m.inProgress)
 	return m
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -119,9 +120,9 @@ func addStageFlags(fs *pflag.FlagSet, o *app.Options) func() error {
 		fs.IntVar(&gw.Replicas, "stream-replicas", gw.Replicas, "stream replicas (3 in production)")
 		fs.DurationVar(&gw.MaxAge, "stream-max-age", gw.MaxAge, "how long the stream keeps messages")
 		fs.DurationVar(&gw.Duplicates, "stream-duplicates", gw.Duplicates, "the stream's Nats-Msg-Id duplicate window")
-		fs.DurationVar(&gw.AckWait, "ack-wait", gw.AckWait, "redelivery after this long without an ack")
+		fs.DurationVar(&gw.AckWait, "ack-wait", gw.AckWait, "redelivery after this long without an ack or a sign of progress (batches in flight signal it every third of this)")
 		fs.IntVar(&gw.MaxDeliver, "max-deliver", gw.MaxDeliver, "deliveries before a message is dead-lettered")
-		fs.IntVar(&gw.MaxAckPending, "max-ack-pending", gw.MaxAckPending, "messages delivered and not yet acknowledged")
+		fs.IntVar(&gw.MaxAckPending, "max-ack-pending", gw.MaxAckPending, "messages delivered and not yet acknowledged, over every replica (0: --batch-size x --concurrency)")
 		fs.IntVar(&gw.BatchSize, "batch-size", gw.BatchSize, "messages per batch")
 		fs.DurationVar(&gw.BatchAge, "batch-age", gw.BatchAge, "a batch closes after this long even when not full")
 		fs.IntVar(&gw.Concurrency, "concurrency", gw.Concurrency, "batches in flight")
@@ -149,13 +150,13 @@ func addStageFlags(fs *pflag.FlagSet, o *app.Options) func() error {
 	case app.Persister:
 		p := &o.Persister
 		fs.DurationVar(&p.PublishTimeout, "publish-timeout", p.PublishTimeout, "bound of the call to the publisher; past it rows are publish_failed and retried")
-		fs.DurationVar(&p.PublishLease, "publish-lease", p.PublishLease, "how long a pending row is left to the synchronous publish before the retry loop takes it")
+		fs.DurationVar(&p.PublishLease, "publish-lease", p.PublishLease, "how long the rows of a persister that stopped wait before the retry loop takes them (renewed while its publish is under way)")
 		return func() error {
 			if p.PublishTimeout <= 0 {
 				return config.Invalid("publish-timeout", "must be positive")
 			}
-			if p.PublishLease <= p.PublishTimeout {
-				return config.Invalid("publish-lease", "must exceed --publish-timeout")
+			if p.PublishLease < 300*time.Millisecond {
+				return config.Invalid("publish-lease", "%s is too short: it is renewed every third of it while a publish is under way", p.PublishLease)
 			}
 			return nil
 		}
@@ -168,6 +169,7 @@ func addStageFlags(fs *pflag.FlagSet, o *app.Options) func() error {
 		fs.DurationVar(&p.RetryEvery, "retry-every", p.RetryEvery, "how often publish_failed and stale pending rows are retried")
 		fs.IntVar(&p.RetryBatch, "retry-batch", p.RetryBatch, "rows one retry round takes")
 		fs.DurationVar(&p.RetryMax, "retry-max-backoff", p.RetryMax, "longest wait between publish retries of a row")
+		fs.DurationVar(&p.NATSTimeout, "nats-timeout", p.NATSTimeout, "bound of a batch's device-state writes and of the wait for its events' acks; past it the rows are publish_failed and retried")
 		return func() error {
 			switch {
 			case strings.TrimSpace(o.Env) == "":
@@ -176,6 +178,8 @@ func addStageFlags(fs *pflag.FlagSet, o *app.Options) func() error {
 				return config.Invalid("retry-every", "must be positive")
 			case p.RetryBatch < 1:
 				return config.Invalid("retry-batch", "must be at least 1")
+			case p.NATSTimeout <= 0:
+				return config.Invalid("nats-timeout", "must be positive")
 			case n.Replicas < 1 || n.Replicas > 5:
 				return config.Invalid("nats-replicas", "%d is out of range 1..5", n.Replicas)
 			}

@@ -104,7 +104,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			// The deadline ended it: name what kept failing.
 			return nil, fmt.Errorf("NATS setup: %w", cmp.Or(last, err))
 		}
-		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, 10*time.Second, d.logger)
+		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, o.Publisher.NATSTimeout, d.logger)
 		srv, err := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger).WithTracing(d.tracing).WithMetrics(d.reg)
 		if err != nil {
 			return nil, err

@@ -92,6 +92,22 @@ func Delay(ctx context.Context, q Execer, ids []uuid.UUID, due time.Time) error 
 	return nil
 }
 
+// Renew extends the publish lease of the entries ids: they become due lease
+// from now, by the database's clock, which every replica shares. The
+// persister renews the entries of a publish still under way, so the lease
+// can be short and a crashed owner's rows are taken over within one lease.
+// An entry already removed (its publish recorded) is no longer there to
+// renew, which is what should happen.
+func Renew(ctx context.Context, q Execer, ids []uuid.UUID, lease time.Duration) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := q.Exec(ctx, `update publish_outbox set due_at = now() + $2::interval where id = any($1)`, ids, lease); err != nil {
+		return fmt.Errorf("renew the publish lease of %d outbox entries: %w", len(ids), err)
+	}
+	return nil
+}
+
 // ClaimDue locks due entries, the earliest first, skipping entries another
 // replica holds, until they hold at least rows message ids or there are no
 // more; the lock lasts as long as tx.

@@ -199,9 +199,11 @@ func Roles() []Role {
 				Grant{Table: "device_telemetry_logs", Privileges: []string{Select, Insert}, Columns: updateOf(
 					"processing_state", "failure_reason", "next_publish_at", "publish_attempts", "updated_at")},
 				// The rows to publish go in the outbox in the same
-				// transaction, and are made due later when the publisher
-				// cannot be reached (internal/outbox Add, Delay).
-				Grant{Table: "publish_outbox", Privileges: []string{Insert}, Columns: updateOf("due_at", "attempts")},
+				// transaction; their lease is renewed while the publish is
+				// under way, and they are made due later when the publisher
+				// cannot be reached (internal/outbox Add, Renew, Delay).
+				// Select: those updates name their entries by id.
+				Grant{Table: "publish_outbox", Privileges: []string{Select, Insert}, Columns: updateOf("due_at", "attempts")},
 			),
 		},
 		{

@@ -136,8 +136,13 @@ func TestEachRoleHasOnlyTheGrantsItNeeds(t *testing.T) {
 				insertTelemetry, insertStageLog,
 				`update device_telemetry_logs set processing_state = 'publish_failed', failure_reason = 'x', next_publish_at = now(),
 					publish_attempts = publish_attempts + 1, updated_at = now()
-				where id = any('{}') and processing_state = 'pending'`},
-			forbidden: []string{`delete from device_telemetry_logs`, `delete from ingestion_messages`, `update devices set is_active = false`, insertOrganization},
+				where id = any('{}') and processing_state = 'pending'`,
+				insertOutbox,
+				// internal/outbox Renew and Delay.
+				`update publish_outbox set due_at = now() + interval '3 seconds' where id = any('{}')`,
+				`update publish_outbox set due_at = now(), attempts = attempts + 1 where id = any('{}')`},
+			forbidden: []string{`delete from device_telemetry_logs`, `delete from ingestion_messages`, `update devices set is_active = false`, insertOrganization,
+				`delete from publish_outbox`, `update publish_outbox set message_ids = '{}'`},
 		},
 		{
 			role: "publisher",

@@ -16,6 +16,7 @@ import (
 	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tracing"
@@ -27,7 +28,10 @@ type Config struct {
 	// publish_failed and the publisher's retry loop takes them.
 	PublishTimeout time.Duration
 	// PublishLease is how long a pending row is left to the synchronous
-	// publish before the retry loop may take it.
+	// publish before the retry loop may take it. The persister renews it
+	// every third of it while its call to the publisher is under way, so
+	// it bounds how long the rows of a crashed persister wait, not how
+	// long a publish may take.
 	PublishLease time.Duration
 	// RetryDelay is when a publish_failed row is first retried.
 	RetryDelay time.Duration
@@ -39,7 +43,7 @@ type Config struct {
 
 // DefaultConfig returns the settings used when none are given.
 func DefaultConfig() Config {
-	return Config{PublishTimeout: 10 * time.Second, PublishLease: 30 * time.Second, RetryDelay: 2 * time.Second, StoredPayloadBytes: 256 << 10}
+	return Config{PublishTimeout: 5 * time.Second, PublishLease: 3 * time.Second, RetryDelay: time.Second, StoredPayloadBytes: 256 << 10}
 }
 
 // Server is the gRPC handler of the persist stage.
@@ -197,7 +201,9 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 	for i, id := range entries {
 		ids[i] = id.String()
 	}
+	stopRenewing := srv.renewLease(ctx, entries)
 	resp, err := srv.publisher.Publish(pctx, &publisherv1.PublishRequest{Envelopes: envs, DryRun: dryRun, WireVersion: envelope.WireVersion, OutboxIds: ids})
+	stopRenewing()
 	if err == nil && len(resp.GetOutcomes()) == len(envs) {
 		for j, o := range resp.GetOutcomes() {
 			i := idx[j]
@@ -261,6 +267,45 @@ func (srv *Server) publish(ctx context.Context, dryRun bool, envs []*telemetryv1
 	// publish_failed until the retry loop takes it.
 	if err := srv.logs.Write(mctx, srv.store.pool, publishFailedLogs(envs, why)); err != nil {
 		srv.logger.ErrorContext(ctx, "could not write the publish stage logs of rows left publish_failed", "err", err)
+	}
+}
+
+// renewLease keeps the publish lease of the batch's outbox entries while
+// the call to the publisher is under way: every third of the lease it makes
+// them due one lease from then. The retry loop leaves a live call's rows
+// alone however long it takes, and takes over the rows of a persister that
+// died within one lease. The returned function stops it.
+func (srv *Server) renewLease(ctx context.Context, entries []uuid.UUID) (stop func()) {
+	if len(entries) == 0 || srv.cfg.PublishLease <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(max(srv.cfg.PublishLease/3, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), srv.cfg.PublishLease/3)
+			err := outbox.Renew(rctx, srv.store.pool, entries, srv.cfg.PublishLease)
+			cancel()
+			if err != nil {
+				// The retry loop may take the rows while the call is still
+				// under way; the publish is idempotent (compare-and-set,
+				// Nats-Msg-Id, a mark only of rows still waiting), so that
+				// costs a second publish, never a wrong row.
+				srv.logger.WarnContext(ctx, "could not renew the publish lease of a batch under way", "entries", len(entries), "err", err)
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
 	}
 }
 

@@ -95,8 +95,13 @@ func (p *Publisher) Publish(ctx context.Context, items []Item, dryRun bool) []It
 	if !dryRun {
 		var wrote bool
 		var down *ResourceError
+		// One bound for the batch's writes, not one per device: a bucket
+		// that does not answer would otherwise hold the batch for as many
+		// timeouts as it has devices.
+		sctx, cancel := context.WithTimeout(ctx, p.timeout)
+		defer cancel()
 		for _, u := range DeviceUpdates(items) {
-			if _, err := p.states.write(ctx, u); err != nil {
+			if _, err := p.states.write(sctx, u); err != nil {
 				err = diag.bucketError(ctx, err)
 				for _, i := range u.Items {
 					results[i].Err = err

@@ -4,7 +4,8 @@
 // with unique ids, inject one fault at a time and then compare the ids NATS
 // acknowledged with what reached Postgres and the analytics stream.
 //
-// The faults: a stage killed with SIGKILL, NATS or Postgres restarted, a
+// The faults: a stage killed with SIGKILL, every stage restarted in turn
+// with SIGTERM as a deploy rolls them, NATS or Postgres restarted, a
 // stage frozen, the publisher cut off from NATS, messages sent again after
 // the NATS duplicate window; on a three-node JetStream cluster (streams and
 // bucket at three replicas, every stage given all three URLs) the stream's
@@ -16,7 +17,8 @@
 // Every fault's line in the table gives, besides the set check, how
 // quickly the pipeline came back, from the fault's moment (a restart, a
 // kill the cluster is to survive, a promotion): moving again (the first
-// message processed after it), time to last processed, and the longest
+// message processed after it), time to last processed (of the messages
+// published before it: the backlog it held up), and the longest
 // wait of any message from its publish to its processed row, each with
 // PASS or FAIL against its target (5 s, 10 s, 10 s).
 //

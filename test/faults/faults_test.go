@@ -40,6 +40,12 @@ type fault struct {
 	// resend sends every tenth message again after the stream's duplicate
 	// window, so only telemesh's own dedupe can catch it.
 	resend bool
+	// holds, if set, is how long the fault keeps the pipeline from
+	// processing on purpose (a stage frozen, NATS cut off): no message
+	// published meanwhile can be processed before it ends, so the
+	// longest-wait target allows it on top of its own bound. Crashes and
+	// restarts hold nothing: their targets are the bare ones.
+	holds func(s suite) time.Duration
 	// inject waits for its moment, injects the fault and returns once the
 	// fault has ended (the stage restarted, the server back, ...). It
 	// marks the fault's moment, from which the recovery times run; without
@@ -103,6 +109,28 @@ func faults() []fault {
 	}
 	return append(out,
 		fault{
+			// A deploy: every stage in turn stopped with SIGTERM and
+			// started again, the gateway first, as the chart's
+			// Deployments roll.
+			name: "stages-rolling-restart",
+			inject: func(t *testing.T, e *faultEnv) {
+				e.waitStored(t, e.s.messages/3)
+				for i, stage := range stages {
+					// Mid-batch, as a deploy finds a busy stage.
+					e.mesh.waitBusy(t, stage)
+					start := time.Now()
+					e.mesh.stop(t, stage)
+					stopped := time.Since(start)
+					if i == len(stages)-1 {
+						e.mark("the restart of the last stage")
+					}
+					e.mesh.restart(t, stage)
+					e.note(fmt.Sprintf("%s stopped (SIGTERM) in %s and serving again %s later", stage,
+						stopped.Round(100*time.Millisecond), (time.Since(start) - stopped).Round(100*time.Millisecond)))
+				}
+			},
+		},
+		fault{
 			name: "nats-restart",
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
@@ -136,8 +164,9 @@ func faults() []fault {
 			// ends the stages' sessions. One message per batch, so a call
 			// that fails carries a single message, which the gateway
 			// dead-letters if it takes the failure for the message's own.
-			name: "postgres-sessions-killed",
-			args: map[string][]string{gateway: {"--batch-size", "1"}},
+			name:  "postgres-sessions-killed",
+			args:  map[string][]string{gateway: {"--batch-size", "1"}},
+			holds: func(s suite) time.Duration { return s.terminate },
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
 				ended := 0
@@ -156,7 +185,8 @@ func faults() []fault {
 			},
 		},
 		fault{
-			name: "slow-deriver",
+			name:  "slow-deriver",
+			holds: func(s suite) time.Duration { return s.freeze },
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
 				e.mesh.freeze(t, deriver)
@@ -168,6 +198,7 @@ func faults() []fault {
 		fault{
 			name:           "publisher-nats-cut",
 			proxyPublisher: true,
+			holds:          func(s suite) time.Duration { return s.cut },
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
 				e.proxy.Cut()
@@ -340,7 +371,7 @@ func TestFaults(t *testing.T) {
 	var reports []*report
 	t.Cleanup(func() {
 		t.Logf("fault suite, %s form (%d messages per fault; the times run from each fault's moment, named in its notes: "+
-			"moving again until the first message processed after it, time to last processed until the last, "+
+			"moving again until the first message processed after it, time to last processed until the last of those published before it, "+
 			"longest wait from a message's publish to its processed row):\n%s\n%s",
 			s.name, s.messages, formTargets(enforce), table(reports))
 	})
@@ -492,6 +523,11 @@ func runFault(t *testing.T, s suite, f fault, r *report) {
 		t.Fatalf("measure the recovery: %v", err)
 	}
 	got.notes = append(got.notes, fmt.Sprintf("the times run from %s", e.momentWhat))
+	if f.holds != nil {
+		got.timings.held = f.holds(s)
+		got.notes = append(got.notes, fmt.Sprintf("the fault holds the pipeline %s on purpose: the longest-wait target is %s + %s",
+			got.timings.held, targetLongestWait, got.timings.held))
+	}
 	// The soak's checker, held to this one on every fault.
 	bulk, err := bulkCheck(checkCtx, e.db.Pool, js, maps.All(e.driver.ackedTimes()))
 	if err != nil {

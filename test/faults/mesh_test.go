@@ -169,6 +169,25 @@ func (m *mesh) kill(t testing.TB, name string) {
 	<-s.p.done
 }
 
+// stop ends the stage with SIGTERM, as a rolling deploy does, and waits
+// for its graceful exit; a stage still running after its shutdown grace
+// and a margin fails the test.
+func (m *mesh) stop(t testing.TB, name string) {
+	t.Helper()
+	s := m.stages[name]
+	s.p.signal(t, syscall.SIGTERM)
+	select {
+	case <-s.p.done:
+	case <-time.After(stopWait):
+		s.p.kill()
+		t.Fatalf("%s still running %s after SIGTERM:\n%s", name, stopWait, s.p.output())
+	}
+}
+
+// stopWait bounds a stage's graceful exit: its --shutdown-grace (5 s) and
+// a margin for a busy machine.
+const stopWait = 30 * time.Second
+
 // restart starts a stopped or killed stage again on its address.
 func (m *mesh) restart(t testing.TB, name string) {
 	t.Helper()
