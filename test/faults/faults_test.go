@@ -113,6 +113,9 @@ func faults() []fault {
 			// started again, the gateway first, as the chart's
 			// Deployments roll.
 			name: "stages-rolling-restart",
+			// Five stops and starts, each waiting for its stage to be
+			// busy: the driver streams through all of them.
+			minStream: 20 * time.Second,
 			inject: func(t *testing.T, e *faultEnv) {
 				e.waitStored(t, e.s.messages/3)
 				for i, stage := range stages {
