@@ -129,7 +129,11 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		logger.Info("tracing on", "otlp_endpoint", tracing.Redacted(s.Tracing.Endpoint), "sampler", s.Tracing.Sampler, "ratio", s.Tracing.Ratio)
 	}
 
-	pool, err := pg.Open(ctx, s.DatabaseURL, pg.Options{ApplicationName: "telemesh-" + o.Stage})
+	popts := pg.Options{ApplicationName: "telemesh-" + o.Stage}
+	if t := tp.SQLTracer(); t != nil {
+		popts.Tracer = t
+	}
+	pool, err := pg.Open(ctx, s.DatabaseURL, popts)
 	if err != nil {
 		return err
 	}

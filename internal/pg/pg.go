@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -16,6 +17,9 @@ type Options struct {
 	ApplicationName string
 	// MaxConns bounds the pool.
 	MaxConns int32
+	// Tracer, if set, traces every statement (pgx.QueryTracer, and
+	// pgx.CopyFromTracer when it is one too).
+	Tracer pgx.QueryTracer
 }
 
 // ParseURL checks a Postgres URL or keyword/value string without connecting.
@@ -45,6 +49,9 @@ func Open(ctx context.Context, url string, opts Options) (*pgxpool.Pool, error) 
 		cfg.MaxConns = opts.MaxConns
 	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	if opts.Tracer != nil {
+		cfg.ConnConfig.Tracer = opts.Tracer
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres pool: %w", err)
