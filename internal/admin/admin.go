@@ -64,7 +64,12 @@ func New(addr string, gatherer prometheus.Gatherer, logger *slog.Logger, opts ..
 	}
 	s := &Server{logger: logger, ln: ln, checks: map[string]Check{}}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		// OpenMetrics, to a scraper that asks for it, carries the latency
+		// histograms' exemplars: the trace ids of sampled calls.
+		EnableOpenMetrics: true,
+	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))

@@ -17,6 +17,8 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/telemesh/telemesh/internal/tracing"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -112,7 +114,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		// caller receives. Recovery is innermost so a panic becomes an
 		// Internal error that everything above records.
 		grpc.ChainUnaryInterceptor(
-			metrics.UnaryServerInterceptor(),
+			metrics.UnaryServerInterceptor(grpcprom.WithExemplarFromContext(tracing.Exemplar)),
 			logging.UnaryServerInterceptor(slogAdapter(logger), logOptions...),
 			authorizeUnary(cfg.Authorize),
 			timeoutInterceptor(cfg.RequestTimeout),
@@ -121,7 +123,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(recoverHandler(logger))),
 		),
 		grpc.ChainStreamInterceptor(
-			metrics.StreamServerInterceptor(),
+			metrics.StreamServerInterceptor(grpcprom.WithExemplarFromContext(tracing.Exemplar)),
 			logging.StreamServerInterceptor(slogAdapter(logger), logOptions...),
 			authorizeStream(cfg.Authorize),
 			validateStream(protovalidatemw.StreamServerInterceptor(validator), cfg.Validated),

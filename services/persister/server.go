@@ -137,7 +137,7 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 	began := time.Now()
 	results, entries, err := srv.store.Persist(ctx, msgs, req.GetDryRun(), srv.logs, logs)
 	if srv.writes != nil && !req.GetDryRun() {
-		srv.writes.Observe(time.Since(began).Seconds())
+		tracing.Observe(ctx, srv.writes, time.Since(began).Seconds())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("persist %d messages: %w", len(envs), err)
