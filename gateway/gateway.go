@@ -513,7 +513,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 		// messages it carries, whose spans link back to the calls.
 		links := make([]trace.Link, 0, len(batch))
 		for _, d := range batch {
-			links = append(links, trace.LinkFromContext(tracing.Extract(d.env.GetTraceparent())))
+			links = append(links, tracing.Link(d.env.GetTraceparent()))
 		}
 		var span trace.Span
 		ctx, span = g.tracer.Start(ctx, "gateway batch", trace.WithLinks(links...), trace.WithAttributes(attribute.Int("telemesh.batch_size", len(batch))))
@@ -643,7 +643,7 @@ func (g *Gateway) deadLetter(ctx context.Context, d delivered, code, why string)
 	}
 	d.spans.Fail(d.i, rec.reason)
 	g.metrics.deadLettered.Inc()
-	g.logger.WarnContext(tracing.Extract(e.GetTraceparent()), "message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", rec.key, "reason", rec.reason, "error_id", errorID)
+	g.logger.WarnContext(tracing.ContextWith(ctx, e.GetTraceparent()), "message dead-lettered", "message_id", e.GetMessageId(), "dedupe_key", rec.key, "reason", rec.reason, "error_id", errorID)
 	_ = d.msg.Term()
 }
 

@@ -266,8 +266,8 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	// /readyz also says whether the health service says SERVING, so a
 	// probe of either sees the same: not while draining, nor before the
 	// checks below have passed once.
-	adm.AddCheck("serving", func(context.Context) error {
-		if !srv.Serving() {
+	adm.AddCheck("serving", func(ctx context.Context) error {
+		if !srv.Serving(ctx) {
 			return errNotServing
 		}
 		return nil

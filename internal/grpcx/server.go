@@ -216,8 +216,8 @@ func (s *Server) Ready() {
 
 // Serving reports whether the health service says SERVING for the whole
 // server.
-func (s *Server) Serving() bool {
-	resp, err := s.Health.Check(context.Background(), &healthpb.HealthCheckRequest{})
+func (s *Server) Serving(ctx context.Context) bool {
+	resp, err := s.Health.Check(ctx, &healthpb.HealthCheckRequest{})
 	return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -40,14 +41,16 @@ type heldTrace struct {
 	failed bool
 }
 
-func newKeepFailed(exp sdktrace.SpanExporter, logger *slog.Logger) *keepFailed {
+func newKeepFailed(ctx context.Context, exp sdktrace.SpanExporter, logger *slog.Logger) *keepFailed {
 	k := &keepFailed{
 		exp: exp, logger: logger,
 		held: map[trace.TraceID]*heldTrace{},
 		out:  make(chan []sdktrace.ReadOnlySpan, 256),
 		done: make(chan struct{}),
 	}
-	go k.export()
+	// Exports outlive the context the provider was built under: the last
+	// ones go out while the stage shuts down.
+	go k.export(context.WithoutCancel(ctx))
 	return k
 }
 
@@ -96,13 +99,23 @@ func (k *keepFailed) OnEnd(s sdktrace.ReadOnlySpan) {
 	}
 }
 
-func (k *keepFailed) export() {
+func (k *keepFailed) export(ctx context.Context) {
 	defer close(k.done)
 	for spans := range k.out {
-		if err := k.exp.ExportSpans(context.Background(), spans); err != nil {
+		if err := k.exportOnce(ctx, spans); err != nil {
 			k.logger.Warn("could not export the spans of a failed message", "spans", len(spans), "err", err)
 		}
 	}
+}
+
+// exportTimeout bounds one export, so an exporter that hangs cannot hold
+// the failed messages' spans behind it for ever.
+const exportTimeout = 10 * time.Second
+
+func (k *keepFailed) exportOnce(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	ctx, cancel := context.WithTimeout(ctx, exportTimeout)
+	defer cancel()
+	return k.exp.ExportSpans(ctx, spans)
 }
 
 // ForceFlush waits for nothing: spans are handed to the exporter as soon as

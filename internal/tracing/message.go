@@ -219,12 +219,25 @@ func Failed(o *telemetryv1.Outcome) bool {
 // reads the W3C format itself: a stage calls it for every message of every
 // batch, and the propagator's carrier costs a map each time.
 func Extract(traceparent string) context.Context {
-	ctx := context.Background()
+	return ContextWith(context.Background(), traceparent)
+}
+
+// ContextWith returns ctx holding the remote span context a traceparent
+// names, or ctx itself when it names none, so that what ctx carries (its
+// deadline, its values) stays.
+func ContextWith(ctx context.Context, traceparent string) context.Context {
 	sc, ok := parse(traceparent)
 	if !ok {
 		return ctx
 	}
 	return trace.ContextWithRemoteSpanContext(ctx, sc)
+}
+
+// Link returns a link to the span a traceparent names; a missing or
+// malformed one gives an empty link, which a span ignores.
+func Link(traceparent string) trace.Link {
+	sc, _ := parse(traceparent)
+	return trace.Link{SpanContext: sc}
 }
 
 // parse reads a traceparent: version "-" trace-id "-" parent-id "-" flags,

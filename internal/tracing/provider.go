@@ -66,7 +66,7 @@ func New(ctx context.Context, cfg Config, service string, build buildinfo.Info, 
 		sdktrace.WithSampler(keepFailedSampler{sampler(cfg)}),
 		// Registered first so it is shut down (and hands over what it
 		// holds) before the batcher shuts the shared exporter down.
-		sdktrace.WithSpanProcessor(newKeepFailed(exp, logger)),
+		sdktrace.WithSpanProcessor(newKeepFailed(ctx, exp, logger)),
 		sdktrace.WithBatcher(exp),
 	)
 	return &Provider{tp: sdk, sdk: sdk}, nil

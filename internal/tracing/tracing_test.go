@@ -93,7 +93,7 @@ func TestKeepFailedExportsOnlyFailedTraces(t *testing.T) {
 	exp := keptExporter{tracetest.NewInMemoryExporter()}
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithSampler(keepFailedSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))}),
-		sdktrace.WithSpanProcessor(newKeepFailed(exp, logging.Discard())),
+		sdktrace.WithSpanProcessor(newKeepFailed(t.Context(), exp, logging.Discard())),
 		sdktrace.WithBatcher(exp),
 	)
 	tr := tp.Tracer("test")
@@ -151,7 +151,7 @@ func TestOffWithoutEndpoint(t *testing.T) {
 func BenchmarkMessageSpans(b *testing.B) {
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithSampler(keepFailedSampler{sampler(Config{Sampler: "parentbased_traceidratio", Ratio: DefaultRatio})}),
-		sdktrace.WithSpanProcessor(newKeepFailed(keptExporter{tracetest.NewInMemoryExporter()}, logging.Discard())),
+		sdktrace.WithSpanProcessor(newKeepFailed(b.Context(), keptExporter{tracetest.NewInMemoryExporter()}, logging.Discard())),
 	)
 	defer func() { _ = tp.Shutdown(context.Background()) }()
 	p := &Provider{tp: tp, sdk: tp}
