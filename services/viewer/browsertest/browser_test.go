@@ -258,7 +258,7 @@ func (b *browser) waitJS(t *testing.T, d time.Duration, what, expr string) {
 func (b *browser) visibleText() string {
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
 	defer cancel()
-	text, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector('section.tab.active') || document.body).innerText.slice(0, 3000)`))
+	text, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector('section.tab.active') || document.body).innerText.slice(0, 6000)`))
 	if err != nil {
 		return "(unreadable: " + err.Error() + ")"
 	}
@@ -364,7 +364,14 @@ func TestViewerInBrowser(t *testing.T) {
 		if _, err := m.js.Publish(ctx, "devices.thermo-01.telemetry", []byte(`{"humidity": 40, "message_id": "browser-bad"}`)); err != nil {
 			t.Fatal(err)
 		}
-		b.do(t, testWait, chromedp.Click(chromedp.CSS(`#live-table tr[data-device="thermo-01"] td:nth-child(3) button`)))
+		// The live table re-renders as messages arrive, so a click can land
+		// on a row that is being replaced: click until the panel names the
+		// device.
+		b.waitJS(t, testWait, "the device panel of thermo-01", `(() => {
+			if (document.getElementById('dev-name').textContent === 'thermo-01') return true;
+			document.querySelector('#live-table tr[data-device="thermo-01"] td:nth-child(3) button')?.click();
+			return false;
+		})()`)
 		b.waitJS(t, testWait, "the latest values from the KV bucket",
 			`document.querySelector('#dev-latest .latest-topic[data-topic="telemetry"] .chip.derived[data-key="temp_f"]') !== null`)
 		b.waitJS(t, testWait, "charts, the derived ones marked",

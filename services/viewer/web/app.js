@@ -581,7 +581,12 @@
         el('div', { class: 'meta' }, topic + ' · recorded ' + fmtDateTime(ts.recorded_at) + ' · ', traceButton(ts.message_id)),
         valueChips(ts.values, derived, null)));
     }
-    if (!latest.length) latest.push(el('p', { class: 'hint' }, 'No state in the bucket for this device yet.'));
+    if (!latest.length) {
+      latest.push(el('p', { class: 'hint' }, 'No state in the bucket for this device yet.'));
+      // A state written after the page read the bucket (a publish retried,
+      // a bucket rebuilt) comes with no event of the device: look again.
+      if (!stateRefresh) stateRefresh = setTimeout(refreshState, 3000);
+    }
     $('dev-latest').replaceChildren(...latest);
 
     // Charts of the last minutes.
