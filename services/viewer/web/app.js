@@ -500,7 +500,12 @@
         topicsDone.add(p.topic);
         setUnresolved(p.topic, p.unresolved, p.recorded_at);
       }
+      // An invalid message whose event arrived while the device loaded is
+      // kept, if the answer, read a moment earlier, does not hold it yet.
+      const arrived = dev.invalid;
       dev.invalid = (d.invalid || []).map((m) => ({ id: m.message_id, at: m.received_at, reason: m.reason, errors: m.errors, status: m.status }));
+      for (const m of arrived) if (!dev.invalid.some((x) => x.id === m.id)) dev.invalid.unshift(m);
+      dev.invalid.length = Math.min(dev.invalid.length, LIMITS.invalid);
       renderDevice();
     } catch (e) {
       $('dev-latest').replaceChildren(el('p', { class: 'error' }, 'Cannot load the device: ' + e.message));
