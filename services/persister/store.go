@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -135,6 +136,9 @@ func (s *Store) Persist(ctx context.Context, msgs []Message, dryRun bool, sl *st
 // refused reports whether a write failed for what its rows held, so that
 // it fails again however often it is retried.
 func refused(err error) bool {
+	if errors.Is(err, errKeyTaken) {
+		return false // another writer's row, not this one's content
+	}
 	return pg.Refused(err) || errors.Is(err, ErrEncode)
 }
 
@@ -142,6 +146,14 @@ func refused(err error) bool {
 // results, splitting them as [Store.Persist] says.
 func (s *Store) persistIsolating(ctx context.Context, msgs []Message, idx []int, sl *stagelog.Writer, logs LogFunc, results []Result, outbox *[]uuid.UUID) error {
 	err := s.persistTx(ctx, msgs, idx, false, sl, logs, results, outbox)
+	for range 3 {
+		if !errors.Is(err, errKeyTaken) {
+			break
+		}
+		// Another writer stored one of the keys after this one looked:
+		// the next lookup finds it.
+		err = s.persistTx(ctx, msgs, idx, false, sl, logs, results, outbox)
+	}
 	if !refused(err) {
 		return err
 	}
@@ -208,7 +220,7 @@ func (s *Store) writeRefused(ctx context.Context, recs []Message, i int, sl *sta
 		return Result{}, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	stored, err := s.insertMessages(ctx, tx, recs, []int{0})
+	stored, err := s.insertMessages(ctx, tx, recs, []int{0}, false)
 	if err != nil {
 		return Result{}, err
 	}
@@ -262,7 +274,7 @@ func (s *Store) persistTx(ctx context.Context, msgs []Message, idx []int, noRawJ
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	stored, err := s.insertMessages(ctx, tx, msgs, unique)
+	stored, err := s.insertMessages(ctx, tx, msgs, unique, true)
 	if err != nil {
 		return err
 	}
@@ -345,8 +357,152 @@ func fillInBatchDuplicates(msgs []Message, idx, first []int, results []Result) {
 	}
 }
 
-func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, idx []int) (map[string]uuid.UUID, error) {
-	n := len(idx)
+// errKeyTaken is returned when another writer stored a message row with
+// one of the batch's dedupe keys between the lookup and the copy: the
+// transaction is written again, and the lookup then finds the key.
+var errKeyTaken = errors.New("a dedupe key was stored by another writer meanwhile")
+
+// messageColumns are the columns of a message row, in the order of
+// insertMessages' parameters.
+var messageColumns = []string{
+	"id", "organization_id", "device_id", "source_subject", "source_message_id",
+	"dedupe_key", "stream_sequence", "delivery_attempts", "raw_payload", "content_type", "status", "halted_stage",
+	"error_summary", "received_at", "processed_at", "raw_payload_bytes", "raw_payload_sha256", "trace_id",
+}
+
+// messageRow is a message row as it is written, one value per column of
+// messageColumns.
+type messageRow struct {
+	id, org, dev                           pgtype.UUID
+	subject, key, status                   string
+	srcID, ctype, halted, summary, traceID pgtype.Text
+	seq                                    pgtype.Int8
+	attempts                               int32
+	payload, sum                           []byte
+	size                                   pgtype.Int4
+	received                               time.Time
+	processed                              pgtype.Timestamptz
+}
+
+func (s *Store) messageRow(m *Message, now time.Time) messageRow {
+	p := s.storedPayload(m.RawPayload)
+	return messageRow{
+		id: pgUUID(m.ID), org: pgUUID(m.OrganizationID), dev: pgUUID(m.DeviceID),
+		subject: m.SourceSubject, key: m.DedupeKey, status: m.Status,
+		srcID: pgText(m.SourceMessageID), ctype: pgText(m.ContentType), halted: pgText(m.HaltedStage),
+		summary: pgText(withNote(m.Reason, p.Note())), traceID: pgText(m.TraceID),
+		seq:      pgtype.Int8{Int64: int64(m.StreamSequence), Valid: m.StreamSequence > 0},
+		attempts: int32(max(m.DeliveryAttempt, 1)),
+		payload:  p.Kept, sum: p.SHA256,
+		size:      pgtype.Int4{Int32: int32(min(p.Size, math.MaxInt32)), Valid: p.Cut()},
+		received:  m.ReceivedAt,
+		processed: pgtype.Timestamptz{Time: now, Valid: m.Status != StatusParked},
+	}
+}
+
+// insertMessages writes the message rows of msgs idx (their dedupe keys
+// distinct) and returns the ids of the rows written, by dedupe key: a new
+// row, or a parked or queued one resumed. A key whose original reached
+// persist is left out; the caller reads it as a duplicate.
+//
+// With fresh, the keys are looked up first and the rows of keys never seen
+// are copied: a row copied is written once, where an upsert writes it with a
+// speculative insertion and its confirmation, and in Postgres' multi-row
+// form. Only the keys found go through the upsert. A key another writer
+// stores between the lookup and the copy fails the copy with
+// [errKeyTaken].
+func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, idx []int, fresh bool) (map[string]uuid.UUID, error) {
+	now := time.Now()
+	rows := make([]messageRow, len(idx))
+	for j, i := range idx {
+		rows[j] = s.messageRow(&msgs[i], now)
+	}
+	if !fresh {
+		return upsertMessages(ctx, tx, rows)
+	}
+	keys := make([]string, len(rows))
+	for j := range rows {
+		keys[j] = rows[j].key
+	}
+	found, err := originalsOf(ctx, tx, keys)
+	if err != nil {
+		return nil, err
+	}
+	if len(found) == 0 {
+		return copyMessages(ctx, tx, rows)
+	}
+	var known, unknown []messageRow
+	for _, r := range rows {
+		if _, ok := found[r.key]; ok {
+			known = append(known, r)
+		} else {
+			unknown = append(unknown, r)
+		}
+	}
+	stored, err := copyMessages(ctx, tx, unknown)
+	if err != nil {
+		return nil, err
+	}
+	resumed, err := upsertMessages(ctx, tx, known)
+	if err != nil {
+		return nil, err
+	}
+	for k, id := range resumed {
+		stored[k] = id
+	}
+	return stored, nil
+}
+
+// copyMessages copies rows, whose keys no stored row has, into
+// ingestion_messages.
+func copyMessages(ctx context.Context, tx pgx.Tx, rows []messageRow) (map[string]uuid.UUID, error) {
+	stored := make(map[string]uuid.UUID, len(rows))
+	if len(rows) == 0 {
+		return stored, nil
+	}
+	vals := make([]any, len(messageColumns))
+	i := 0
+	src := pgx.CopyFromFunc(func() ([]any, error) {
+		if i == len(rows) {
+			return nil, nil
+		}
+		r := &rows[i]
+		i++
+		vals[0], vals[1], vals[2], vals[3], vals[4] = r.id, r.org, r.dev, r.subject, r.srcID
+		vals[5], vals[6], vals[7], vals[8], vals[9], vals[10], vals[11] = r.key, r.seq, r.attempts, r.payload, r.ctype, r.status, r.halted
+		vals[12], vals[13], vals[14], vals[15], vals[16], vals[17] = r.summary, r.received, r.processed, r.size, r.sum, r.traceID
+		return vals, nil
+	})
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"ingestion_messages"}, messageColumns, src); err != nil {
+		if keyTaken(err) {
+			return nil, fmt.Errorf("copy ingestion_messages: %w: %w", errKeyTaken, err)
+		}
+		return nil, fmt.Errorf("copy ingestion_messages: %w", err)
+	}
+	for j := range rows {
+		stored[rows[j].key] = rows[j].id.Bytes
+	}
+	return stored, nil
+}
+
+// uniqueViolation is the SQLSTATE of a unique constraint refusing a row.
+const uniqueViolation = "23505"
+
+// keyTaken reports whether err is a unique violation of a message row's
+// dedupe key.
+func keyTaken(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == uniqueViolation && pgErr.ConstraintName == "ingestion_messages_dedupe_key_key"
+}
+
+// upsertMessages writes rows with insertMessagesSQL: new keys are inserted,
+// parked and queued rows resumed, others left as they are.
+func upsertMessages(ctx context.Context, tx pgx.Tx, rows []messageRow) (map[string]uuid.UUID, error) {
+	n := len(rows)
+	stored := make(map[string]uuid.UUID, n)
+	if n == 0 {
+		return stored, nil
+	}
 	var (
 		ids, orgs, devs                   = make([]pgtype.UUID, n), make([]pgtype.UUID, n), make([]pgtype.UUID, n)
 		subjects, keys, statuses          = make([]string, n), make([]string, n), make([]string, n)
@@ -357,43 +513,32 @@ func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, i
 		payloads, sums                    = make([][]byte, n), make([][]byte, n)
 		sizes                             = make([]pgtype.Int4, n)
 		received, processed               = make([]time.Time, n), make([]pgtype.Timestamptz, n)
-		now                               = time.Now()
 	)
-	for j, i := range idx {
-		m := &msgs[i]
-		ids[j] = pgUUID(m.ID)
-		orgs[j] = pgUUID(m.OrganizationID)
-		devs[j] = pgUUID(m.DeviceID)
-		subjects[j], keys[j], statuses[j] = m.SourceSubject, m.DedupeKey, m.Status
-		srcIDs[j], ctypes[j], halted[j] = pgText(m.SourceMessageID), pgText(m.ContentType), pgText(m.HaltedStage)
-		seqs[j] = pgtype.Int8{Int64: int64(m.StreamSequence), Valid: m.StreamSequence > 0}
-		attempts[j] = int32(max(m.DeliveryAttempt, 1))
-		p := s.storedPayload(m.RawPayload)
-		payloads[j], sums[j] = p.Kept, p.SHA256
-		sizes[j] = pgtype.Int4{Int32: int32(min(p.Size, math.MaxInt32)), Valid: p.Cut()}
-		summaries[j] = pgText(withNote(m.Reason, p.Note()))
-		received[j] = m.ReceivedAt
-		processed[j] = pgtype.Timestamptz{Time: now, Valid: m.Status != StatusParked}
-		traces[j] = pgText(m.TraceID)
+	for j := range rows {
+		r := &rows[j]
+		ids[j], orgs[j], devs[j] = r.id, r.org, r.dev
+		subjects[j], keys[j], statuses[j] = r.subject, r.key, r.status
+		srcIDs[j], ctypes[j], halted[j], summaries[j], traces[j] = r.srcID, r.ctype, r.halted, r.summary, r.traceID
+		seqs[j], attempts[j], payloads[j], sums[j], sizes[j] = r.seq, r.attempts, r.payload, r.sum, r.size
+		received[j], processed[j] = r.received, r.processed
 	}
-	rows, err := tx.Query(ctx, insertMessages, ids, orgs, devs, subjects, srcIDs, keys, seqs, attempts,
+	res, err := tx.Query(ctx, insertMessages, ids, orgs, devs, subjects, srcIDs, keys, seqs, attempts,
 		payloads, ctypes, statuses, halted, summaries, received, processed, sizes, sums, traces)
 	if err != nil {
 		return nil, fmt.Errorf("insert ingestion_messages: %w", err)
 	}
-	defer rows.Close()
-	stored := make(map[string]uuid.UUID, n)
-	for rows.Next() {
+	defer res.Close()
+	for res.Next() {
 		var (
 			id  uuid.UUID
 			key string
 		)
-		if err := rows.Scan(&id, &key); err != nil {
+		if err := res.Scan(&id, &key); err != nil {
 			return nil, fmt.Errorf("insert ingestion_messages: %w", err)
 		}
 		stored[key] = id
 	}
-	if err := rows.Err(); err != nil {
+	if err := res.Err(); err != nil {
 		return nil, fmt.Errorf("insert ingestion_messages: %w", err)
 	}
 	return stored, nil

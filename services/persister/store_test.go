@@ -1,7 +1,9 @@
 package persister
 
 import (
+	"context"
 	"crypto/rand"
+	"errors"
 	"crypto/sha256"
 	"fmt"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/testdb"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // randomText returns n random letters and digits, which Postgres cannot
@@ -120,6 +123,24 @@ func TestPersist(t *testing.T) {
 				}
 				if n := count(`select count(*) from device_telemetry_logs where id = $1`, res[0].OriginalID); n != 1 {
 					t.Errorf("resumed row has no telemetry row under the parked id")
+				}
+			},
+		},
+		{
+			name:  "another message is parked",
+			batch: []Message{msg("p8", StatusParked, false)},
+			want:  []Disposition{Inserted},
+		},
+		{
+			name:  "new, known and parked keys in one batch: copied, left, resumed",
+			batch: []Message{msg("n7", StatusCompleted, true), msg("k1", StatusCompleted, true), msg("p8", StatusCompleted, true)},
+			want:  []Disposition{Inserted, Duplicate, Resumed},
+			check: func(t *testing.T, batch []Message, res []Result) {
+				if n := count(`select count(*) from ingestion_messages where dedupe_key = 'n7' and id = $1 and status = 'completed'`, batch[0].ID); n != 1 {
+					t.Errorf("new key n7 not stored under its id")
+				}
+				if n := count(`select count(*) from ingestion_messages where dedupe_key = 'p8' and status = 'completed' and id = $1`, res[2].OriginalID); n != 1 {
+					t.Errorf("parked p8 not completed under its parked id")
 				}
 			},
 		},
@@ -244,5 +265,76 @@ func TestPersist(t *testing.T) {
 				tt.check(t, tt.batch, res)
 			}
 		})
+	}
+}
+
+// TestPersistKeyStoredMeanwhile stores a key from another transaction after
+// the persister looked it up and before its copy: the copy waits for that
+// transaction, fails on the key, and the batch is written again with the
+// message a duplicate of the other writer's row and its neighbour stored.
+func TestPersistKeyStoredMeanwhile(t *testing.T) {
+	db := testdb.New(t)
+	ctx := t.Context()
+	store := NewStore(db.Pool, 30*time.Second)
+	logs, _ := stagelog.New(stagelog.ModeAll, 1, "test")
+	other, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = other.Rollback(context.WithoutCancel(ctx)) }()
+	otherID := uuid.Must(uuid.NewV7())
+	if _, err := other.Exec(ctx, `insert into ingestion_messages (id, source_subject, dedupe_key, status, received_at)
+		values ($1, 'devices.d.telemetry', 'raced', 'completed', now())`, otherID); err != nil {
+		t.Fatal(err)
+	}
+	batch := []Message{
+		{ID: uuid.Must(uuid.NewV7()), DedupeKey: "raced", SourceSubject: "devices.d.telemetry", Status: StatusCompleted, ReceivedAt: time.Now()},
+		{ID: uuid.Must(uuid.NewV7()), DedupeKey: "calm", SourceSubject: "devices.d.telemetry", Status: StatusCompleted, ReceivedAt: time.Now(),
+			DeviceID: uuid.New(), RawPayload: []byte(`{"temp_c": 1}`),
+			Telemetry: &Telemetry{Topic: "telemetry", RecordedAt: time.Now(), State: StatePending, Valid: true, Mutated: `{"temp_c":1}`, Transformed: `{"temp_c":1}`}},
+	}
+	type outcome struct {
+		res []Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, _, err := store.Persist(ctx, batch, false, logs, nil)
+		done <- outcome{res, err}
+	}()
+	// The copy waits for the other transaction's key.
+	testutil.Eventually(t, 30*time.Second, "the persister's copy waits for the other writer", func() error {
+		var waiting int
+		if err := db.Pool.QueryRow(ctx, `select count(*) from pg_stat_activity
+			where datname = current_database() and wait_event_type = 'Lock' and query ilike 'copy%ingestion_messages%'`).Scan(&waiting); err != nil {
+			return err
+		}
+		if waiting == 0 {
+			return errors.New("no copy waits")
+		}
+		return nil
+	})
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Persist did not return within 30s of the other writer's commit")
+	}
+	if o.err != nil {
+		t.Fatalf("Persist: %v", o.err)
+	}
+	if o.res[0].Disposition != Duplicate || o.res[0].OriginalID != otherID {
+		t.Errorf("raced key: %+v, want a duplicate of %s", o.res[0], otherID)
+	}
+	if o.res[1].Disposition != Inserted || o.res[1].OriginalID != batch[1].ID {
+		t.Errorf("its neighbour: %+v, want inserted as %s", o.res[1], batch[1].ID)
+	}
+	// Written again as it was, not as a batch whose content was refused.
+	var kept bool
+	if err := db.Pool.QueryRow(ctx, `select raw_payload is not null from device_telemetry_logs where id = $1`, batch[1].ID).Scan(&kept); err != nil || !kept {
+		t.Errorf("the neighbour's telemetry row lost its JSON payload (%v)", err)
 	}
 }
