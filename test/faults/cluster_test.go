@@ -56,6 +56,9 @@ func startNATSCluster(t testing.TB) *natsCluster {
 			dir: dir, store: filepath.Join(dir, "store"),
 		})
 	}
+	// A name of its own, so that servers of two clusters (two suites on
+	// one machine) would refuse each other's routes rather than join.
+	name := fmt.Sprintf("telemesh-faults-%d", c.nodes[0].clusterPort)
 	routes := make([]string, len(c.nodes))
 	for i, n := range c.nodes {
 		routes[i] = fmt.Sprintf("%q", "nats://127.0.0.1:"+strconv.Itoa(n.clusterPort))
@@ -66,11 +69,11 @@ listen: "127.0.0.1:%d"
 http: "127.0.0.1:%d"
 jetstream { store_dir: %q }
 cluster {
-  name: "telemesh-faults"
+  name: %q
   listen: "127.0.0.1:%d"
   routes: [%s]
 }
-`, n.name, n.port, n.monitorPort, n.store, n.clusterPort, strings.Join(routes, ", "))
+`, n.name, n.port, n.monitorPort, n.store, name, n.clusterPort, strings.Join(routes, ", "))
 		if err := os.WriteFile(n.conf(), []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
 		}

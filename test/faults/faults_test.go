@@ -587,10 +587,23 @@ func (e *faultEnv) waitStored(t *testing.T, n int) {
 			return err
 		}
 		if got < n {
-			return fmt.Errorf("%d stored:\n%s", got, e.mesh.logs())
+			return fmt.Errorf("%d stored:\n%s%s", got, e.mesh.logs(), e.natsLogs())
 		}
 		return nil
 	})
+}
+
+// natsLogs is what the fault's NATS servers printed, when they run as a
+// cluster.
+func (e *faultEnv) natsLogs() string {
+	if e.cluster == nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, n := range e.cluster.nodes {
+		b.WriteString("==== nats-" + n.name + "\n" + n.p.output() + "\n")
+	}
+	return b.String()
 }
 
 // recovery is how a fault's mesh came back.

@@ -86,11 +86,18 @@ func connectNATS(t testing.TB, url string) jetstream.JetStream {
 	return js
 }
 
-// freePort returns a loopback port nobody listened on a moment ago. A
-// process that must keep its port across restarts (NATS, Postgres) needs
-// one chosen up front.
+// freePort returns a loopback port that nothing listens on and that no
+// other test process of this machine holds, reserved until the test ends. A
+// process that must keep its port across restarts (NATS, Postgres) needs one
+// chosen up front, and while it restarts the port must stay its own: a port
+// the kernel hands out for listening or connecting may be taken by any
+// process meanwhile, so ports come from below the ephemeral range, reserved
+// with a lock file that every suite on the machine honours.
 func freePort(t testing.TB) int {
 	t.Helper()
+	if port, ok := reservePort(t); ok {
+		return port
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
