@@ -18,7 +18,10 @@ type results struct {
 	// machine says where it ran; postgres and nats are the servers'
 	// versions.
 	machine, postgres, nats string
-	modes                   map[string]*modeResults
+	// walSettings are the Postgres settings that decide what a write
+	// costs in WAL.
+	walSettings string
+	modes       map[string]*modeResults
 	// prefilled is mode all's in-process run into tables that already
 	// held settings.prefill telemetry rows.
 	prefilled *throughput
@@ -105,6 +108,7 @@ func (res *results) versions(r *rig) {
 		return
 	}
 	res.nats = r.nc.ConnectedServerVersion()
+	res.walSettings = walSettings(r.tb, r.conn)
 	if err := r.conn.QueryRow(context.Background(), `show server_version`).Scan(&res.postgres); err != nil {
 		res.postgres = "(version unknown: " + err.Error() + ")"
 	}

@@ -267,6 +267,9 @@ type throughput struct {
 	// postgresLocal is false when Postgres's processes could not be read.
 	postgresLocal bool
 	wal           int64
+	// fpi is the full-page images in that WAL, checkpoints how many
+	// checkpoints began or ended during the run.
+	fpi, checkpoints int64
 	// rss is each telemesh process's peak resident set, and nats-server's,
 	// in bytes.
 	rss map[string]int64
@@ -290,7 +293,7 @@ func (s *rig) runBacklog(n int) *throughput {
 	pids["nats-server"] = s.nats.p.pid()
 	cpu := startCPU(s.tb, pids)
 	s.pg.restart(s.tb)
-	lsn := walLSN(s.tb, s.conn)
+	mark := markWAL(s.tb, s.conn)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	published := make(chan error, 1)
@@ -299,7 +302,9 @@ func (s *rig) runBacklog(n int) *throughput {
 	_, last := s.waitDone(published, base+n, deadlineFor(n))
 
 	r := &throughput{shape: s.mesh.shape, messages: n, elapsed: last.Sub(start), cpu: map[string]time.Duration{}, rss: map[string]int64{}}
-	r.wal = walSince(s.tb, s.conn, lsn)
+	end := markWAL(s.tb, s.conn)
+	r.wal = walSince(s.tb, s.conn, mark.lsn)
+	r.fpi, r.checkpoints = end.fpi-mark.fpi, end.checkpoints-mark.checkpoints
 	r.postgres, r.postgresLocal = s.pg.used(s.tb)
 	for name, c := range cpu.used(s.tb) {
 		if name == "nats-server" {

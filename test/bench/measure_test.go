@@ -225,6 +225,54 @@ func (p *pgCPU) used(tb testing.TB) (cpu time.Duration, ok bool) {
 	return cpu, p.local
 }
 
+// walMark is where the server's WAL stood: its position, the full-page
+// images written so far and the checkpoints done.
+type walMark struct {
+	lsn              string
+	fpi, checkpoints int64
+}
+
+// walCounters are read from pg_stat_wal and pg_stat_bgwriter (Postgres 15
+// and 16) or pg_stat_checkpointer (17 and later).
+const walCounters = `select pg_current_wal_lsn()::text, (select wal_fpi from pg_stat_wal),
+	coalesce((select checkpoints_timed + checkpoints_req from pg_stat_bgwriter), 0)`
+
+const walCountersCheckpointer = `select pg_current_wal_lsn()::text, (select wal_fpi from pg_stat_wal),
+	(select num_timed + num_requested from pg_stat_checkpointer)`
+
+// markWAL reads where the server's WAL stands.
+func markWAL(tb testing.TB, conn *pgx.Conn) walMark {
+	tb.Helper()
+	var m walMark
+	var version int
+	if err := conn.QueryRow(context.Background(), `select current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		tb.Fatalf("read the server version: %v", err)
+	}
+	q := walCounters
+	if version >= 170000 {
+		q = walCountersCheckpointer
+	}
+	if err := conn.QueryRow(context.Background(), q).Scan(&m.lsn, &m.fpi, &m.checkpoints); err != nil {
+		tb.Fatalf("read the WAL position and counters: %v", err)
+	}
+	return m
+}
+
+// walSettings are the server settings that decide how many bytes a write
+// costs in WAL beyond the rows themselves: after a checkpoint every page is
+// written whole once (full_page_writes), compressed or not
+// (wal_compression), and max_wal_size and checkpoint_timeout decide how
+// often that happens.
+func walSettings(tb testing.TB, conn *pgx.Conn) string {
+	tb.Helper()
+	var s string
+	if err := conn.QueryRow(context.Background(), `select format('full_page_writes %s, wal_compression %s, max_wal_size %s, checkpoint_timeout %s',
+		current_setting('full_page_writes'), current_setting('wal_compression'), current_setting('max_wal_size'), current_setting('checkpoint_timeout'))`).Scan(&s); err != nil {
+		return "(WAL settings unknown: " + err.Error() + ")"
+	}
+	return s
+}
+
 // walLSN returns the server's current WAL position.
 func walLSN(tb testing.TB, conn *pgx.Conn) string {
 	tb.Helper()

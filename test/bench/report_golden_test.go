@@ -29,6 +29,7 @@ func TestTable(t *testing.T) {
 	res := &results{
 		settings: settings{messages: 200_000, latencySeconds: 20, prefill: 10_000_000},
 		machine:  "2 CPUs, linux/amd64, go1.26.8", postgres: "15.20", nats: "2.15.2",
+		walSettings: "full_page_writes on, wal_compression off, max_wal_size 1GB, checkpoint_timeout 5min",
 		modes: map[string]*modeResults{
 			"all": {
 				inProcess: run(inProcess, 35.6, map[string]float64{"telemesh": 34.2}, 8, 32.8, 1_189_800_000,

@@ -31,7 +31,8 @@ func (res *results) write(w io.Writer) {
 	s := res.settings
 	fmt.Fprintf(w, "\ntelemesh pipeline benchmark: %s messages per backlog run, batches of %d, paced latency runs of %d s\n",
 		thousands(float64(s.messages)), tuning.batchSize, s.latencySeconds)
-	fmt.Fprintf(w, "%s; PostgreSQL %s; nats-server %s (its own process, JetStream file store)\n\n", res.machine, res.postgres, res.nats)
+	fmt.Fprintf(w, "%s; PostgreSQL %s; nats-server %s (its own process, JetStream file store)\n", res.machine, res.postgres, res.nats)
+	fmt.Fprintf(w, "WAL settings: %s\n\n", res.walSettings)
 
 	// Headings stand on their own lines and do not widen the first column.
 	rows := [][]string{{"", "mode all", "mode failures", "target (all / failures)"}}
@@ -71,7 +72,8 @@ CPU: user + system time from /proc over the run, per message. telemesh is the st
   run's database's backends and workers plus the server's background processes (WAL writer,
   checkpointer...), which also serve any other database busy on the server.
 WAL: pg_current_wal_lsn() before and after the run: cluster-wide, so other databases' writes at the
-  same time count too.
+  same time count too. Full-page images (pg_stat_wal.wal_fpi) are the pages written whole, up to 8 kB
+  each, the first time each is changed after a checkpoint: a run that crosses a checkpoint writes more.
 peak RSS: VmHWM of each process at the end of its backlog run.
 `)
 }
@@ -228,6 +230,9 @@ func throughputFigures(of func(*modeResults) *throughput) []figure {
 		})},
 		{label: "WAL bytes/msg", target: "≤ 2,000 / ≤ 1,000", value: v(func(r *throughput) string {
 			return thousands(float64(r.wal) / float64(r.messages))
+		})},
+		{label: "WAL full-page images per 1,000 msg", value: v(func(r *throughput) string {
+			return fmt.Sprintf("%.0f (%d checkpoints)", float64(r.fpi)*1000/float64(r.messages), r.checkpoints)
 		})},
 	}
 }

@@ -160,8 +160,10 @@ func (n *natsNode) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(n.po
 func (n *natsNode) start(t testing.TB) {
 	t.Helper()
 	n.p = startProc(t, "nats-"+n.name, natsServerBin, "-c", n.conf())
-	if _, ok := n.p.waitLine(func(l string) bool { return strings.Contains(l, "Server is ready") }, 30*time.Second); !ok {
-		t.Fatalf("nats-server %s not ready within 30s:\n%s", n.name, n.p.output())
+	// A server recovers its whole store before it is ready: millions of
+	// messages after a long soak take minutes.
+	if _, ok := n.p.waitLine(func(l string) bool { return strings.Contains(l, "Server is ready") }, 5*time.Minute); !ok {
+		t.Fatalf("nats-server %s not ready within 5m:\n%s", n.name, n.p.output())
 	}
 }
 
