@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/telemesh/telemesh/internal/config"
-	"github.com/telemesh/telemesh/internal/health"
+	"github.com/telemesh/telemesh/internal/pipelinestate"
 )
 
 func newDoctorCmd(e env) *cobra.Command {
@@ -62,7 +62,7 @@ Exit codes:
 		if window <= 0 {
 			return config.Invalid("window", "%s: must be positive", window)
 		}
-		v, err := health.Doctor(cmd.Context(), cfg, health.DoctorOptions{Window: window, ExpectSubject: expectSubject})
+		v, err := pipelinestate.Doctor(cmd.Context(), cfg, pipelinestate.DoctorOptions{Window: window, ExpectSubject: expectSubject})
 		if err != nil {
 			return err
 		}
@@ -81,7 +81,7 @@ Exit codes:
 				fmt.Fprintf(e.stdout, "\nfix: %s\n", v.Fix)
 			}
 		}
-		if v.ExitCode == health.ExitPaused {
+		if v.ExitCode == pipelinestate.ExitPaused {
 			return &exitCodeError{code: v.ExitCode, err: fmt.Errorf("doctor: %w", errPaused)}
 		}
 		if v.ExitCode != 0 {

@@ -16,25 +16,27 @@ import (
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/health"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipelinestate"
 )
 
 // errUnhealthy is returned by status when the report lists problems, so
 // the command exits 1.
 var errUnhealthy = errors.New("unhealthy")
 
-// errPaused is returned, with exit code [health.ExitPaused], by status and
-// doctor when the global pipeline switch is off and nothing is wrong.
+// errPaused is returned, with exit code [pipelinestate.ExitPaused], by
+// status and doctor when the global pipeline switch is off and nothing is
+// wrong.
 var errPaused = errors.New("paused")
 
 // meshFlags are the connection flags status and doctor share.
 type meshFlags struct {
-	cfg     health.Config
+	cfg     pipelinestate.Config
 	targets map[string]*string
 }
 
 // addMeshFlags registers the connection flags on fs.
 func addMeshFlags(fs *pflag.FlagSet) *meshFlags {
-	m := &meshFlags{cfg: health.DefaultConfig(), targets: map[string]*string{}}
+	m := &meshFlags{cfg: pipelinestate.DefaultConfig(), targets: map[string]*string{}}
 	addMeshFileFlag(fs)
 	fs.StringVar(&m.cfg.DatabaseURL, "database-url", "", "Postgres URL the stages write to (required unless a running telemesh up gives it)")
 	fs.StringVar(&m.cfg.NATSURL, "nats-url", m.cfg.NATSURL, "NATS URL the gateway reads from")
@@ -61,20 +63,20 @@ func addMeshFlags(fs *pflag.FlagSet) *meshFlags {
 }
 
 // prepare applies the environment and validates the flags.
-func (m *meshFlags) prepare(fs *pflag.FlagSet, e env) (health.Config, error) {
+func (m *meshFlags) prepare(fs *pflag.FlagSet, e env) (pipelinestate.Config, error) {
 	if err := config.ApplyEnv(fs, e.lookupEnv); err != nil {
-		return health.Config{}, err
+		return pipelinestate.Config{}, err
 	}
 	// A setting given wrong is named whether or not a mesh is found; what
 	// the mesh file fills in is checked the same way after.
 	if err := m.check(); err != nil {
-		return health.Config{}, err
+		return pipelinestate.Config{}, err
 	}
 	if err := m.locate(fs, e); err != nil {
-		return health.Config{}, err
+		return pipelinestate.Config{}, err
 	}
 	if err := m.check(); err != nil {
-		return health.Config{}, err
+		return pipelinestate.Config{}, err
 	}
 	cfg := m.cfg
 	if cfg.DatabaseURL == "" {
@@ -122,8 +124,11 @@ func newStatusCmd(e env) *cobra.Command {
 		Short: "Show the health of every stage, the stream and consumer, the switches and recent throughput",
 		Long: `status asks every stage for its gRPC health, reads the JetStream stream and
 the gateway's consumer, the pipeline switches, what each stage did over the
-last --minutes (from ingestion_stage_logs, by status and reason code, with
-the text of the latest of each) and the publish_failed and parked counts.
+last --minutes (the messages it handled by status and reason code, from the
+per-minute counts the stages keep beside ingestion_stage_logs, with the text
+of the latest of each), the publish_failed rows waiting in the publish outbox
+and the parked messages. The viewer's health panel reads the same figures the
+same way.
 
 Failures are grouped by a stable reason code (invalid_json, unknown_device,
 unknown_topic, required, max, inactive, duplicate, parked, missing_input,
@@ -156,7 +161,7 @@ Exit codes:
 		if err != nil {
 			return err
 		}
-		rep, err := health.Gather(cmd.Context(), cfg)
+		rep, err := pipelinestate.Gather(cmd.Context(), cfg)
 		if err != nil {
 			return fmt.Errorf("status: %w", err)
 		}
@@ -164,7 +169,7 @@ Exit codes:
 			enc := json.NewEncoder(e.stdout)
 			enc.SetIndent("", "  ")
 			if err := enc.Encode(struct {
-				*health.Report
+				*pipelinestate.Report
 				Healthy bool `json:"healthy"`
 			}{rep, rep.Healthy()}); err != nil {
 				return fmt.Errorf("status: %w", err)
@@ -173,10 +178,10 @@ Exit codes:
 			return fmt.Errorf("status: %w", err)
 		}
 		switch rep.State {
-		case health.StateUnhealthy:
+		case pipelinestate.StateUnhealthy:
 			return fmt.Errorf("%w: %d problem(s)", errUnhealthy, len(rep.Problems))
-		case health.StatePaused:
-			return &exitCodeError{code: health.ExitPaused, err: fmt.Errorf("status: %w", errPaused)}
+		case pipelinestate.StatePaused:
+			return &exitCodeError{code: pipelinestate.ExitPaused, err: fmt.Errorf("status: %w", errPaused)}
 		}
 		return nil
 	}
@@ -184,7 +189,7 @@ Exit codes:
 }
 
 // printReport writes the report as tables.
-func printReport(w io.Writer, r *health.Report) error {
+func printReport(w io.Writer, r *pipelinestate.Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STAGE\tTARGET\tSTATUS\tADDRESSES")
 	for _, s := range r.Stages {
@@ -226,28 +231,28 @@ func printReport(w io.Writer, r *health.Report) error {
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "PUBLISH FAILED\t%d (%d in the last %d min)\nPARKED\t%d\n", r.PublishFailed, r.PublishFailedRecent, r.Minutes, r.Parked)
 	for _, rc := range r.PublishFailedReasons {
-		fmt.Fprintf(tw, "  %s\n", health.ReasonLine(rc))
+		fmt.Fprintf(tw, "  %s\n", pipelinestate.ReasonLine(rc))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
 	switch r.State {
-	case health.StateUnhealthy:
+	case pipelinestate.StateUnhealthy:
 		fmt.Fprintln(w, "unhealthy:")
 		for _, p := range r.Problems {
 			fmt.Fprintln(w, "  "+p)
 		}
-	case health.StateHealthy:
+	case pipelinestate.StateHealthy:
 		fmt.Fprintln(w, "healthy")
 	}
 	// A pause is said after the problems, so a fault is read first.
 	if r.Pause != nil {
-		fmt.Fprintln(w, health.PauseLine(r.Pause))
+		fmt.Fprintln(w, pipelinestate.PauseLine(r.Pause))
 		fmt.Fprintln(w, "  resume with: telemesh flags set pipeline.enabled on")
 	}
 	for _, o := range r.OrganizationsOff {
-		fmt.Fprintln(w, health.OrganizationOffLine(o))
+		fmt.Fprintln(w, pipelinestate.OrganizationOffLine(o))
 	}
 	return nil
 }

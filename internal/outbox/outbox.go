@@ -62,8 +62,10 @@ func Add(ctx context.Context, q Execer, rows []Row, due time.Time, attempts int)
 		}
 	}
 	id := uuid.Must(uuid.NewV7())
-	if _, err := q.Exec(ctx, `insert into publish_outbox (id, message_ids, recorded_from, recorded_to, due_at, attempts)
-		values ($1, $2, $3, $4, $5, $6)`, id, ids, from, to, due, attempts); err != nil {
+	// row_count lets a reader count the rows that wait without unpacking
+	// message_ids, which for a large batch is stored out of line.
+	if _, err := q.Exec(ctx, `insert into publish_outbox (id, message_ids, recorded_from, recorded_to, due_at, attempts, row_count)
+		values ($1, $2, $3, $4, $5, $6, $7)`, id, ids, from, to, due, attempts, len(ids)); err != nil {
 		return uuid.Nil, fmt.Errorf("add %d rows to the publish outbox: %w", len(rows), err)
 	}
 	return id, nil

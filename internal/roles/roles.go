@@ -141,7 +141,7 @@ func Roles() []Role {
 	stage := func(extra ...Grant) []Grant {
 		g := []Grant{
 			{Table: "ingestion_stage_logs", Privileges: []string{Insert}},
-			{Table: "ingestion_stage_counts", Privileges: []string{Select, Insert}, Columns: updateOf("rows", "durations")},
+			{Table: "ingestion_stage_counts", Privileges: []string{Select, Insert}, Columns: updateOf("rows", "durations", "repeats", "example")},
 		}
 		for _, t := range catalogTables {
 			g = append(g, Grant{Table: t, Privileges: []string{Select}})

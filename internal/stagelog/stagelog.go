@@ -27,6 +27,7 @@ import (
 	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/envelope"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // Mode says which entries are written.
@@ -131,6 +132,11 @@ type Entry struct {
 	Code string
 	// At is when the stage finished; zero means now.
 	At time.Time
+	// Repeat says the stage already recorded a failure of this message at
+	// an earlier attempt of its own (a publish the retry loop tries again
+	// after it failed). The row is written and counted as any other, and
+	// left out where messages rather than attempts are counted.
+	Repeat bool
 }
 
 // Limits bound what one stage-log row keeps of a message, so a device
@@ -299,8 +305,13 @@ type Batch struct {
 // code were written, and how long they took.
 type Count struct {
 	Rows int64
+	// Repeats counts the rows that were [Entry.Repeat].
+	Repeats int64
 	// Durations is a histogram of the rows' durations: see [Bucket].
 	Durations []int64
+	// errs are the errors of the latest row that is not completed, as
+	// written; its reason is the minute's example.
+	errs string
 }
 
 // Buckets is how many buckets a duration histogram has.
@@ -396,50 +407,59 @@ func (b *Batch) Len() int { return len(b.rows) }
 
 // Add adds e: its row when the writer's mode keeps it, its count always.
 func (b *Batch) Add(e *Entry) {
-	b.AddCarried(e.MessageID, e.DedupeKey, b.w.Record(e))
+	b.add(e.MessageID, e.DedupeKey, b.w.Record(e), e.Repeat)
 }
 
 // AddCarried adds rows a message carried, for the message with id and
 // dedupeKey. The rows were kept or left out by the mode of the stage that
-// made them.
+// made them. A carried row is never a repeat: the stages that carry rows
+// write them once, with the message.
 func (b *Batch) AddCarried(id uuid.UUID, dedupeKey string, recs ...*telemetryv1.StageRecord) {
 	for _, r := range recs {
-		if r == nil {
-			continue
-		}
-		status := StatusName(r.GetStatus())
-		key := ""
-		if status != StatusCompleted {
-			// Completed rows are found by message id; the key leads from a
-			// message to the failed or duplicate rows of its other
-			// deliveries, and costs its bytes only there.
-			key = bound.Key(dedupeKey, bound.MaxKeyBytes)
-		}
-		at := time.UnixMicro(r.GetAtUs()).UTC()
-		if r.GetAtUs() == 0 {
-			at = time.Now().UTC()
-		}
-		if r.GetCountOnly() {
-			b.count(at, envelope.StageName(r.GetStage()), status, r.GetReasonCode(), max(r.GetDurationUs(), 0))
-			continue
-		}
-		instance := r.GetInstance()
-		if instance == "" {
-			instance = b.w.instance
-		}
-		rr := row{
-			messageID: id, dedupeKey: key, stage: envelope.StageName(r.GetStage()), status: status,
-			durationUS: max(r.GetDurationUs(), 0), attempt: int16(min(max(r.GetAttempt(), 1), math.MaxInt16)),
-			instance: instance, input: r.GetInput(), output: r.GetOutput(), changeSet: r.GetChangeSet(), errs: r.GetErrors(),
-			at: at, code: r.GetReasonCode(),
-		}
-		b.rows = append(b.rows, rr)
-		b.count(at, rr.stage, rr.status, rr.code, rr.durationUS)
+		b.add(id, dedupeKey, r, false)
 	}
 }
 
-// count adds one row to its minute's count.
-func (b *Batch) count(at time.Time, stage, status, code string, durationUS int64) {
+// add adds the row r makes for the message with id and dedupeKey, and
+// counts it; repeat is [Entry.Repeat].
+func (b *Batch) add(id uuid.UUID, dedupeKey string, r *telemetryv1.StageRecord, repeat bool) {
+	if r == nil {
+		return
+	}
+	status := StatusName(r.GetStatus())
+	key := ""
+	if status != StatusCompleted {
+		// Completed rows are found by message id; the key leads from a
+		// message to the failed or duplicate rows of its other
+		// deliveries, and costs its bytes only there.
+		key = bound.Key(dedupeKey, bound.MaxKeyBytes)
+	}
+	at := time.UnixMicro(r.GetAtUs()).UTC()
+	if r.GetAtUs() == 0 {
+		at = time.Now().UTC()
+	}
+	if r.GetCountOnly() {
+		b.count(at, envelope.StageName(r.GetStage()), status, r.GetReasonCode(), max(r.GetDurationUs(), 0), repeat, "")
+		return
+	}
+	instance := r.GetInstance()
+	if instance == "" {
+		instance = b.w.instance
+	}
+	rr := row{
+		messageID: id, dedupeKey: key, stage: envelope.StageName(r.GetStage()), status: status,
+		durationUS: max(r.GetDurationUs(), 0), attempt: int16(min(max(r.GetAttempt(), 1), math.MaxInt16)),
+		instance: instance, input: r.GetInput(), output: r.GetOutput(), changeSet: r.GetChangeSet(), errs: r.GetErrors(),
+		at: at, code: r.GetReasonCode(),
+	}
+	b.rows = append(b.rows, rr)
+	b.count(at, rr.stage, rr.status, rr.code, rr.durationUS, repeat, rr.errs)
+}
+
+// count adds one row to its minute's count: a repeat among the repeats
+// too, and the errors of a row that is not completed as the minute's
+// latest.
+func (b *Batch) count(at time.Time, stage, status, code string, durationUS int64, repeat bool, errs string) {
 	if b.counts == nil {
 		b.counts = map[countKey]*Count{}
 	}
@@ -450,7 +470,13 @@ func (b *Batch) count(at time.Time, stage, status, code string, durationUS int64
 		b.counts[k] = c
 	}
 	c.Rows++
+	if repeat {
+		c.Repeats++
+	}
 	c.Durations[Bucket(durationUS)]++
+	if status != StatusCompleted && errs != "" {
+		c.errs = errs
+	}
 }
 
 // Execer runs a statement; a pool or a transaction.
@@ -507,14 +533,16 @@ func (b *Batch) write(ctx context.Context, q Querier) error {
 // transaction, so two writers that do share a slot wait but never
 // deadlock; it is the last statement before commit, so a row is held only
 // while the transaction commits.
-const addCounts = `insert into ingestion_stage_counts (minute, stage, status, reason_code, slot, rows, durations)
-select minute, stage, status, reason_code, (pg_backend_pid() % 16)::smallint, n, h::bigint[]
-from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[]) with ordinality
-	as u(minute, stage, status, reason_code, n, h, ord)
+const addCounts = `insert into ingestion_stage_counts (minute, stage, status, reason_code, slot, rows, durations, repeats, example)
+select minute, stage, status, reason_code, (pg_backend_pid() % 16)::smallint, n, h::bigint[], r, x
+from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[]) with ordinality
+	as u(minute, stage, status, reason_code, n, h, r, x, ord)
 order by ord
 on conflict (minute, stage, status, reason_code, slot) do update set
 	rows = ingestion_stage_counts.rows + excluded.rows,
-	durations = telemesh_add_counts(ingestion_stage_counts.durations, excluded.durations)`
+	durations = telemesh_add_counts(ingestion_stage_counts.durations, excluded.durations),
+	repeats = ingestion_stage_counts.repeats + excluded.repeats,
+	example = coalesce(excluded.example, ingestion_stage_counts.example)`
 
 func (b *Batch) writeCounts(ctx context.Context, q Execer) error {
 	keys := make([]countKey, 0, len(b.counts))
@@ -525,17 +553,44 @@ func (b *Batch) writeCounts(ctx context.Context, q Execer) error {
 		return cmp.Or(a.minute.Compare(b.minute), cmp.Compare(a.stage, b.stage), cmp.Compare(a.status, b.status), cmp.Compare(a.code, b.code))
 	})
 	minutes, stages, statuses, codes, counts := make([]time.Time, len(keys)), make([]string, len(keys)), make([]string, len(keys)), make([]string, len(keys)), make([]int64, len(keys))
+	repeats, examples := make([]int64, len(keys)), make([]*string, len(keys))
 	// Each histogram goes as an array literal: a two-dimensional array
 	// parameter would come out of unnest an element at a time.
 	durations := make([]string, len(keys))
 	for i, k := range keys {
 		c := b.counts[k]
 		minutes[i], stages[i], statuses[i], codes[i], counts[i], durations[i] = k.minute, k.stage, k.status, k.code, c.Rows, arrayLiteral(c.Durations)
+		repeats[i] = c.Repeats
+		if c.errs != "" {
+			x := Example(c.errs)
+			examples[i] = &x
+		}
 	}
-	if _, err := q.Exec(ctx, addCounts, minutes, stages, statuses, codes, counts, durations); err != nil {
+	if _, err := q.Exec(ctx, addCounts, minutes, stages, statuses, codes, counts, durations, repeats, examples); err != nil {
 		return fmt.Errorf("count %d stage logs: %w", len(b.rows), err)
 	}
 	return nil
+}
+
+// Example returns what status and the viewer show of a row's errors (the
+// JSON it was written with) beside the count of its reason code: the
+// "reason" member, else the errors as written, cut to
+// [pipeline.ReasonWidth] characters.
+func Example(errs string) string {
+	var m map[string]json.RawMessage
+	x := errs
+	if json.Unmarshal([]byte(errs), &m) == nil && m["reason"] != nil && string(m["reason"]) != "null" {
+		x = string(m["reason"])
+		var s string
+		if json.Unmarshal(m["reason"], &s) == nil {
+			x = s
+		}
+	}
+	x = bound.Clean(x)
+	if utf8.RuneCountInString(x) > pipeline.ReasonWidth {
+		x = string([]rune(x)[:pipeline.ReasonWidth])
+	}
+	return x
 }
 
 func nullable(s string) any {

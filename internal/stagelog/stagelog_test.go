@@ -257,3 +257,74 @@ func TestBucketAndPercentile(t *testing.T) {
 		t.Errorf("the percentile of an empty histogram is not 0")
 	}
 }
+
+// A publish retried after it failed is counted among the rows and among
+// the repeats, so a reader counts the message once; each minute keeps the
+// reason of its latest failure as the example shown beside the count.
+func TestCountsKeepRepeatsAndTheLatestExample(t *testing.T) {
+	db := testdb.New(t)
+	ctx := t.Context()
+	w, err := New(ModeFailures, 0, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 12, 1, 10, 30, 15, 0, time.UTC)
+	id := uuid.New()
+	failed := func(attempt int, why string) Entry {
+		return Entry{MessageID: id, DedupeKey: "k", Stage: "publish", Status: StatusFailed, Code: "kv_unavailable",
+			Attempt: attempt, Repeat: attempt > 1, At: at, Errors: map[string]any{"reason": why}}
+	}
+	for i, e := range []Entry{failed(1, "kv: first"), failed(2, "kv: second"), failed(3, "kv: third")} {
+		if err := w.Write(ctx, db.Pool, []Entry{e}); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	var rows, repeats int64
+	var example string
+	// The three writes may have gone into different slots: sum as a
+	// reader does.
+	if err := db.Pool.QueryRow(ctx, `select sum(rows), sum(repeats), max(example)
+		from ingestion_stage_counts where minute = $1`, at.Truncate(time.Minute)).Scan(&rows, &repeats, &example); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 3 || repeats != 2 {
+		t.Errorf("%d rows, %d repeats; want 3 rows of which 2 repeats: one message", rows, repeats)
+	}
+	if example == "" || !strings.HasPrefix(example, "kv: ") {
+		t.Errorf("example %q, want the reason of a failure", example)
+	}
+	var completed *string
+	b := w.Batch()
+	b.Add(&Entry{MessageID: id, Stage: "ingress", Status: StatusCompleted, At: at})
+	if err := b.Write(ctx, db.Pool); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Pool.QueryRow(ctx, `select max(example) from ingestion_stage_counts where minute = $1 and status = 'completed'`,
+		at.Truncate(time.Minute)).Scan(&completed); err != nil {
+		t.Fatal(err)
+	}
+	if completed != nil {
+		t.Errorf("a completed row keeps the example %q, want none", *completed)
+	}
+}
+
+func TestExample(t *testing.T) {
+	long := strings.Repeat("é", 200)
+	for _, tt := range []struct {
+		name, errs, want string
+	}{
+		{"the reason", `{"reason":"payload is not a JSON object","validation_errors":[]}`, "payload is not a JSON object"},
+		{"a reason that is not text", `{"reason":42}`, "42"},
+		{"no reason", `{"duplicate_of":"x"}`, `{"duplicate_of":"x"}`},
+		{"a null reason", `{"reason":null,"x":1}`, `{"reason":null,"x":1}`},
+		{"not an object", `["a"]`, `["a"]`},
+		{"cut to the reason width in characters", `{"reason":"` + long + `"}`, strings.Repeat("é", 160)},
+		{"invalid text cleaned", "{\"reason\":\"a\x00b\"}", "{\"reason\":\"a\uFFFDb\"}"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Example(tt.errs); got != tt.want {
+				t.Errorf("Example(%q) = %q, want %q", tt.errs, got, tt.want)
+			}
+		})
+	}
+}

@@ -165,6 +165,10 @@ func (srv *Server) record(ctx context.Context, items []Item, results []ItemResul
 		switch {
 		case r.Err != nil:
 			e.Status = stagelog.StatusFailed
+			// A row's attempt passes 1 only after an attempt that failed
+			// (a row whose publish lease ran out is still at 1), so a later
+			// attempt that fails repeats a failure already counted.
+			e.Repeat = it.Attempt > 1
 			e.Errors = map[string]any{"reason": r.Err.Error()}
 			e.Code = failureCode(it, r)
 			if !it.Invalid {

@@ -576,7 +576,7 @@ func (s *Server) handleSwitch(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logger.Warn("viewer: pipeline switch changed", "switch", req.Switch, "on", *req.On, "scope", scope, "remote", r.RemoteAddr)
 	s.health.refreshSoon()
-	rows, err := s.switches(r.Context())
+	rows, err := s.state.Switches(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -42,6 +42,7 @@ import (
 	"github.com/telemesh/telemesh/internal/admin"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipelinestate"
 )
 
 // ErrConfig is the cause of every error [Config.Validate] returns: a setting
@@ -237,6 +238,7 @@ type Server struct {
 	reg       *prometheus.Registry
 	metrics   *metrics
 	catalog   *catalog.Cache
+	state     *pipelinestate.Reader // what the health panel shows, read as status reads it
 	hub       *hub
 	health    *healthCache
 	raw       *rawSource
@@ -287,6 +289,9 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Server, error) {
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = newMetrics(s.reg)
 	s.catalog = catalog.NewCache(deps.Pool, logger, 30*time.Second)
+	s.state = pipelinestate.NewReader(deps.Pool, js, pipelinestate.Config{
+		Stream: cfg.Stream, Consumer: cfg.Consumer, Bucket: cfg.Bucket, Targets: cfg.Targets, Timeout: callTimeout,
+	}, nil)
 	s.hub = newHub(epoch(), cfg.Backlog, cfg.ClientBuffer, cfg.MaxClients, cfg.MaxClientsPerAddr, s.metrics)
 	s.health = newHealthCache(s)
 	s.raw = newRawSource(s)

@@ -1,4 +1,4 @@
-package health
+package pipelinestate
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package health
+package pipelinestate
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/app"
+	"github.com/telemesh/telemesh/internal/health"
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/testdb"
@@ -199,7 +200,7 @@ func TestDoctorBranches(t *testing.T) {
 			t.Errorf("report unhealthy: %v", rep.Problems)
 		}
 		for _, s := range rep.Stages {
-			if s.Status != Serving {
+			if s.Status != health.Serving {
 				t.Errorf("stage %s is %s", s.Stage, s.Status)
 			}
 		}
@@ -277,25 +278,6 @@ func TestCovers(t *testing.T) {
 		if got := covers(tt.p, tt.s); got != tt.want {
 			t.Errorf("covers(%q, %q) = %v, want %v", tt.p, tt.s, got, tt.want)
 		}
-	}
-}
-
-func TestCheckTargetDNSAndLists(t *testing.T) {
-	closed := closedPort(t)
-	// Generous timeouts: a closed port refuses at once, and resolving
-	// localhost must not time out on a busy machine.
-	const timeout = 30 * time.Second
-	h := CheckTarget(t.Context(), "validator", closed+","+closed, timeout)
-	if h.Status == Serving || len(h.Addresses) != 2 {
-		t.Errorf("list target: %+v", h)
-	}
-	h = CheckTarget(t.Context(), "validator", "dns:///localhost:"+strings.Split(closed, ":")[1], timeout)
-	if h.Status == Serving || len(h.Addresses) == 0 {
-		t.Errorf("dns target: %+v", h)
-	}
-	h = CheckTarget(t.Context(), "validator", "", timeout)
-	if h.Status != "UNKNOWN" {
-		t.Errorf("empty target: %+v", h)
 	}
 }
 

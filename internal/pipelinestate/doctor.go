@@ -1,4 +1,4 @@
-package health
+package pipelinestate
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telemesh/telemesh/internal/health"
 )
 
 // Branches of the decision tree and their exit codes.
@@ -68,14 +70,15 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 		natsErr               error
 	)
 	nc, js, err := connectNATS(cfg)
+	src := NewReader(nil, js, cfg, nil)
 	if err != nil {
 		natsErr = err
 	} else {
 		defer nc.Close()
-		before, natsErr = streamInfo(ctx, cfg, js)
-		consBefore, _ = consumerInfo(ctx, cfg, js)
+		before, natsErr = src.Stream(ctx)
+		consBefore, _ = src.Consumer(ctx)
 		if natsErr == nil && opts.ExpectSubject != "" {
-			subjBefore, _ = subjectMessages(ctx, cfg, js, opts.ExpectSubject)
+			subjBefore, _ = src.subjectMessages(ctx, opts.ExpectSubject)
 		}
 		if natsErr == nil {
 			select {
@@ -83,10 +86,10 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 			case <-ctx.Done():
 				return nil, fmt.Errorf("doctor: %w", ctx.Err())
 			}
-			after, natsErr = streamInfo(ctx, cfg, js)
-			consAfter, _ = consumerInfo(ctx, cfg, js)
+			after, natsErr = src.Stream(ctx)
+			consAfter, _ = src.Consumer(ctx)
 			if natsErr == nil && opts.ExpectSubject != "" {
-				subjAfter, _ = subjectMessages(ctx, cfg, js, opts.ExpectSubject)
+				subjAfter, _ = src.subjectMessages(ctx, opts.ExpectSubject)
 			}
 		}
 	}
@@ -138,7 +141,7 @@ func Doctor(ctx context.Context, cfg Config, opts DoctorOptions) (*Verdict, erro
 	// 2. Are rows increasing: consumer bound, next hops reachable, pending
 	// moving?
 	for _, s := range rep.Stages {
-		if s.Status != Serving {
+		if s.Status != health.Serving {
 			v.Branch, v.ExitCode = BranchStagePrefix+s.Stage+" unreachable", ExitNotStored
 			for _, a := range s.Addresses {
 				line := fmt.Sprintf("stage %s at %s: %s", s.Stage, a.Address, a.Status)
