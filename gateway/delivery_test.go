@@ -73,6 +73,7 @@ func (c *chain) seen() map[string]int {
 // in-process NATS server and a chain on loopback gRPC.
 type fixture struct {
 	t     *testing.T
+	db    *testdb.DB
 	nats  *testnats.Server
 	nc    *nats.Conn
 	js    jetstream.JetStream
@@ -85,6 +86,16 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fixture {
+	t.Helper()
+	c := &chain{hold: hold, calls: map[string]int{}}
+	f := newFixtureWith(t, func(*testdb.DB) validatorv1.ValidatorServiceServer { return c })
+	f.chain = c
+	return f
+}
+
+// newFixtureWith is a fixture whose chain is the validator server that
+// newChain makes on the fixture's database.
+func newFixtureWith(t *testing.T, newChain func(*testdb.DB) validatorv1.ValidatorServiceServer) *fixture {
 	t.Helper()
 	db := testdb.New(t)
 	if err := demo.Seed(t.Context(), db.Pool); err != nil {
@@ -100,7 +111,7 @@ func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fix
 		t.Fatal(err)
 	}
 	ns := testnats.New(t)
-	f := &fixture{t: t, nats: ns}
+	f := &fixture{t: t, db: db, nats: ns}
 	nc, err := nats.Connect(ns.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrSlowConsumer) {
@@ -119,13 +130,12 @@ func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fix
 	}
 	f.nc, f.js = nc, js
 
-	c := &chain{hold: hold, calls: map[string]int{}}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	validatorv1.RegisterValidatorServiceServer(srv, c)
+	validatorv1.RegisterValidatorServiceServer(srv, newChain(db))
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -134,7 +144,6 @@ func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fix
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 
-	f.chain = c
 	f.deps = func(cfg Config) *Gateway {
 		return New(cfg, js, validatorv1.NewValidatorServiceClient(conn), cat, db.Pool, logs, NewMetrics(prometheus.NewRegistry()), logger)
 	}

@@ -204,6 +204,9 @@ type delivered struct {
 	env   *telemetryv1.Envelope
 	spans *tracing.Spans
 	i     int
+	// held are the rows the message carried down the chain in a call that
+	// failed, taken off it while its batch is split (see [hold]).
+	held []*telemetryv1.StageRecord
 }
 
 // Run consumes until ctx ends. While the global pipeline switch is off it
@@ -532,6 +535,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 			return
 		}
 		if len(batch) > 1 {
+			hold(batch)
 			mid := len(batch) / 2
 			g.send(ctx, batch[:mid])
 			g.send(ctx, batch[mid:])
@@ -540,6 +544,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 		g.deadLetter(ctx, batch[0], reason.Rejected, fmt.Sprintf("rejected by the chain: %v", err))
 		return
 	}
+	g.writeHeld(ctx, batch, resp.GetOutcomes())
 	for i, o := range resp.GetOutcomes() {
 		g.metrics.outcomes.WithLabelValues(envelope.StatusName(o.GetStatus())).Inc()
 		if envelope.Terminal(o.GetStatus()) {
@@ -548,6 +553,48 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 			continue
 		}
 		g.retryLater(ctx, batch[i:i+1], fmt.Errorf("outcome %s is not terminal: %s", o.GetStatus(), o.GetReason()))
+	}
+}
+
+// hold takes the rows each message of a rejected batch carries off it
+// before the batch is split. The stages of the chain commit on their own,
+// so a call that failed may still have finished some of its messages, and
+// written the rows they carried; sent again with each half, those rows
+// would be written again at every split. The halves go without them, and
+// [Gateway.writeHeld] writes each message's rows once its outcome shows
+// they were not written yet.
+func hold(batch []delivered) {
+	for i := range batch {
+		if d := &batch[i]; d.held == nil {
+			d.held, d.env.StageLog = d.env.GetStageLog(), nil
+		}
+	}
+}
+
+// writeHeld writes the rows held off the messages of a split batch (see
+// [hold]) once their outcomes are in. A message that comes back a
+// duplicate of itself reached persist in a call that failed, and its rows
+// were written with it then. A message that is not finished is NAKed, and
+// its rows are lost with the attempt, as they would have been down the
+// chain. Postgres may well be why the batch failed, so a write that fails
+// is only logged: the outcome is what decides the ack.
+func (g *Gateway) writeHeld(ctx context.Context, batch []delivered, outcomes []*telemetryv1.Outcome) {
+	b := g.logs.Batch()
+	for i, o := range outcomes {
+		d := &batch[i]
+		if len(d.held) == 0 || !envelope.Terminal(o.GetStatus()) {
+			continue
+		}
+		id := envelope.ParseUUID(d.env.GetMessageId())
+		if o.GetStatus() == telemetryv1.MessageStatus_MESSAGE_STATUS_DUPLICATE && envelope.ParseUUID(o.GetMessageId()) == id {
+			continue
+		}
+		b.AddCarried(id, d.env.GetDedupeKey(), d.held...)
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := b.Write(wctx, g.pool); err != nil {
+		g.logger.Warn("could not record the ingress rows of a split batch", "messages", len(batch), "err", err)
 	}
 }
 
