@@ -19,7 +19,6 @@ import (
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
 	"github.com/telemesh/telemesh/internal/catalog"
-	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/demo"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/testdb"
@@ -364,39 +363,6 @@ func TestSetupUpdatesAnExistingConsumer(t *testing.T) {
 	}
 	if want := cfg.BatchSize * cfg.Concurrency; info.Config.MaxAckPending != want {
 		t.Errorf("MaxAckPending %d, want %d (batch size x batches in flight)", info.Config.MaxAckPending, want)
-	}
-}
-
-func TestConfigValidate(t *testing.T) {
-	tests := map[string]struct {
-		change func(*Config)
-		flag   string
-	}{
-		"default":                     {func(*Config) {}, ""},
-		"ack wait shorter than calls": {func(c *Config) { c.AckWait, c.CallTimeout = time.Second, time.Minute }, ""},
-		"ack wait too short":          {func(c *Config) { c.AckWait = 100 * time.Millisecond }, "ack-wait"},
-		"negative max ack pending":    {func(c *Config) { c.MaxAckPending = -1 }, "max-ack-pending"},
-		"less than a batch pending":   {func(c *Config) { c.BatchSize, c.MaxAckPending = 100, 99 }, "max-ack-pending"},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			c := DefaultConfig()
-			tc.change(&c)
-			err := c.Validate()
-			if tc.flag == "" {
-				if err != nil {
-					t.Fatalf("refused: %v", err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("accepted; want --%s refused", tc.flag)
-			}
-			var inv *config.Error
-			if !errors.As(err, &inv) || inv.Flag != tc.flag {
-				t.Errorf("want --%s named: %v", tc.flag, err)
-			}
-		})
 	}
 }
 

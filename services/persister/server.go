@@ -22,30 +22,6 @@ import (
 	"github.com/telemesh/telemesh/internal/tracing"
 )
 
-// Config tunes the stage.
-type Config struct {
-	// PublishTimeout bounds the call to the publisher; past it the rows are
-	// publish_failed and the publisher's retry loop takes them.
-	PublishTimeout time.Duration
-	// PublishLease is how long a pending row is left to the synchronous
-	// publish before the retry loop may take it. The persister renews it
-	// every third of it while its call to the publisher is under way, so
-	// it bounds how long the rows of a crashed persister wait, not how
-	// long a publish may take.
-	PublishLease time.Duration
-	// RetryDelay is when a publish_failed row is first retried.
-	RetryDelay time.Duration
-	// StoredPayloadBytes is the stored-payload limit: of a longer payload
-	// the message row keeps the first bytes, its size and its SHA-256, and
-	// the telemetry row no copy.
-	StoredPayloadBytes int
-}
-
-// DefaultConfig returns the settings used when none are given.
-func DefaultConfig() Config {
-	return Config{PublishTimeout: 5 * time.Second, PublishLease: 3 * time.Second, RetryDelay: time.Second, StoredPayloadBytes: 256 << 10}
-}
-
 // Server is the gRPC handler of the persist stage.
 type Server struct {
 	persisterv1.UnimplementedPersisterServiceServer

@@ -43,7 +43,7 @@ type Store struct {
 // NewStore returns a store over pool that keeps payloads up to the default
 // stored-payload limit.
 func NewStore(pool *pgxpool.Pool, publishLease time.Duration) *Store {
-	return &Store{pool: pool, publishLease: publishLease, storedPayloadBytes: DefaultConfig().StoredPayloadBytes}
+	return &Store{pool: pool, publishLease: publishLease, storedPayloadBytes: stagelog.DefaultLimits().PayloadBytes}
 }
 
 // WithStoredPayloadLimit returns a copy of the store that keeps at most n
