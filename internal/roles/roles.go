@@ -28,6 +28,8 @@ package roles
 import (
 	"slices"
 	"strings"
+
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // DefaultPrefix starts every role name unless [Options] says otherwise.
@@ -103,11 +105,20 @@ var (
 	dataTables = []string{"ingestion_messages", "device_telemetry_logs", "ingestion_stage_logs", "ingestion_stage_counts", "publish_outbox"}
 
 	// switchColumns are what ops.SetSwitch sets of a pipeline_switches row.
-	switchColumns = []string{"pipeline_enabled", "publish_analytics", "publish_invalid_events", "updated_by", "updated_at"}
+	switchColumns = append(switchFlagColumns(), "updated_by", "updated_at")
 
 	// settingsTables tune the schema; only the migrator changes them.
 	settingsTables = []string{"telemesh_partition_storage"}
 )
+
+// switchFlagColumns are the pipeline_switches columns of the switches.
+func switchFlagColumns() []string {
+	var cols []string
+	for _, s := range pipeline.Switches() {
+		cols = append(cols, s.Column())
+	}
+	return cols
+}
 
 // Tables returns every table some role is granted privileges on.
 func Tables() []string {
@@ -144,7 +155,7 @@ func Roles() []Role {
 			Owner:   true,
 		},
 		{
-			Name:    "gateway",
+			Name:    string(pipeline.Gateway),
 			Purpose: "telemesh serve gateway",
 			Grants: stage(
 				// Dead letters are inserted (gateway.go deadLetter); parked
@@ -154,7 +165,7 @@ func Roles() []Role {
 			),
 		},
 		{
-			Name:    "validator",
+			Name:    string(pipeline.Validator),
 			Purpose: "telemesh serve validator",
 			Grants: stage(
 				// The duplicate check reads earlier messages by dedupe key.
@@ -162,12 +173,12 @@ func Roles() []Role {
 			),
 		},
 		{
-			Name:    "deriver",
+			Name:    string(pipeline.Deriver),
 			Purpose: "telemesh serve deriver",
 			Grants:  stage(),
 		},
 		{
-			Name:    "persister",
+			Name:    string(pipeline.Persister),
 			Purpose: "telemesh serve persister",
 			Grants: stage(
 				// One transaction: upsert the messages, completing a parked
@@ -189,7 +200,7 @@ func Roles() []Role {
 			),
 		},
 		{
-			Name:    "publisher",
+			Name:    string(pipeline.Publisher),
 			Purpose: "telemesh serve publisher",
 			Grants: stage(
 				// Marks rows processed or publish_failed; the retry loop

@@ -16,6 +16,7 @@ import (
 	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
 
@@ -174,7 +175,7 @@ func (s *Store) persistRefused(ctx context.Context, msgs []Message, i int, cause
 		SourceMessageID: bound.Text(m.SourceMessageID, maxSourceIDBytes), SourceSubject: bound.Text(m.SourceSubject, maxSubjectBytes),
 		OrganizationID: m.OrganizationID, DeviceID: m.DeviceID, StreamSequence: m.StreamSequence, DeliveryAttempt: m.DeliveryAttempt,
 		RawPayload: m.RawPayload, ContentType: bound.Text(m.ContentType, maxContentTypeLen),
-		Status: StatusFailedTerminal, HaltedStage: "persist", Reason: bound.Text(reason, bound.MaxReasonBytes), ReceivedAt: m.ReceivedAt,
+		Status: pipeline.StatusFailedTerminal, HaltedStage: string(pipeline.Persist), Reason: bound.Text(reason, bound.MaxReasonBytes), ReceivedAt: m.ReceivedAt,
 	}
 	if rec.ID == uuid.Nil {
 		rec.ID = uuid.Must(uuid.NewV7())
@@ -364,7 +365,7 @@ func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, i
 		ids[j] = pgUUID(m.ID)
 		orgs[j] = pgUUID(m.OrganizationID)
 		devs[j] = pgUUID(m.DeviceID)
-		subjects[j], keys[j], statuses[j] = m.SourceSubject, m.DedupeKey, m.Status
+		subjects[j], keys[j], statuses[j] = m.SourceSubject, m.DedupeKey, string(m.Status)
 		srcIDs[j], ctypes[j], halted[j] = pgText(m.SourceMessageID), pgText(m.ContentType), pgText(m.HaltedStage)
 		seqs[j] = pgtype.Int8{Int64: int64(m.StreamSequence), Valid: m.StreamSequence > 0}
 		attempts[j] = int32(max(m.DeliveryAttempt, 1))
@@ -373,7 +374,7 @@ func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, i
 		sizes[j] = pgtype.Int4{Int32: int32(min(p.Size, math.MaxInt32)), Valid: p.Cut()}
 		summaries[j] = pgText(withNote(m.Reason, p.Note()))
 		received[j] = m.ReceivedAt
-		processed[j] = pgtype.Timestamptz{Time: now, Valid: m.Status != StatusParked}
+		processed[j] = pgtype.Timestamptz{Time: now, Valid: m.Status != pipeline.StatusParked}
 		traces[j] = pgText(m.TraceID)
 	}
 	rows, err := tx.Query(ctx, insertMessages, ids, orgs, devs, subjects, srcIDs, keys, seqs, attempts,
@@ -401,7 +402,7 @@ func (s *Store) insertMessages(ctx context.Context, tx pgx.Tx, msgs []Message, i
 
 type original struct {
 	id     uuid.UUID
-	status string
+	status pipeline.Status
 }
 
 func originalsOf(ctx context.Context, q interface {
@@ -415,12 +416,13 @@ func originalsOf(ctx context.Context, q interface {
 	out := make(map[string]original, len(keys))
 	for rows.Next() {
 		var (
-			key string
-			o   original
+			key, status string
+			o           original
 		)
-		if err := rows.Scan(&key, &o.id, &o.status); err != nil {
+		if err := rows.Scan(&key, &o.id, &status); err != nil {
 			return nil, fmt.Errorf("read originals: %w", err)
 		}
+		o.status = pipeline.Status(status)
 		out[key] = o
 	}
 	return out, rows.Err()
@@ -436,7 +438,7 @@ func (s *Store) dryRun(ctx context.Context, msgs []Message, unique []int, result
 		return err
 	}
 	for _, i := range unique {
-		if o, ok := originals[msgs[i].DedupeKey]; ok && o.status != StatusParked && o.status != "queued" {
+		if o, ok := originals[msgs[i].DedupeKey]; ok && o.status != pipeline.StatusParked && o.status != pipeline.StatusQueued {
 			results[i] = Result{Disposition: Duplicate, OriginalID: o.id, OriginalStatus: o.status}
 			continue
 		}
@@ -483,13 +485,13 @@ func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, id
 		if !noRawJSON && !t.PayloadRefused && len(m.RawPayload) <= s.storedPayloadBytes {
 			raw = rawJSON(m.RawPayload)
 		}
-		if t.State == StatePending {
+		if t.State == pipeline.StatePending {
 			pending = append(pending, outbox.Row{ID: r.OriginalID, RecordedAt: t.RecordedAt})
 		}
 		rows = append(rows, []any{
 			[16]byte(r.OriginalID), t.RecordedAt, m.ReceivedAt, pgUUID(m.OrganizationID), [16]byte(m.DeviceID), t.Topic, [16]byte(r.OriginalID),
 			raw, pgJSON(orEmpty(t.Mutated, "{}")), pgJSON(orEmpty(t.Transformed, "{}")), pgJSON(orEmpty(t.Unresolved, "{}")), vstatus,
-			pgJSON(verrs), t.State, pgText(t.FailureReason),
+			pgJSON(verrs), string(t.State), pgText(t.FailureReason),
 		})
 	}
 	if len(rows) == 0 {
