@@ -19,7 +19,6 @@ import (
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
 	"github.com/telemesh/telemesh/internal/catalog"
-	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/demo"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/testdb"
@@ -73,6 +72,7 @@ func (c *chain) seen() map[string]int {
 // in-process NATS server and a chain on loopback gRPC.
 type fixture struct {
 	t     *testing.T
+	db    *testdb.DB
 	nats  *testnats.Server
 	nc    *nats.Conn
 	js    jetstream.JetStream
@@ -85,6 +85,16 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fixture {
+	t.Helper()
+	c := &chain{hold: hold, calls: map[string]int{}}
+	f := newFixtureWith(t, func(*testdb.DB) validatorv1.ValidatorServiceServer { return c })
+	f.chain = c
+	return f
+}
+
+// newFixtureWith is a fixture whose chain is the validator server that
+// newChain makes on the fixture's database.
+func newFixtureWith(t *testing.T, newChain func(*testdb.DB) validatorv1.ValidatorServiceServer) *fixture {
 	t.Helper()
 	db := testdb.New(t)
 	if err := demo.Seed(t.Context(), db.Pool); err != nil {
@@ -100,7 +110,7 @@ func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fix
 		t.Fatal(err)
 	}
 	ns := testnats.New(t)
-	f := &fixture{t: t, nats: ns}
+	f := &fixture{t: t, db: db, nats: ns}
 	nc, err := nats.Connect(ns.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrSlowConsumer) {
@@ -119,13 +129,12 @@ func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fix
 	}
 	f.nc, f.js = nc, js
 
-	c := &chain{hold: hold, calls: map[string]int{}}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	validatorv1.RegisterValidatorServiceServer(srv, c)
+	validatorv1.RegisterValidatorServiceServer(srv, newChain(db))
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -134,7 +143,6 @@ func newFixture(t *testing.T, hold func(ctx context.Context, ids []string)) *fix
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 
-	f.chain = c
 	f.deps = func(cfg Config) *Gateway {
 		return New(cfg, js, validatorv1.NewValidatorServiceClient(conn), cat, db.Pool, logs, NewMetrics(prometheus.NewRegistry()), logger)
 	}
@@ -355,39 +363,6 @@ func TestSetupUpdatesAnExistingConsumer(t *testing.T) {
 	}
 	if want := cfg.BatchSize * cfg.Concurrency; info.Config.MaxAckPending != want {
 		t.Errorf("MaxAckPending %d, want %d (batch size x batches in flight)", info.Config.MaxAckPending, want)
-	}
-}
-
-func TestConfigValidate(t *testing.T) {
-	tests := map[string]struct {
-		change func(*Config)
-		flag   string
-	}{
-		"default":                     {func(*Config) {}, ""},
-		"ack wait shorter than calls": {func(c *Config) { c.AckWait, c.CallTimeout = time.Second, time.Minute }, ""},
-		"ack wait too short":          {func(c *Config) { c.AckWait = 100 * time.Millisecond }, "ack-wait"},
-		"negative max ack pending":    {func(c *Config) { c.MaxAckPending = -1 }, "max-ack-pending"},
-		"less than a batch pending":   {func(c *Config) { c.BatchSize, c.MaxAckPending = 100, 99 }, "max-ack-pending"},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			c := DefaultConfig()
-			tc.change(&c)
-			err := c.Validate()
-			if tc.flag == "" {
-				if err != nil {
-					t.Fatalf("refused: %v", err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("accepted; want --%s refused", tc.flag)
-			}
-			var inv *config.Error
-			if !errors.As(err, &inv) || inv.Flag != tc.flag {
-				t.Errorf("want --%s named: %v", tc.flag, err)
-			}
-		})
 	}
 }
 

@@ -26,7 +26,6 @@ import (
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
 	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/catalog"
-	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/envelope"
 	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/pg"
@@ -34,75 +33,6 @@ import (
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tracing"
 )
-
-// Config tunes the gateway.
-type Config struct {
-	// Stream is the JetStream stream that captures device subjects.
-	Stream string
-	// Subjects are the subjects the stream captures.
-	Subjects []string
-	// Duplicates is the stream's Nats-Msg-Id window.
-	Duplicates time.Duration
-	// MaxAge bounds how long the stream keeps messages, acknowledged or not.
-	MaxAge time.Duration
-	// Replicas is the stream's replica count (3 in production).
-	Replicas int
-	// Consumer is the durable pull consumer every gateway replica shares.
-	Consumer string
-	// AckWait is how long a delivered message may go without an ack or a
-	// sign of progress before JetStream redelivers it. A batch in flight
-	// sends progress every AckWait/3, so AckWait bounds only how long the
-	// messages of a crashed gateway wait, not how long a batch may take.
-	AckWait time.Duration
-	// MaxDeliver bounds deliveries; the last one that fails is dead-lettered.
-	MaxDeliver int
-	// Backoff is the redelivery delay after each failed delivery.
-	Backoff []time.Duration
-	// MaxAckPending bounds messages delivered and not yet acknowledged,
-	// over every replica sharing the consumer. 0 sizes it to the batches
-	// in flight of one replica (BatchSize x Concurrency), so no message
-	// waits in a local buffer where nothing keeps its delivery alive.
-	MaxAckPending int
-	// BatchSize and BatchAge close a batch, whichever comes first.
-	BatchSize int
-	BatchAge  time.Duration
-	// Concurrency is the number of batches in flight.
-	Concurrency int
-	// CallTimeout bounds one batch's trip down the chain.
-	CallTimeout time.Duration
-	// OwnPrefixes are telemesh's output subjects, never consumed.
-	OwnPrefixes []string
-	// StoredPayloadBytes is the stored-payload limit of dead letters: of a
-	// longer payload only the first bytes, its size and its SHA-256 are
-	// kept.
-	StoredPayloadBytes int
-}
-
-// DefaultConfig returns the settings used when none are given.
-func DefaultConfig() Config {
-	return Config{
-		Stream:     "TELEMETRY",
-		Subjects:   []string{"devices.>"},
-		Duplicates: 2 * time.Minute,
-		MaxAge:     7 * 24 * time.Hour,
-		Replicas:   1,
-		Consumer:   "telemesh-gateway",
-		AckWait:    5 * time.Second,
-		MaxDeliver: 15,
-		// Short first delays: a stage restarting (a deploy rolls them one
-		// after another) fails a batch several times within seconds, and
-		// each failure counts; longer ones relieve a stage that stays
-		// down, and the dead letter comes only after about four minutes.
-		Backoff:     []time.Duration{time.Second, time.Second, time.Second, 2 * time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
-		BatchSize:   500,
-		BatchAge:    5 * time.Millisecond,
-		Concurrency: 8,
-		CallTimeout: 45 * time.Second,
-		OwnPrefixes: []string{"iot.v1.analytics", "iot.v1.invalid"},
-
-		StoredPayloadBytes: 256 << 10,
-	}
-}
 
 // Gateway is the ingress stage.
 type Gateway struct {
@@ -204,6 +134,9 @@ type delivered struct {
 	env   *telemetryv1.Envelope
 	spans *tracing.Spans
 	i     int
+	// held are the rows the message carried down the chain in a call that
+	// failed, taken off it while its batch is split (see [hold]).
+	held []*telemetryv1.StageRecord
 }
 
 // Run consumes until ctx ends. While the global pipeline switch is off it
@@ -532,6 +465,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 			return
 		}
 		if len(batch) > 1 {
+			hold(batch)
 			mid := len(batch) / 2
 			g.send(ctx, batch[:mid])
 			g.send(ctx, batch[mid:])
@@ -540,6 +474,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 		g.deadLetter(ctx, batch[0], reason.Rejected, fmt.Sprintf("rejected by the chain: %v", err))
 		return
 	}
+	g.writeHeld(ctx, batch, resp.GetOutcomes())
 	for i, o := range resp.GetOutcomes() {
 		g.metrics.outcomes.WithLabelValues(envelope.StatusName(o.GetStatus())).Inc()
 		if envelope.Terminal(o.GetStatus()) {
@@ -548,6 +483,48 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 			continue
 		}
 		g.retryLater(ctx, batch[i:i+1], fmt.Errorf("outcome %s is not terminal: %s", o.GetStatus(), o.GetReason()))
+	}
+}
+
+// hold takes the rows each message of a rejected batch carries off it
+// before the batch is split. The stages of the chain commit on their own,
+// so a call that failed may still have finished some of its messages, and
+// written the rows they carried; sent again with each half, those rows
+// would be written again at every split. The halves go without them, and
+// [Gateway.writeHeld] writes each message's rows once its outcome shows
+// they were not written yet.
+func hold(batch []delivered) {
+	for i := range batch {
+		if d := &batch[i]; d.held == nil {
+			d.held, d.env.StageLog = d.env.GetStageLog(), nil
+		}
+	}
+}
+
+// writeHeld writes the rows held off the messages of a split batch (see
+// [hold]) once their outcomes are in. A message that comes back a
+// duplicate of itself reached persist in a call that failed, and its rows
+// were written with it then. A message that is not finished is NAKed, and
+// its rows are lost with the attempt, as they would have been down the
+// chain. Postgres may well be why the batch failed, so a write that fails
+// is only logged: the outcome is what decides the ack.
+func (g *Gateway) writeHeld(ctx context.Context, batch []delivered, outcomes []*telemetryv1.Outcome) {
+	b := g.logs.Batch()
+	for i, o := range outcomes {
+		d := &batch[i]
+		if len(d.held) == 0 || !envelope.Terminal(o.GetStatus()) {
+			continue
+		}
+		id := envelope.ParseUUID(d.env.GetMessageId())
+		if o.GetStatus() == telemetryv1.MessageStatus_MESSAGE_STATUS_DUPLICATE && envelope.ParseUUID(o.GetMessageId()) == id {
+			continue
+		}
+		b.AddCarried(id, d.env.GetDedupeKey(), d.held...)
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := b.Write(wctx, g.pool); err != nil {
+		g.logger.Warn("could not record the ingress rows of a split batch", "messages", len(batch), "err", err)
 	}
 }
 
@@ -727,40 +704,4 @@ func ingressEntry(e *telemetryv1.Envelope, took time.Duration) stagelog.Entry {
 		entry.Code = e.GetReasonCode()
 	}
 	return entry
-}
-
-// ackPending is the consumer's MaxAckPending: the setting, or when it is 0
-// the batches one replica has in flight.
-func (c Config) ackPending() int {
-	if c.MaxAckPending > 0 {
-		return c.MaxAckPending
-	}
-	return c.BatchSize * c.Concurrency
-}
-
-// Validate checks the settings and names the first bad one by its flag.
-func (c Config) Validate() error {
-	switch {
-	case len(c.Subjects) == 0:
-		return config.Invalid("subjects", "at least one subject is needed")
-	case c.BatchSize < 1 || c.BatchSize > 10000:
-		return config.Invalid("batch-size", "%d is out of range 1..10000", c.BatchSize)
-	case c.BatchAge <= 0:
-		return config.Invalid("batch-age", "must be positive")
-	case c.Concurrency < 1:
-		return config.Invalid("concurrency", "must be at least 1")
-	case c.MaxDeliver < 2:
-		return config.Invalid("max-deliver", "must be at least 2 so a transient failure is retried")
-	case c.AckWait < 300*time.Millisecond:
-		return config.Invalid("ack-wait", "%s is too short: batches in flight signal progress every third of it", c.AckWait)
-	case c.CallTimeout <= 0:
-		return config.Invalid("call-timeout", "must be positive")
-	case c.MaxAckPending < 0:
-		return config.Invalid("max-ack-pending", "must not be negative (0 sizes it to --batch-size x --concurrency)")
-	case c.MaxAckPending > 0 && c.MaxAckPending < c.BatchSize:
-		return config.Invalid("max-ack-pending", "%d holds less than one batch of --batch-size %d", c.MaxAckPending, c.BatchSize)
-	case c.Replicas < 1 || c.Replicas > 5:
-		return config.Invalid("stream-replicas", "%d is out of range 1..5", c.Replicas)
-	}
-	return nil
 }

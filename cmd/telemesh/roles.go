@@ -58,8 +58,8 @@ func newRolesApplyCmd(e env) *cobra.Command {
 		Short: "Create the roles, or bring existing ones back to exactly their grants (idempotent)",
 		Long: `apply creates every role that is missing and corrects the others, in one
 transaction: each logs in and is no superuser; the migrator owns every
-object of --schema and may create in it, nobody else (PUBLIC included) may;
-each role holds exactly the table and column privileges 'telemesh roles
+object of --schema and may create in it, no other role may (the migrations
+take CREATE from PUBLIC); each role holds exactly the table and column privileges 'telemesh roles
 list' shows, and grants beyond them are revoked.
 
 Connect as a superuser (or, on managed Postgres, the provider's admin role)

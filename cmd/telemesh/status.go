@@ -52,7 +52,7 @@ func addMeshFlags(fs *pflag.FlagSet) *meshFlags {
 	fs.DurationVar(&m.cfg.Timeout, "timeout", m.cfg.Timeout, "time allowed for each single check")
 	// The stages' own credentials: mutual TLS for the health calls, NATS
 	// authentication for the stream and bucket checks.
-	addTLSFlags(fs, &m.cfg.TLS, &m.cfg.TLSServerName)
+	app.RegisterTLSFlags(fs, &m.cfg.TLS, &m.cfg.TLSServerName)
 	fs.StringVar(&m.cfg.NATSAuth.User, "nats-user", "", "NATS user name")
 	fs.StringVar(&m.cfg.NATSAuth.Password, "nats-password", "", "NATS password")
 	fs.StringVar(&m.cfg.NATSAuth.Token, "nats-token", "", "NATS token")

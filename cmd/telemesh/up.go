@@ -117,7 +117,7 @@ file.`,
 	fs.StringVar(&viewerListen, "viewer-listen", vcfg.Listen, "HTTP address of the Telemetry Viewer; empty leaves it off")
 	fs.StringVar(&vcfg.Token, "viewer-token", "", "token the viewer's page must send to retry publishes and change switches; empty leaves it read-only (also --token)")
 	config.MarkSecret(fs, "database-url", "nats-url", "viewer-token")
-	addPprofFlag(fs, &pprofOn)
+	app.RegisterPprofFlag(fs, &pprofOn)
 	fs.SetNormalizeFunc(normalizeViewerToken)
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -275,7 +275,7 @@ func startInProcess(ctx context.Context, spec meshSpec, logger *slog.Logger) (*i
 			o.Process.Pprof = spec.pprof
 			o.Process.ShutdownGrace = shutdownGrace
 			o.Gateway.Subjects = demo.Subjects
-			o.Env = "local"
+			o.Publisher.Env = "local"
 		},
 	}, logger)
 	if err != nil {

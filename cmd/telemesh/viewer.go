@@ -23,7 +23,7 @@ func newViewerCmd(e env) *cobra.Command {
 	// admin port on 9080.
 	cfg.Listen, cfg.AdminListen = ":8080", ":9080"
 	cfg.Version = version
-	n := app.NATS{URL: "nats://127.0.0.1:4222"}
+	n := app.DefaultNATS()
 	var databaseURL, logFormat, logLevel string
 	cmd := &cobra.Command{
 		Use:   "viewer",
@@ -45,13 +45,13 @@ the runtime profiles under /debug/pprof/ only with --pprof.`,
 	fs := cmd.Flags()
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTP listen address of the page, host:port (port 0 picks a free one)")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "admin HTTP listen address for /metrics, /healthz, /readyz (and /debug/pprof with --pprof); unauthenticated, so keep it off the public network; empty turns it off")
-	addPprofFlag(fs, &cfg.Pprof)
+	app.RegisterPprofFlag(fs, &cfg.Pprof)
 	fs.StringVar(&databaseURL, "database-url", "", "Postgres URL the stages write to (required)")
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (text on a terminal, else json), text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "time allowed on SIGTERM for requests in flight")
 	config.MarkSecret(fs, "database-url")
-	addNATSFlags(fs, &n)
+	n.RegisterFlags(fs)
 	addViewerFlags(fs, &cfg)
 	targets := map[string]*string{}
 	for _, stage := range app.Stages {

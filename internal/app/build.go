@@ -21,21 +21,6 @@ import (
 	"github.com/telemesh/telemesh/services/validator"
 )
 
-// DefaultOptions returns the settings of a stage when none are given.
-func DefaultOptions(stage string) Options {
-	return Options{
-		Stage:         stage,
-		NATS:          NATS{URL: "nats://127.0.0.1:4222"},
-		Hops:          map[string]string{},
-		Gateway:       gateway.DefaultConfig(),
-		Limits:        validator.DefaultLimits(),
-		Persister:     persister.DefaultConfig(),
-		Publisher:     publisher.DefaultConfig(),
-		PublisherNATS: publisher.DefaultNATSConfig(),
-		Env:           "local",
-	}
-}
-
 // build constructs the stage named by o.Stage.
 func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 	switch o.Stage {
@@ -70,7 +55,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			{Name: "resume-parked", Run: g.ResumeParked},
 		}}, nil
 	case Validator:
-		v := validator.New(validator.NewChecker(o.Limits), d.catalog, d.pool,
+		v := validator.New(validator.NewChecker(o.Validator.Limits), d.catalog, d.pool,
 			deriverv1.NewDeriverServiceClient(d.conns[Deriver]),
 			persisterv1.NewPersisterServiceClient(d.conns[Persister]), d.logs, d.logger).WithTracing(d.tracing)
 		return &builtStage{handler: v}, nil
@@ -92,7 +77,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 		defer cancel()
 		var last error
 		kv, err := retry.DoValue(setupCtx, startBackoff(), func(ctx context.Context) (jetstream.KeyValue, error) {
-			kv, err := publisher.Setup(ctx, js, o.PublisherNATS)
+			kv, err := publisher.Setup(ctx, js, o.Publisher.NATS)
 			if err != nil {
 				last = err
 				d.logger.Warn("NATS setup failed; retrying", "err", err)
@@ -104,7 +89,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			// The deadline ended it: name what kept failing.
 			return nil, fmt.Errorf("NATS setup: %w", cmp.Or(last, err))
 		}
-		pub := publisher.NewPublisher(js, kv, o.PublisherNATS, o.Env, d.catalog.Switches, o.Publisher.NATSTimeout, d.logger)
+		pub := publisher.NewPublisher(js, kv, o.Publisher.NATS, o.Publisher.Env, d.catalog.Switches, o.Publisher.NATSTimeout, d.logger)
 		srv, err := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger).WithTracing(d.tracing).WithMetrics(d.reg)
 		if err != nil {
 			return nil, err

@@ -55,25 +55,13 @@ func StartMesh(ctx context.Context, mo MeshOptions, logger *slog.Logger) (*Mesh,
 		stage := Stages[i]
 		o := DefaultOptions(stage)
 		ports := mo.Ports[stage]
-		o.Process = Process{
-			Listen:               fmt.Sprintf("%s:%d", mo.Host, ports[0]),
-			AdminListen:          fmt.Sprintf("%s:%d", mo.Host, ports[1]),
-			DatabaseURL:          mo.DatabaseURL,
-			LogFormat:            "json",
-			LogLevel:             "info",
-			ShutdownGrace:        DefaultProcess().ShutdownGrace,
-			Reflection:           true,
-			RequestTimeout:       DefaultProcess().RequestTimeout,
-			MaxRecvMsgBytes:      DefaultProcess().MaxRecvMsgBytes,
-			MaxConcurrentStreams: DefaultProcess().MaxConcurrentStreams,
-			MaxConnectionAge:     DefaultProcess().MaxConnectionAge,
-			Instance:             host + "/" + stage,
-			StageLogMode:         "all",
-			StageLogSampleRate:   1,
-
-			StoredPayloadBytes:    DefaultProcess().StoredPayloadBytes,
-			StageLogSnapshotBytes: DefaultProcess().StageLogSnapshotBytes,
-		}
+		o.Process.Listen = fmt.Sprintf("%s:%d", mo.Host, ports[0])
+		o.Process.AdminListen = fmt.Sprintf("%s:%d", mo.Host, ports[1])
+		o.Process.DatabaseURL = mo.DatabaseURL
+		o.Process.LogFormat = "json"
+		o.Process.Instance = host + "/" + stage
+		// A Tune that picks the sampled mode keeps every message's rows.
+		o.Process.StageLogSampleRate = 1
 		o.NATS.URL = mo.NATSURL
 		for _, next := range NextHops[stage] {
 			o.Hops[next] = m.GRPC[next]

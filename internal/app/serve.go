@@ -63,26 +63,19 @@ var NextHops = map[string][]string{
 // UsesNATS reports whether a stage connects to NATS.
 func UsesNATS(stage string) bool { return stage == Gateway || stage == Publisher }
 
-// NATS holds a stage's NATS connection settings.
-type NATS struct {
-	URL  string
-	Auth natsx.Auth
-}
-
-// Options configure one stage process.
+// Options configure one stage process. Each stage's own settings are its
+// package's Config, which registers its flags and validates them; the
+// deriver has none.
 type Options struct {
 	Stage   string
 	Process Process
 	NATS    NATS
 	// Hops maps each next stage's name to its target.
-	Hops          map[string]string
-	Gateway       gateway.Config
-	Limits        validator.Limits
-	Persister     persister.Config
-	Publisher     publisher.Config
-	PublisherNATS publisher.NATSConfig
-	// Env is the environment token of the analytics subjects.
-	Env string
+	Hops      map[string]string
+	Gateway   gateway.Config
+	Validator validator.Config
+	Persister persister.Config
+	Publisher publisher.Config
 	// Build is the build this process runs, shown by the
 	// telemesh_build_info gauge; the zero value reads it from the binary.
 	Build buildinfo.Info

@@ -1,19 +1,20 @@
 package app
 
 import (
-	"github.com/telemesh/telemesh/internal/tracing"
-
 	"errors"
-	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
+	gatewayv1 "github.com/telemesh/telemesh/gen/telemesh/gateway/v1"
 	"github.com/telemesh/telemesh/internal/config"
 	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/logging"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
+	"github.com/telemesh/telemesh/internal/tracing"
 )
 
 // Process holds the settings every stage process has.
@@ -67,7 +68,50 @@ const minStoredBytes = 1024
 
 // StageLogModes are the ingestion_stage_logs modes of the system telemesh
 // replaces.
-var StageLogModes = []string{"all", "sampled", "failures"}
+var StageLogModes = []string{string(stagelog.ModeAll), string(stagelog.ModeSampled), string(stagelog.ModeFailures)}
+
+// RegisterFlags registers the settings every stage process has on fs,
+// with s's values as their defaults.
+func (s *Process) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&s.Listen, "listen", s.Listen, "gRPC listen address host:port (port 0 picks a free one)")
+	fs.StringVar(&s.AdminListen, "admin-listen", s.AdminListen, "admin HTTP listen address for /metrics, /healthz, /readyz (and /debug/pprof with --pprof); unauthenticated, so keep it off the public network")
+	RegisterPprofFlag(fs, &s.Pprof)
+	fs.StringVar(&s.DatabaseURL, "database-url", s.DatabaseURL, "Postgres URL, e.g. postgres://telemesh@db:5432/telemesh (required)")
+	fs.StringVar(&s.LogFormat, "log-format", s.LogFormat, "log format: auto (text on a terminal, else json), text or json")
+	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "log level: debug, info, warn or error")
+	fs.DurationVar(&s.ShutdownGrace, "shutdown-grace", s.ShutdownGrace, "time allowed on SIGTERM to finish batches in flight")
+	fs.BoolVar(&s.Reflection, "reflection", s.Reflection, "serve gRPC server reflection (grpcurl without proto files)")
+	fs.DurationVar(&s.RequestTimeout, "request-timeout", s.RequestTimeout, "upper bound of one gRPC call")
+	fs.IntVar(&s.MaxRecvMsgBytes, "max-recv-msg-bytes", s.MaxRecvMsgBytes, "largest gRPC request accepted, in bytes")
+	fs.Uint32Var(&s.MaxConcurrentStreams, "max-concurrent-streams", s.MaxConcurrentStreams, "gRPC calls in flight per connection")
+	fs.DurationVar(&s.MaxConnectionAge, "max-connection-age", s.MaxConnectionAge, "close client connections after this long so clients re-resolve and spread over new replicas")
+	fs.StringVar(&s.Instance, "instance", s.Instance, "instance name recorded in stage logs (the pod name on Kubernetes)")
+	fs.StringVar(&s.StageLogMode, "stage-log-mode", s.StageLogMode, "which stage rows to record: all, sampled or failures")
+	fs.Float64Var(&s.StageLogSampleRate, "stage-log-sample-rate", s.StageLogSampleRate, "fraction of messages recorded in sampled mode, 0..1 (deterministic on the dedupe key)")
+	fs.IntVar(&s.StoredPayloadBytes, "stored-payload-bytes", s.StoredPayloadBytes, "largest payload kept whole in ingestion_messages.raw_payload; of a longer one only the first bytes, its size and its SHA-256 are kept, and no copy in the telemetry row or stage logs")
+	fs.IntVar(&s.StageLogSnapshotBytes, "stage-log-snapshot-bytes", s.StageLogSnapshotBytes, `largest input or output snapshot, change set or errors kept in one stage-log row; a longer one is cut and marked {"truncated": true, ...}`)
+	fs.StringVar(&s.HealthListen, "health-listen", s.HealthListen, "plaintext listen address serving grpc.health.v1 alone, for probes while the gRPC port requires client certificates (empty: off)")
+	RegisterTLSFlags(fs, &s.TLS, &s.TLSServerName)
+	fs.StringVar(&s.TLSTrustDomain, "tls-trust-domain", s.TLSTrustDomain,
+		"trust domain of the identities in the stages' certificates: with mutual TLS each call is admitted only from the stages (and operator tooling) allowed to make it, known by the URI SAN spiffe://<trust domain>/<name> or the DNS SAN <name>.<trust domain> of their certificate")
+	config.MarkSecret(fs, "database-url")
+}
+
+// RegisterPprofFlag registers --pprof, which every process with an admin
+// port has.
+func RegisterPprofFlag(fs *pflag.FlagSet, on *bool) {
+	fs.BoolVar(on, "pprof", *on, "also serve the runtime profiles under /debug/pprof/ on the admin port, which anyone reaching the port can read; for profiling sessions")
+}
+
+// RegisterTLSFlags registers the mutual TLS flags that the stages and the
+// commands dialling them share, with the values of files and serverName
+// as their defaults.
+func RegisterTLSFlags(fs *pflag.FlagSet, files *tlsx.Files, serverName *string) {
+	fs.StringVar(&files.CertFile, "tls-cert-file", files.CertFile, "PEM certificate for mutual TLS between stages, presented as server and as client, with its identity as URI SAN spiffe://telemesh/<stage> (spiffe://telemesh/operator for operator tooling); with --tls-key-file and --tls-ca-file, re-read when the files change")
+	fs.StringVar(&files.KeyFile, "tls-key-file", files.KeyFile, "PEM private key of --tls-cert-file")
+	fs.StringVar(&files.CAFile, "tls-ca-file", files.CAFile, "PEM bundle of the CAs that peers' certificates must chain to")
+	fs.StringVar(serverName, "tls-server-name", *serverName, "name the stages' certificates are verified against (default: the host of each target)")
+}
 
 // Validate checks every setting and names the first bad one.
 func (s *Process) Validate() error {
@@ -194,7 +238,7 @@ func DefaultProcess() Process {
 		MaxRecvMsgBytes:      def.MaxRecvMsgBytes,
 		MaxConcurrentStreams: def.MaxConcurrentStreams,
 		MaxConnectionAge:     def.MaxConnectionAge,
-		StageLogMode:         "all",
+		StageLogMode:         string(stagelog.ModeAll),
 		StageLogSampleRate:   0.1,
 		TLSTrustDomain:       grpcx.DefaultTrustDomain,
 

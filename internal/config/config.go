@@ -302,3 +302,35 @@ func CheckOneOf(flag, v string, allowed ...string) error {
 func Invalid(flag, format string, args ...any) error {
 	return &Error{Flag: flag, Reason: fmt.Sprintf(format, args...)}
 }
+
+// ListVar defines a flag holding a comma-separated list in p, whose value
+// is the flag's default. Spaces around the items are dropped, and empty
+// items; a flag given twice keeps the last list.
+func ListVar(fs *pflag.FlagSet, p *[]string, name, usage string) {
+	fs.Var((*listValue)(p), name, usage)
+}
+
+// listValue is a list flag's value, shown as its items joined by commas.
+type listValue []string
+
+func (l *listValue) String() string { return strings.Join(*l, ",") }
+
+func (l *listValue) Set(s string) error {
+	*l = splitList(s)
+	return nil
+}
+
+// Type is "string", as the list is written on the command line.
+func (l *listValue) Type() string { return "string" }
+
+// splitList returns the items of a comma-separated list, spaces around
+// them dropped, without empty ones.
+func splitList(s string) []string {
+	var out []string
+	for p := range strings.SplitSeq(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

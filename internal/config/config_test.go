@@ -231,3 +231,38 @@ func TestSecretFlagHelpSaysLastResort(t *testing.T) {
 		t.Errorf("no --database-url-file naming its variable: %+v", f)
 	}
 }
+
+func TestListVar(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  string
+		want []string
+	}{
+		{name: "default", want: []string{"devices.>"}},
+		{name: "flag", args: []string{"--subjects", "a.>, b.> ,,c"}, want: []string{"a.>", "b.>", "c"}},
+		{name: "last flag wins", args: []string{"--subjects", "a.>", "--subjects", "b.>"}, want: []string{"b.>"}},
+		{name: "env", env: "x.>,y.>", want: []string{"x.>", "y.>"}},
+		{name: "empty", args: []string{"--subjects", " , "}, want: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := []string{"devices.>"}
+			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+			ListVar(fs, &got, "subjects", "")
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			lookup := func(k string) (string, bool) { return tt.env, tt.env != "" && k == "TELEMESH_SUBJECTS" }
+			if err := ApplyEnv(fs, lookup); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(got, "|") != strings.Join(tt.want, "|") || len(got) != len(tt.want) {
+				t.Errorf("subjects %q, want %q", got, tt.want)
+			}
+			if f := fs.Lookup("subjects"); f.DefValue != "devices.>" || f.Value.Type() != "string" {
+				t.Errorf("default %q of type %s, want devices.> of type string", f.DefValue, f.Value.Type())
+			}
+		})
+	}
+}

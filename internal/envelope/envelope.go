@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // WireVersion is the version of the envelope's layout this build speaks.
@@ -21,14 +22,15 @@ import (
 // the previous release misread a batch.
 const WireVersion = 2
 
-// Stage names as stored in ingestion_stage_logs.stage.
+// Stage names as stored in ingestion_stage_logs.stage: the names of
+// [pipeline.Stage], as the string a stage-log entry holds.
 const (
-	StageIngress  = "ingress"
-	StageValidate = "validate"
-	StageMutate   = "mutate"
-	StageDerive   = "derive"
-	StagePersist  = "persist"
-	StagePublish  = "publish"
+	StageIngress  = string(pipeline.Ingress)
+	StageValidate = string(pipeline.Validate)
+	StageMutate   = string(pipeline.Mutate)
+	StageDerive   = string(pipeline.Derive)
+	StagePersist  = string(pipeline.Persist)
+	StagePublish  = string(pipeline.Publish)
 )
 
 // StageName returns the stored name of a stage, or "" for none.

@@ -46,7 +46,8 @@ func TestEachDownUndoesItsUp(t *testing.T) {
 }
 
 // schema describes everything the migrations can create in the public
-// schema, goose's own table aside.
+// schema, goose's own table aside, and the privileges they can grant or
+// take on it and on what it holds.
 func schema(ctx context.Context, t *testing.T, url string) []string {
 	t.Helper()
 	conn, err := pgx.Connect(ctx, url)
@@ -75,6 +76,14 @@ func schema(ctx context.Context, t *testing.T, url string) []string {
 		select 'trigger ' || tgrelid::regclass::text || ' ' || tgname from pg_trigger where not tgisinternal
 		union all
 		select 'type ' || typname from pg_type where typnamespace = 'public'::regnamespace and typname not like '%goose_db_version%'
+		union all
+		select 'schema privileges ' || coalesce(array_to_string(nspacl, ' '), 'default') from pg_namespace where nspname = 'public'
+		union all
+		select 'privileges ' || c.relname || ' ' || array_to_string(c.relacl, ' ')
+		from pg_class c where c.relnamespace = 'public'::regnamespace and c.relname not like 'goose_db_version%' and c.relacl is not null
+		union all
+		select 'privileges ' || p.oid::regprocedure::text || ' ' || array_to_string(p.proacl, ' ')
+		from pg_proc p where p.pronamespace = 'public'::regnamespace and p.proacl is not null
 		order by 1`)
 	if err != nil {
 		t.Fatal(err)

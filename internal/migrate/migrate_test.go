@@ -115,6 +115,28 @@ func TestUpDownUp(t *testing.T) {
 	}
 }
 
+// TestPublicMayNotCreate: after the migrations PUBLIC may not create in
+// the schema, even where the server let it (Postgres before 15; granted by
+// hand here).
+func TestPublicMayNotCreate(t *testing.T) {
+	t.Parallel()
+	db := testdb.NewEmpty(t)
+	ctx := t.Context()
+	if _, err := db.Pool.Exec(ctx, `grant create on schema public to public`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrate.Up(ctx, db.URL, nil); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	var may bool
+	if err := db.Pool.QueryRow(ctx, `select has_schema_privilege('public', 'public', 'CREATE')`).Scan(&may); err != nil {
+		t.Fatal(err)
+	}
+	if may {
+		t.Error("PUBLIC may still create in the schema")
+	}
+}
+
 func TestStatus(t *testing.T) {
 	t.Parallel()
 	db := testdb.NewEmpty(t)

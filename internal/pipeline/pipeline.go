@@ -1,9 +1,9 @@
 // Package pipeline is the vocabulary every part of telemesh shares: the
-// stage services and the stages of the stage logs in chain order, message
-// statuses, telemetry row states and the pipeline switches, with the names
-// stored in Postgres and shown to operators. It imports nothing of
-// telemesh, so any package may use it; a test holds its names to the enums
-// of telemesh.telemetry.v1.
+// stage services and the stages of the stage logs in chain order, what a
+// stage did to a message, message statuses, telemetry row states and the
+// pipeline switches, with the names stored in Postgres and shown to
+// operators. It imports nothing of telemesh, so any package may use it; a
+// test holds its names to the enums of telemesh.telemetry.v1.
 package pipeline
 
 import "slices"
@@ -80,6 +80,42 @@ func (s Stage) Service() Service {
 	}
 	return ""
 }
+
+// StageStatus is what one stage did to one message, as
+// ingestion_stage_logs.status stores it. Only completed counts as success
+// for the failures mode of the stage logs.
+type StageStatus string
+
+// The stage statuses.
+const (
+	// StageCompleted is a stage that did its work and passed the message on.
+	StageCompleted StageStatus = "completed"
+	// StageHalted is a stage that stopped the message on purpose (invalid
+	// payload, inactive device, unknown topic).
+	StageHalted StageStatus = "halted"
+	// StageFailed is a stage whose work failed for this attempt (a terminal
+	// error, a dead letter, a publish left to the retry loop).
+	StageFailed StageStatus = "failed"
+	// StageRetrying is a transient failure; the message is redelivered.
+	StageRetrying StageStatus = "retrying"
+	// StageSkipped is a stage with nothing to do for the message.
+	StageSkipped StageStatus = "skipped"
+	// StageDuplicate is a message whose original already reached persist.
+	StageDuplicate StageStatus = "duplicate"
+	// StageUnresolved is a stage that left values unresolved.
+	StageUnresolved StageStatus = "unresolved"
+	// StageParked is a message held by its organization's switch.
+	StageParked StageStatus = "parked"
+	// StageDryRun is a stage that ran for a preview and wrote nothing.
+	StageDryRun StageStatus = "dry_run"
+)
+
+// stageStatuses are the stage statuses in the order of their enum.
+var stageStatuses = []StageStatus{StageCompleted, StageHalted, StageFailed, StageRetrying, StageSkipped,
+	StageDuplicate, StageUnresolved, StageParked, StageDryRun}
+
+// StageStatuses returns every stage status. The slice is the caller's.
+func StageStatuses() []StageStatus { return slices.Clone(stageStatuses) }
 
 // Status is the lifecycle status of an ingestion message
 // (ingestion_messages.status).

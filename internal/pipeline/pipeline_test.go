@@ -37,6 +37,7 @@ func TestNamesMatchTheProtoEnums(t *testing.T) {
 		got, want []string
 	}{
 		{"stages in chain order", strs(pipeline.Stages()), enumNames(telemetryv1.Stage_name, "STAGE_")},
+		{"stage statuses", strs(pipeline.StageStatuses()), enumNames(telemetryv1.StageStatus_name, "STAGE_STATUS_")},
 		{"message statuses", strs(pipeline.Statuses()), enumNames(telemetryv1.MessageStatus_name, "MESSAGE_STATUS_")},
 		{"row states", strs(pipeline.States()), enumNames(telemetryv1.ProcessingState_name, "PROCESSING_STATE_")},
 	} {

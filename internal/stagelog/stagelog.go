@@ -45,24 +45,25 @@ const (
 	ModeFailures Mode = "failures"
 )
 
-// Stage-log statuses. Only completed counts as success for the failures mode.
+// Stage-log statuses: the names of [pipeline.StageStatus], as the string
+// an [Entry] holds. Only completed counts as success for the failures mode.
 const (
 	// StatusCompleted is a stage that handled the message normally.
-	StatusCompleted = "completed"
+	StatusCompleted = string(pipeline.StageCompleted)
 	// StatusHalted is a stage that stopped the message (validation errors,
 	// an inactive device, an unknown topic); the reasons are in errors.
-	StatusHalted = "halted"
+	StatusHalted = string(pipeline.StageHalted)
 	// StatusDuplicate is a message whose original already reached persist.
-	StatusDuplicate = "duplicate"
+	StatusDuplicate = string(pipeline.StageDuplicate)
 	// StatusUnresolved is a derive stage that left values unresolved.
-	StatusUnresolved = "unresolved"
+	StatusUnresolved = string(pipeline.StageUnresolved)
 	// StatusFailed is a stage that failed (a publish that did not happen).
-	StatusFailed = "failed"
+	StatusFailed = string(pipeline.StageFailed)
 	// StatusParked is a message held by its organization's switch.
-	StatusParked = "parked"
+	StatusParked = string(pipeline.StageParked)
 	// StatusRetrying is a delivery that failed for a reason that may pass
 	// (a stage or Postgres unreachable, a deadline); it is redelivered.
-	StatusRetrying = "retrying"
+	StatusRetrying = string(pipeline.StageRetrying)
 )
 
 // StatusName returns the stored name of a stage-log status, or "" for none.

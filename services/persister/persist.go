@@ -5,26 +5,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-)
 
-// Message statuses of ingestion_messages, as the system telemesh replaces
-// named them, plus parked.
-const (
-	StatusCompleted        = "completed"
-	StatusFailedValidation = "failed_validation"
-	StatusInactiveSkipped  = "inactive_skipped"
-	StatusFailedTerminal   = "failed_terminal"
-	StatusDuplicate        = "duplicate"
-	StatusParked           = "parked"
-)
-
-// Telemetry row states (device_telemetry_logs.processing_state).
-const (
-	StatePending         = "pending"
-	StateProcessed       = "processed"
-	StateInvalid         = "invalid"
-	StateInactiveSkipped = "inactive_skipped"
-	StatePublishFailed   = "publish_failed"
+	"github.com/telemesh/telemesh/internal/pipeline"
 )
 
 // Message is one message as the persister stores it.
@@ -42,7 +24,7 @@ type Message struct {
 	RawPayload      []byte
 	ContentType     string
 	// Status is the message status to store.
-	Status      string
+	Status      pipeline.Status
 	HaltedStage string
 	Reason      string
 	ReceivedAt  time.Time
@@ -57,7 +39,7 @@ type Message struct {
 type Telemetry struct {
 	Topic            string
 	RecordedAt       time.Time
-	State            string
+	State            pipeline.State
 	Valid            bool
 	ValidationErrors any
 	// Mutated, Transformed and Unresolved are JSON objects: the values
@@ -97,7 +79,7 @@ type Result struct {
 	// message's own for a duplicate.
 	OriginalID uuid.UUID
 	// OriginalStatus is the stored status of a duplicate's original.
-	OriginalStatus string
+	OriginalStatus pipeline.Status
 	// Reason says why a message was refused.
 	Reason string
 	// PayloadNote says what the stored-payload limit left of the

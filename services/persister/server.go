@@ -17,34 +17,11 @@ import (
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/envelope"
 	"github.com/telemesh/telemesh/internal/outbox"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tracing"
 )
-
-// Config tunes the stage.
-type Config struct {
-	// PublishTimeout bounds the call to the publisher; past it the rows are
-	// publish_failed and the publisher's retry loop takes them.
-	PublishTimeout time.Duration
-	// PublishLease is how long a pending row is left to the synchronous
-	// publish before the retry loop may take it. The persister renews it
-	// every third of it while its call to the publisher is under way, so
-	// it bounds how long the rows of a crashed persister wait, not how
-	// long a publish may take.
-	PublishLease time.Duration
-	// RetryDelay is when a publish_failed row is first retried.
-	RetryDelay time.Duration
-	// StoredPayloadBytes is the stored-payload limit: of a longer payload
-	// the message row keeps the first bytes, its size and its SHA-256, and
-	// the telemetry row no copy.
-	StoredPayloadBytes int
-}
-
-// DefaultConfig returns the settings used when none are given.
-func DefaultConfig() Config {
-	return Config{PublishTimeout: 5 * time.Second, PublishLease: 3 * time.Second, RetryDelay: time.Second, StoredPayloadBytes: 256 << 10}
-}
 
 // Server is the gRPC handler of the persist stage.
 type Server struct {
@@ -166,12 +143,12 @@ func (srv *Server) Persist(ctx context.Context, req *persisterv1.PersistRequest)
 		}
 		m := &msgs[i]
 		out := &telemetryv1.Outcome{
-			MessageId: r.OriginalID.String(), DedupeKey: e.GetDedupeKey(), Status: envelope.StatusFromString(m.Status),
+			MessageId: r.OriginalID.String(), DedupeKey: e.GetDedupeKey(), Status: envelope.StatusFromString(string(m.Status)),
 			HaltedStage: e.GetHaltedStage(), Reason: withNote(e.GetReason(), r.PayloadNote),
 		}
 		if m.Telemetry != nil {
-			out.ProcessingState = envelope.StateFromString(m.Telemetry.State)
-			if m.Telemetry.State == StatePending || m.Telemetry.State == StateInvalid {
+			out.ProcessingState = envelope.StateFromString(string(m.Telemetry.State))
+			if m.Telemetry.State == pipeline.StatePending || m.Telemetry.State == pipeline.StateInvalid {
 				toPublish = append(toPublish, forPublisher(e, r.OriginalID, out, req.GetDryRun()))
 				publishIdx = append(publishIdx, i)
 			}
@@ -343,23 +320,23 @@ func toMessage(e *telemetryv1.Envelope) Message {
 		ReceivedAt:      envelope.Time(e.GetReceivedAt()),
 		TraceID:         tracing.TraceID(e.GetTraceparent()),
 	}
-	var state string
+	var state pipeline.State
 	switch e.GetStatus() {
 	case telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_TERMINAL:
-		m.Status = StatusFailedTerminal
+		m.Status = pipeline.StatusFailedTerminal
 	case telemetryv1.MessageStatus_MESSAGE_STATUS_PARKED:
-		m.Status = StatusParked
+		m.Status = pipeline.StatusParked
 	case telemetryv1.MessageStatus_MESSAGE_STATUS_FAILED_VALIDATION:
-		m.Status, state = StatusFailedValidation, StateInvalid
+		m.Status, state = pipeline.StatusFailedValidation, pipeline.StateInvalid
 	case telemetryv1.MessageStatus_MESSAGE_STATUS_INACTIVE_SKIPPED:
-		m.Status, state = StatusInactiveSkipped, StateInactiveSkipped
+		m.Status, state = pipeline.StatusInactiveSkipped, pipeline.StateInactiveSkipped
 	default:
-		m.Status, state = StatusCompleted, StatePending
+		m.Status, state = pipeline.StatusCompleted, pipeline.StatePending
 	}
 	if state == "" || m.DeviceID == uuid.Nil {
 		if state != "" {
 			// Without a device there is no telemetry row to keep.
-			m.Status = StatusFailedTerminal
+			m.Status = pipeline.StatusFailedTerminal
 			if m.Reason == "" {
 				m.Reason = "no device resolved"
 			}
@@ -382,7 +359,7 @@ func toMessage(e *telemetryv1.Envelope) Message {
 		Topic:            e.GetTopic(),
 		RecordedAt:       recorded,
 		State:            state,
-		Valid:            state != StateInvalid,
+		Valid:            state != pipeline.StateInvalid,
 		ValidationErrors: envelope.ValidationErrors(e.GetValidationErrors()),
 		Mutated:          mutated,
 		Transformed:      transformed,
@@ -394,7 +371,7 @@ func toMessage(e *telemetryv1.Envelope) Message {
 			m.Telemetry.PayloadRefused = true
 		}
 	}
-	if state == StateInvalid {
+	if state == pipeline.StateInvalid {
 		m.Telemetry.FailureReason = e.GetReason()
 	}
 	return m

@@ -17,6 +17,7 @@ import (
 	"github.com/telemesh/telemesh/internal/bound"
 	"github.com/telemesh/telemesh/internal/outbox"
 	"github.com/telemesh/telemesh/internal/pg"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/stagelog"
 )
 
@@ -44,7 +45,7 @@ type Store struct {
 // NewStore returns a store over pool that keeps payloads up to the default
 // stored-payload limit.
 func NewStore(pool *pgxpool.Pool, publishLease time.Duration) *Store {
-	return &Store{pool: pool, publishLease: publishLease, storedPayloadBytes: DefaultConfig().StoredPayloadBytes}
+	return &Store{pool: pool, publishLease: publishLease, storedPayloadBytes: stagelog.DefaultLimits().PayloadBytes}
 }
 
 // WithStoredPayloadLimit returns a copy of the store that keeps at most n
@@ -186,7 +187,7 @@ func (s *Store) persistRefused(ctx context.Context, msgs []Message, i int, cause
 		SourceMessageID: bound.Text(m.SourceMessageID, maxSourceIDBytes), SourceSubject: bound.Text(m.SourceSubject, maxSubjectBytes),
 		OrganizationID: m.OrganizationID, DeviceID: m.DeviceID, StreamSequence: m.StreamSequence, DeliveryAttempt: m.DeliveryAttempt,
 		RawPayload: m.RawPayload, ContentType: bound.Text(m.ContentType, maxContentTypeLen),
-		Status: StatusFailedTerminal, HaltedStage: "persist", Reason: bound.Text(reason, bound.MaxReasonBytes), ReceivedAt: m.ReceivedAt,
+		Status: pipeline.StatusFailedTerminal, HaltedStage: string(pipeline.Persist), Reason: bound.Text(reason, bound.MaxReasonBytes), ReceivedAt: m.ReceivedAt,
 	}
 	if rec.ID == uuid.Nil {
 		rec.ID = uuid.Must(uuid.NewV7())
@@ -388,7 +389,7 @@ func (s *Store) messageRow(m *Message, now time.Time) messageRow {
 	p := s.storedPayload(m.RawPayload)
 	return messageRow{
 		id: pgUUID(m.ID), org: pgUUID(m.OrganizationID), dev: pgUUID(m.DeviceID),
-		subject: m.SourceSubject, key: m.DedupeKey, status: m.Status,
+		subject: m.SourceSubject, key: m.DedupeKey, status: string(m.Status),
 		srcID: pgText(m.SourceMessageID), ctype: pgText(m.ContentType), halted: pgText(m.HaltedStage),
 		summary: pgText(withNote(m.Reason, p.Note())), traceID: pgText(m.TraceID),
 		seq:      pgtype.Int8{Int64: int64(m.StreamSequence), Valid: m.StreamSequence > 0},
@@ -396,7 +397,7 @@ func (s *Store) messageRow(m *Message, now time.Time) messageRow {
 		payload:  p.Kept, sum: p.SHA256,
 		size:      pgtype.Int4{Int32: int32(min(p.Size, math.MaxInt32)), Valid: p.Cut()},
 		received:  m.ReceivedAt,
-		processed: pgtype.Timestamptz{Time: now, Valid: m.Status != StatusParked},
+		processed: pgtype.Timestamptz{Time: now, Valid: m.Status != pipeline.StatusParked},
 	}
 }
 
@@ -546,7 +547,7 @@ func upsertMessages(ctx context.Context, tx pgx.Tx, rows []messageRow) (map[stri
 
 type original struct {
 	id     uuid.UUID
-	status string
+	status pipeline.Status
 }
 
 func originalsOf(ctx context.Context, q interface {
@@ -560,12 +561,13 @@ func originalsOf(ctx context.Context, q interface {
 	out := make(map[string]original, len(keys))
 	for rows.Next() {
 		var (
-			key string
-			o   original
+			key, status string
+			o           original
 		)
-		if err := rows.Scan(&key, &o.id, &o.status); err != nil {
+		if err := rows.Scan(&key, &o.id, &status); err != nil {
 			return nil, fmt.Errorf("read originals: %w", err)
 		}
+		o.status = pipeline.Status(status)
 		out[key] = o
 	}
 	return out, rows.Err()
@@ -581,7 +583,7 @@ func (s *Store) dryRun(ctx context.Context, msgs []Message, unique []int, result
 		return err
 	}
 	for _, i := range unique {
-		if o, ok := originals[msgs[i].DedupeKey]; ok && o.status != StatusParked && o.status != "queued" {
+		if o, ok := originals[msgs[i].DedupeKey]; ok && o.status != pipeline.StatusParked && o.status != pipeline.StatusQueued {
 			results[i] = Result{Disposition: Duplicate, OriginalID: o.id, OriginalStatus: o.status}
 			continue
 		}
@@ -628,13 +630,13 @@ func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, id
 		if !noRawJSON && !t.PayloadRefused && len(m.RawPayload) <= s.storedPayloadBytes {
 			raw = rawJSON(m.RawPayload)
 		}
-		if t.State == StatePending {
+		if t.State == pipeline.StatePending {
 			pending = append(pending, outbox.Row{ID: r.OriginalID, RecordedAt: t.RecordedAt})
 		}
 		rows = append(rows, []any{
 			[16]byte(r.OriginalID), t.RecordedAt, m.ReceivedAt, pgUUID(m.OrganizationID), [16]byte(m.DeviceID), t.Topic, [16]byte(r.OriginalID),
 			raw, pgJSON(orEmpty(t.Mutated, "{}")), pgJSON(orEmpty(t.Transformed, "{}")), pgJSON(orEmpty(t.Unresolved, "{}")), vstatus,
-			pgJSON(verrs), t.State, pgText(t.FailureReason),
+			pgJSON(verrs), string(t.State), pgText(t.FailureReason),
 		})
 	}
 	if len(rows) == 0 {

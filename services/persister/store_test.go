@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/telemesh/telemesh/internal/bound"
+	"github.com/telemesh/telemesh/internal/pipeline"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/testdb"
 	"github.com/telemesh/telemesh/internal/testutil"
@@ -45,13 +46,13 @@ func TestPersist(t *testing.T) {
 	logs, _ := stagelog.New(stagelog.ModeAll, 1, "test")
 	ctx := t.Context()
 	device := uuid.New()
-	msg := func(key, status string, telemetry bool) Message {
+	msg := func(key string, status pipeline.Status, telemetry bool) Message {
 		m := Message{
 			ID: uuid.Must(uuid.NewV7()), DedupeKey: key, SourceSubject: "devices.d.telemetry", DeviceID: device,
 			Status: status, ReceivedAt: time.Now(), RawPayload: []byte(`{"temp_c": 1}`),
 		}
 		if telemetry {
-			m.Telemetry = &Telemetry{Topic: "telemetry", RecordedAt: time.Now(), State: StatePending, Valid: true,
+			m.Telemetry = &Telemetry{Topic: "telemetry", RecordedAt: time.Now(), State: pipeline.StatePending, Valid: true,
 				Mutated: `{"temp_c":3}`, Transformed: `{"temp_c":3,"temp_f":37.4}`}
 		}
 		return m
@@ -73,7 +74,7 @@ func TestPersist(t *testing.T) {
 	}{
 		{
 			name:  "new messages are inserted with their telemetry rows",
-			batch: []Message{msg("k1", StatusCompleted, true), msg("k2", StatusFailedTerminal, false)},
+			batch: []Message{msg("k1", pipeline.StatusCompleted, true), msg("k2", pipeline.StatusFailedTerminal, false)},
 			want:  []Disposition{Inserted, Inserted},
 			check: func(t *testing.T, batch []Message, _ []Result) {
 				if n := count(`select count(*) from device_telemetry_logs where id = $1 and processing_state = 'pending'
@@ -87,10 +88,10 @@ func TestPersist(t *testing.T) {
 		},
 		{
 			name:  "a key already persisted is a duplicate and changes nothing",
-			batch: []Message{msg("k1", StatusCompleted, true)},
+			batch: []Message{msg("k1", pipeline.StatusCompleted, true)},
 			want:  []Disposition{Duplicate},
 			check: func(t *testing.T, batch []Message, res []Result) {
-				if res[0].OriginalID == batch[0].ID || res[0].OriginalStatus != StatusCompleted {
+				if res[0].OriginalID == batch[0].ID || res[0].OriginalStatus != pipeline.StatusCompleted {
 					t.Errorf("duplicate result = %+v", res[0])
 				}
 				if n := count(`select count(*) from device_telemetry_logs`); n != 1 {
@@ -100,7 +101,7 @@ func TestPersist(t *testing.T) {
 		},
 		{
 			name:  "a key twice in one batch: the second is a duplicate of the first",
-			batch: []Message{msg("k3", StatusCompleted, true), msg("k3", StatusCompleted, true)},
+			batch: []Message{msg("k3", pipeline.StatusCompleted, true), msg("k3", pipeline.StatusCompleted, true)},
 			want:  []Disposition{Inserted, Duplicate},
 			check: func(t *testing.T, batch []Message, res []Result) {
 				if res[1].OriginalID != batch[0].ID {
@@ -110,12 +111,12 @@ func TestPersist(t *testing.T) {
 		},
 		{
 			name:  "a parked message is stored without telemetry",
-			batch: []Message{msg("k4", StatusParked, false)},
+			batch: []Message{msg("k4", pipeline.StatusParked, false)},
 			want:  []Disposition{Inserted},
 		},
 		{
 			name:  "the parked message is resumed, keeping its id",
-			batch: []Message{msg("k4", StatusCompleted, true)},
+			batch: []Message{msg("k4", pipeline.StatusCompleted, true)},
 			want:  []Disposition{Resumed},
 			check: func(t *testing.T, batch []Message, res []Result) {
 				if n := count(`select count(*) from ingestion_messages where dedupe_key = 'k4' and status = 'completed' and id = $1`, res[0].OriginalID); n != 1 {
@@ -128,12 +129,12 @@ func TestPersist(t *testing.T) {
 		},
 		{
 			name:  "another message is parked",
-			batch: []Message{msg("p8", StatusParked, false)},
+			batch: []Message{msg("p8", pipeline.StatusParked, false)},
 			want:  []Disposition{Inserted},
 		},
 		{
 			name:  "new, known and parked keys in one batch: copied, left, resumed",
-			batch: []Message{msg("n7", StatusCompleted, true), msg("k1", StatusCompleted, true), msg("p8", StatusCompleted, true)},
+			batch: []Message{msg("n7", pipeline.StatusCompleted, true), msg("k1", pipeline.StatusCompleted, true), msg("p8", pipeline.StatusCompleted, true)},
 			want:  []Disposition{Inserted, Duplicate, Resumed},
 			check: func(t *testing.T, batch []Message, res []Result) {
 				if n := count(`select count(*) from ingestion_messages where dedupe_key = 'n7' and id = $1 and status = 'completed'`, batch[0].ID); n != 1 {
@@ -146,7 +147,7 @@ func TestPersist(t *testing.T) {
 		},
 		{
 			name:  "dry run writes nothing",
-			batch: []Message{msg("k5", StatusCompleted, true), msg("k1", StatusCompleted, true)},
+			batch: []Message{msg("k5", pipeline.StatusCompleted, true), msg("k1", pipeline.StatusCompleted, true)},
 			dry:   true,
 			want:  []Disposition{Inserted, Duplicate},
 			check: func(t *testing.T, _ []Message, _ []Result) {
@@ -158,7 +159,7 @@ func TestPersist(t *testing.T) {
 		{
 			name: "a payload jsonb refuses is stored without its jsonb copy",
 			batch: func() []Message {
-				m := msg("k6", StatusCompleted, true)
+				m := msg("k6", pipeline.StatusCompleted, true)
 				m.RawPayload = []byte(`{"s": "\ud800"}`)
 				return []Message{m}
 			}(),
@@ -175,11 +176,11 @@ func TestPersist(t *testing.T) {
 		{
 			name: "a message Postgres refuses even alone is recorded failed_terminal; the rest of its batch is stored",
 			batch: func() []Message {
-				bad := msg("k7", StatusCompleted, true)
+				bad := msg("k7", pipeline.StatusCompleted, true)
 				// 4 KB of text that does not compress is more than an index
 				// entry holds.
 				bad.SourceMessageID = randomText(4 << 10)
-				return []Message{msg("k8", StatusCompleted, true), bad, msg("k9", StatusFailedTerminal, false)}
+				return []Message{msg("k8", pipeline.StatusCompleted, true), bad, msg("k9", pipeline.StatusFailedTerminal, false)}
 			}(),
 			want: []Disposition{Inserted, Refused, Inserted},
 			check: func(t *testing.T, batch []Message, res []Result) {
@@ -188,7 +189,7 @@ func TestPersist(t *testing.T) {
 					Scan(&status, &stage, &summary, &srcID); err != nil {
 					t.Fatal(err)
 				}
-				if status != StatusFailedTerminal || stage != "persist" || !strings.HasPrefix(summary, "could not be stored: index row") || strings.Contains(summary, "SQLSTATE") {
+				if status != string(pipeline.StatusFailedTerminal) || stage != "persist" || !strings.HasPrefix(summary, "could not be stored: index row") || strings.Contains(summary, "SQLSTATE") {
 					t.Errorf("refused message stored as %s at %s: %q", status, stage, summary)
 				}
 				if res[1].Reason != summary {
@@ -211,7 +212,7 @@ func TestPersist(t *testing.T) {
 		{
 			name: "a payload over the stored-payload limit keeps its first bytes, size and hash, and no JSON copy",
 			batch: func() []Message {
-				m := msg("k10", StatusCompleted, true)
+				m := msg("k10", pipeline.StatusCompleted, true)
 				m.RawPayload = []byte(`{"temp_c": 1, "pad": "` + strings.Repeat("y", 5000) + `"}`)
 				return []Message{m}
 			}(),
@@ -235,8 +236,8 @@ func TestPersist(t *testing.T) {
 		{
 			name: "a payload refused as a whole keeps no JSON copy in its telemetry row",
 			batch: func() []Message {
-				m := msg("k11", StatusFailedValidation, true)
-				m.Telemetry.State, m.Telemetry.Valid, m.Telemetry.PayloadRefused = StateInvalid, false, true
+				m := msg("k11", pipeline.StatusFailedValidation, true)
+				m.Telemetry.State, m.Telemetry.Valid, m.Telemetry.PayloadRefused = pipeline.StateInvalid, false, true
 				return []Message{m}
 			}(),
 			want: []Disposition{Inserted},
@@ -288,10 +289,10 @@ func TestPersistKeyStoredMeanwhile(t *testing.T) {
 		t.Fatal(err)
 	}
 	batch := []Message{
-		{ID: uuid.Must(uuid.NewV7()), DedupeKey: "raced", SourceSubject: "devices.d.telemetry", Status: StatusCompleted, ReceivedAt: time.Now()},
-		{ID: uuid.Must(uuid.NewV7()), DedupeKey: "calm", SourceSubject: "devices.d.telemetry", Status: StatusCompleted, ReceivedAt: time.Now(),
+		{ID: uuid.Must(uuid.NewV7()), DedupeKey: "raced", SourceSubject: "devices.d.telemetry", Status: pipeline.StatusCompleted, ReceivedAt: time.Now()},
+		{ID: uuid.Must(uuid.NewV7()), DedupeKey: "calm", SourceSubject: "devices.d.telemetry", Status: pipeline.StatusCompleted, ReceivedAt: time.Now(),
 			DeviceID: uuid.New(), RawPayload: []byte(`{"temp_c": 1}`),
-			Telemetry: &Telemetry{Topic: "telemetry", RecordedAt: time.Now(), State: StatePending, Valid: true, Mutated: `{"temp_c":1}`, Transformed: `{"temp_c":1}`}},
+			Telemetry: &Telemetry{Topic: "telemetry", RecordedAt: time.Now(), State: pipeline.StatePending, Valid: true, Mutated: `{"temp_c":1}`, Transformed: `{"temp_c":1}`}},
 	}
 	type outcome struct {
 		res []Result

@@ -26,26 +26,6 @@ import (
 	"github.com/telemesh/telemesh/internal/tracing"
 )
 
-// Config tunes the stage.
-type Config struct {
-	// RetryEvery is how often the retry loop looks for due rows.
-	RetryEvery time.Duration
-	// RetryBatch bounds the rows one retry round claims.
-	RetryBatch int
-	// RetryBase and RetryMax shape the backoff of publish_failed rows.
-	RetryBase, RetryMax time.Duration
-	// NATSTimeout bounds the device-state writes of one batch, and the wait
-	// for its events' acknowledgements. Short, so that a NATS server that
-	// went away holds a batch for seconds: what it did not finish is
-	// publish_failed and the retry loop takes it again.
-	NATSTimeout time.Duration
-}
-
-// DefaultConfig returns the settings used when none are given.
-func DefaultConfig() Config {
-	return Config{RetryEvery: 500 * time.Millisecond, RetryBatch: 500, RetryBase: 500 * time.Millisecond, RetryMax: 5 * time.Minute, NATSTimeout: 2 * time.Second}
-}
-
 // Server is the gRPC handler of the publish stage.
 type Server struct {
 	publisherv1.UnimplementedPublisherServiceServer
