@@ -3,8 +3,8 @@ package persister
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
