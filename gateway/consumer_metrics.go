@@ -12,13 +12,13 @@ import (
 // read from JetStream when scraped: the backlog and what is being
 // redelivered, which no counter of one replica sees whole.
 type consumerCollector struct {
-	g                                       *Gateway
+	g                                       *Server
 	pending, ackPending, redelivered, waits *prometheus.Desc
 }
 
 // ConsumerCollector returns the collector of the gateway's consumer; it
-// reports nothing until [Gateway.Setup] has made the consumer.
-func (g *Gateway) ConsumerCollector() prometheus.Collector {
+// reports nothing until [Server.Setup] has made the consumer.
+func (g *Server) ConsumerCollector() prometheus.Collector {
 	d := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("telemesh_gateway_consumer_"+name, help, nil, nil)
 	}

@@ -77,7 +77,7 @@ type fixture struct {
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	chain *chain
-	deps  func(cfg Config) *Gateway
+	deps  func(cfg Config) *Server
 
 	mu sync.Mutex
 	// slow counts the messages the client dropped as a slow consumer.
@@ -143,7 +143,7 @@ func newFixtureWith(t *testing.T, newChain func(*testdb.DB) validatorv1.Validato
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 
-	f.deps = func(cfg Config) *Gateway {
+	f.deps = func(cfg Config) *Server {
 		return New(cfg, js, validatorv1.NewValidatorServiceClient(conn), cat, db.Pool, logs, NewMetrics(prometheus.NewRegistry()), logger)
 	}
 	return f

@@ -34,8 +34,8 @@ import (
 	"github.com/telemesh/telemesh/internal/tracing"
 )
 
-// Gateway is the ingress stage.
-type Gateway struct {
+// Server is the ingress stage.
+type Server struct {
 	gatewayv1.UnimplementedGatewayServiceServer
 	cfg       Config
 	js        jetstream.JetStream
@@ -58,12 +58,12 @@ type Gateway struct {
 	tracer trace.Tracer
 }
 
-// New returns the gateway. Call [Gateway.Setup] before [Gateway.Run].
-func New(cfg Config, js jetstream.JetStream, validator validatorv1.ValidatorServiceClient, cat *catalog.Cache, pool *pgxpool.Pool, logs *stagelog.Writer, metrics *Metrics, logger *slog.Logger) *Gateway {
+// New returns the gateway. Call [Server.Setup] before [Server.Run].
+func New(cfg Config, js jetstream.JetStream, validator validatorv1.ValidatorServiceClient, cat *catalog.Cache, pool *pgxpool.Pool, logs *stagelog.Writer, metrics *Metrics, logger *slog.Logger) *Server {
 	if cfg.StoredPayloadBytes <= 0 {
 		cfg.StoredPayloadBytes = DefaultConfig().StoredPayloadBytes
 	}
-	return &Gateway{
+	return &Server{
 		cfg: cfg, js: js, validator: validator, catalog: cat, pool: pool, logs: logs, logger: logger,
 		filter: NewSubjectFilter(cfg.OwnPrefixes...), metrics: metrics,
 	}
@@ -72,19 +72,19 @@ func New(cfg Config, js jetstream.JetStream, validator validatorv1.ValidatorServ
 // WithTracing traces each message from its ingress on, continuing the
 // trace of the device's traceparent header, and each batch's trip down the
 // chain.
-func (g *Gateway) WithTracing(p *tracing.Provider) *Gateway {
+func (g *Server) WithTracing(p *tracing.Provider) *Server {
 	g.spans, g.tracer = p.Messages(envelope.StageIngress), p.Tracer()
 	return g
 }
 
 // Register registers the stage's service on s.
-func (g *Gateway) Register(s grpc.ServiceRegistrar) {
+func (g *Server) Register(s grpc.ServiceRegistrar) {
 	gatewayv1.RegisterGatewayServiceServer(s, g)
 }
 
 // Setup creates or updates the stream and the durable consumer. It is
 // idempotent: every replica runs it at start.
-func (g *Gateway) Setup(ctx context.Context) error {
+func (g *Server) Setup(ctx context.Context) error {
 	stream, err := g.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        g.cfg.Stream,
 		Description: "device telemetry captured for telemesh",
@@ -144,7 +144,7 @@ type delivered struct {
 // return every batch it started has been finished, and every message it
 // pulled but did not start has been handed back (NAKed) for another
 // replica or the next start to take at once.
-func (g *Gateway) Run(ctx context.Context) error {
+func (g *Server) Run(ctx context.Context) error {
 	if g.cons == nil {
 		return errors.New("gateway: Setup was not called")
 	}
@@ -200,13 +200,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 // delivers past MaxAckPending, so even after a reconnect, when the client
 // asks again while the server still delivers on the old request, no
 // message is dropped as a slow consumer.
-func (g *Gateway) pullBuffer() int {
+func (g *Server) pullBuffer() int {
 	return g.cfg.ackPending() + g.cfg.BatchSize
 }
 
 // consume pulls batches until ctx ends, the pipeline is paused, or the
 // subscription fails.
-func (g *Gateway) consume(ctx context.Context, batches chan<- []jetstream.Msg) error {
+func (g *Server) consume(ctx context.Context, batches chan<- []jetstream.Msg) error {
 	iter, err := g.cons.Messages(jetstream.PullMaxMessages(g.pullBuffer()),
 		// A pull request lives on the consumer's leader; when that server
 		// dies the request dies with it, silently. Idle heartbeats every
@@ -280,7 +280,7 @@ const handBackWait = time.Second
 // handBack stops pulling and NAKs every message the subscription holds but
 // no worker started, so JetStream redelivers them at once to another
 // replica, or to this one's successor, instead of after AckWait.
-func (g *Gateway) handBack(iter jetstream.MessagesContext) {
+func (g *Server) handBack(iter jetstream.MessagesContext) {
 	iter.Drain()
 	n := 0
 	for {
@@ -298,7 +298,7 @@ func (g *Gateway) handBack(iter jetstream.MessagesContext) {
 }
 
 // nak hands messages not started back for immediate redelivery.
-func (g *Gateway) nak(batch []jetstream.Msg) {
+func (g *Server) nak(batch []jetstream.Msg) {
 	for _, m := range batch {
 		_ = m.Nak()
 	}
@@ -307,7 +307,7 @@ func (g *Gateway) nak(batch []jetstream.Msg) {
 
 // collect takes up to BatchSize messages: it waits up to 200ms for the first
 // (so the loop notices switches and shutdown), then at most BatchAge more.
-func (g *Gateway) collect(iter jetstream.MessagesContext) ([]jetstream.Msg, error) {
+func (g *Server) collect(iter jetstream.MessagesContext) ([]jetstream.Msg, error) {
 	first, err := iter.Next(jetstream.NextMaxWait(200 * time.Millisecond))
 	if err != nil {
 		return nil, err
@@ -338,7 +338,7 @@ func (g *Gateway) collect(iter jetstream.MessagesContext) ([]jetstream.Msg, erro
 // function stops it; call it once every message has its terminal outcome,
 // or has been NAKed. A gateway that dies stops sending, and its messages
 // come back after one AckWait.
-func (g *Gateway) keepAlive(msgs []jetstream.Msg) (stop func()) {
+func (g *Server) keepAlive(msgs []jetstream.Msg) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -368,7 +368,7 @@ func (g *Gateway) keepAlive(msgs []jetstream.Msg) (stop func()) {
 
 // handle sends one batch down the chain and acknowledges each message whose
 // outcome is terminal.
-func (g *Gateway) handle(ctx context.Context, msgs []jetstream.Msg) {
+func (g *Server) handle(ctx context.Context, msgs []jetstream.Msg) {
 	start := time.Now()
 	snap, switches := g.catalog.Snapshot(), g.catalog.Switches()
 	batch := make([]delivered, 0, len(msgs))
@@ -422,7 +422,7 @@ func (g *Gateway) handle(ctx context.Context, msgs []jetstream.Msg) {
 
 // carryIngress adds the message's ingress row to what it carries (only its
 // count when the stage-log mode leaves the row out).
-func (g *Gateway) carryIngress(e *telemetryv1.Envelope, took time.Duration) {
+func (g *Server) carryIngress(e *telemetryv1.Envelope, took time.Duration) {
 	entry := ingressEntry(e, took)
 	e.StageLog = append(e.StageLog, g.logs.Record(&entry))
 }
@@ -439,7 +439,7 @@ func envelopes(batch []delivered) []*telemetryv1.Envelope {
 // or Postgres unreachable, a deadline) NAKs the batch for redelivery with
 // backoff; any other failure splits the batch so one bad message cannot hold
 // back the rest, and a message that fails alone is dead-lettered.
-func (g *Gateway) send(ctx context.Context, batch []delivered) {
+func (g *Server) send(ctx context.Context, batch []delivered) {
 	envs := envelopes(batch)
 	if g.tracer != nil && g.spans != nil {
 		// The batch's own trace holds the gRPC calls; it links to the
@@ -491,7 +491,7 @@ func (g *Gateway) send(ctx context.Context, batch []delivered) {
 // so a call that failed may still have finished some of its messages, and
 // written the rows they carried; sent again with each half, those rows
 // would be written again at every split. The halves go without them, and
-// [Gateway.writeHeld] writes each message's rows once its outcome shows
+// [Server.writeHeld] writes each message's rows once its outcome shows
 // they were not written yet.
 func hold(batch []delivered) {
 	for i := range batch {
@@ -508,7 +508,7 @@ func hold(batch []delivered) {
 // its rows are lost with the attempt, as they would have been down the
 // chain. Postgres may well be why the batch failed, so a write that fails
 // is only logged: the outcome is what decides the ack.
-func (g *Gateway) writeHeld(ctx context.Context, batch []delivered, outcomes []*telemetryv1.Outcome) {
+func (g *Server) writeHeld(ctx context.Context, batch []delivered, outcomes []*telemetryv1.Outcome) {
 	b := g.logs.Batch()
 	for i, o := range outcomes {
 		d := &batch[i]
@@ -540,7 +540,7 @@ func transient(err error) bool {
 // retryLater NAKs messages with a delay that grows with their deliveries;
 // a message on its last delivery is dead-lettered instead, so it is recorded
 // rather than dropped.
-func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error) {
+func (g *Server) retryLater(ctx context.Context, batch []delivered, cause error) {
 	g.logger.Warn("batch not finished; NAKed for redelivery", "messages", len(batch), "err", cause)
 	retrying := make([]stagelog.Entry, 0, len(batch))
 	for _, d := range batch {
@@ -578,7 +578,7 @@ func (g *Gateway) retryLater(ctx context.Context, batch []delivered, cause error
 // of the record is bounded and cleaned, so Postgres cannot refuse it for
 // what the message holds. If even the record cannot be written the message
 // is NAKed, never dropped.
-func (g *Gateway) deadLetter(ctx context.Context, d delivered, code, why string) {
+func (g *Server) deadLetter(ctx context.Context, d delivered, code, why string) {
 	e := d.env
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -638,7 +638,7 @@ type deadLetterRow struct {
 }
 
 // deadLetterRecord bounds every field of the envelope for the record.
-func (g *Gateway) deadLetterRecord(e *telemetryv1.Envelope, reason string) deadLetterRow {
+func (g *Server) deadLetterRecord(e *telemetryv1.Envelope, reason string) deadLetterRow {
 	id := envelope.ParseUUID(e.GetMessageId())
 	if id == uuid.Nil {
 		id = uuid.Must(uuid.NewV7())
@@ -664,7 +664,7 @@ func (g *Gateway) deadLetterRecord(e *telemetryv1.Envelope, reason string) deadL
 	}
 }
 
-func (g *Gateway) insertDeadLetter(ctx context.Context, r deadLetterRow) error {
+func (g *Server) insertDeadLetter(ctx context.Context, r deadLetterRow) error {
 	var size, sum any
 	if r.payload.Cut() {
 		size, sum = r.payload.Size, r.payload.SHA256

@@ -28,7 +28,7 @@ func (ignoredSubjectError) InvalidInput() bool { return true }
 
 // Ingest sends one payload down the chain as if it had arrived on the
 // subject. With dry_run it computes the outcome and writes nothing.
-func (g *Gateway) Ingest(ctx context.Context, req *gatewayv1.IngestRequest) (*gatewayv1.IngestResponse, error) {
+func (g *Server) Ingest(ctx context.Context, req *gatewayv1.IngestRequest) (*gatewayv1.IngestResponse, error) {
 	if g.filter.Ignored(req.GetSubject()) {
 		return nil, ErrIgnoredSubject
 	}

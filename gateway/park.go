@@ -31,7 +31,7 @@ returning m.id, m.dedupe_key, m.source_subject, coalesce(m.source_message_id, ''
 // ResumeParked sends parked messages of organizations whose switch is back
 // on down the chain, until ctx ends. It keeps each message's id and dedupe
 // key, so the persister completes the parked row instead of adding one.
-func (g *Gateway) ResumeParked(ctx context.Context) error {
+func (g *Server) ResumeParked(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -57,7 +57,7 @@ func (g *Gateway) ResumeParked(ctx context.Context) error {
 }
 
 // ResumeOnce resumes one batch of parked messages and returns its size.
-func (g *Gateway) ResumeOnce(ctx context.Context, limit int) (int, error) {
+func (g *Server) ResumeOnce(ctx context.Context, limit int) (int, error) {
 	sw := g.catalog.Switches()
 	disabled := []uuid.UUID{}
 	for org, s := range sw.PerOrg {

@@ -14,7 +14,7 @@ import (
 	persisterv1 "github.com/telemesh/telemesh/gen/telemesh/persister/v1"
 	publisherv1 "github.com/telemesh/telemesh/gen/telemesh/publisher/v1"
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
-	"github.com/telemesh/telemesh/internal/service"
+	"github.com/telemesh/telemesh/internal/process"
 	"github.com/telemesh/telemesh/services/deriver"
 	"github.com/telemesh/telemesh/services/persister"
 	"github.com/telemesh/telemesh/services/publisher"
@@ -50,7 +50,7 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			}
 			return g.Run(ctx)
 		}
-		return &builtStage{handler: g, workers: []service.Worker{
+		return &builtStage{handler: g, workers: []process.Worker{
 			{Name: "consumer", Run: run},
 			{Name: "resume-parked", Run: g.ResumeParked},
 		}}, nil
@@ -89,12 +89,12 @@ func build(ctx context.Context, o Options, d *deps) (*builtStage, error) {
 			// The deadline ended it: name what kept failing.
 			return nil, fmt.Errorf("NATS setup: %w", cmp.Or(last, err))
 		}
-		pub := publisher.NewPublisher(js, kv, o.Publisher.NATS, o.Publisher.Env, d.catalog.Switches, o.Publisher.NATSTimeout, d.logger)
+		pub := publisher.NewEmitter(js, kv, o.Publisher.NATS, o.Publisher.Env, d.catalog.Switches, o.Publisher.NATSTimeout, d.logger)
 		srv, err := publisher.New(o.Publisher, pub, d.pool, d.catalog, d.logs, d.logger).WithTracing(d.tracing).WithMetrics(d.reg)
 		if err != nil {
 			return nil, err
 		}
-		return &builtStage{handler: srv, workers: []service.Worker{{Name: "publish-retry", Run: srv.RetryLoop}}}, nil
+		return &builtStage{handler: srv, workers: []process.Worker{{Name: "publish-retry", Run: srv.RetryLoop}}}, nil
 	}
 	return nil, fmt.Errorf("unknown stage %q", o.Stage)
 }

@@ -31,7 +31,7 @@ import (
 	"github.com/telemesh/telemesh/internal/natsx"
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/pipeline"
-	"github.com/telemesh/telemesh/internal/service"
+	"github.com/telemesh/telemesh/internal/process"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tlsx"
 	"github.com/telemesh/telemesh/internal/tracing"
@@ -241,7 +241,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	// The catalog loads in the background so a stage starts, and answers
 	// health checks, while Postgres is still coming up; until it loads,
 	// calls fail with Unavailable and callers retry.
-	workers := append([]service.Worker{{Name: "catalog", Run: func(ctx context.Context) error {
+	workers := append([]process.Worker{{Name: "catalog", Run: func(ctx context.Context) error {
 		err := retry.Do(ctx, startBackoff(), func(ctx context.Context) error {
 			if err := cat.Load(ctx); err != nil {
 				logger.Warn("catalog not loaded yet; retrying", "err", err)
@@ -272,7 +272,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	if o.Stage == Gateway {
 		ready = append(ready, "nats")
 	}
-	p := &service.Process{
+	p := &process.Process{
 		Ready:         func(ctx context.Context) error { return adm.Check(ctx, ready...) },
 		ReadyEvery:    s.ReadyEvery,
 		Name:          o.Stage,
@@ -311,5 +311,5 @@ type deps struct {
 // run beside it.
 type builtStage struct {
 	handler interface{ Register(grpc.ServiceRegistrar) }
-	workers []service.Worker
+	workers []process.Worker
 }

@@ -142,7 +142,7 @@ func TestRebuildKV(t *testing.T) {
 
 	// pub is the publisher itself, writing to the same bucket.
 	logger := slog.New(slog.DiscardHandler)
-	pub := publisher.NewPublisher(js, kv, cfg, "test", catalog.NewCache(db.Pool, logger, 0).Switches, 10*time.Second, logger)
+	pub := publisher.NewEmitter(js, kv, cfg, "test", catalog.NewCache(db.Pool, logger, 0).Switches, 10*time.Second, logger)
 	publish := func(t *testing.T, dev uuid.UUID, topic string, recorded time.Time, v float64) uuid.UUID {
 		t.Helper()
 		id := uuid.Must(uuid.NewV7())

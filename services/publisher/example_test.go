@@ -130,7 +130,7 @@ func publishOne(ctx context.Context, url string) {
 	on := func() *catalog.Switches {
 		return &catalog.Switches{Global: catalog.PipelineSwitch{PipelineEnabled: true, PublishAnalytics: true, PublishInvalidEvents: true}}
 	}
-	p := publisher.NewPublisher(js, kv, cfg, "dev", on, 10*time.Second, slog.New(slog.DiscardHandler))
+	p := publisher.NewEmitter(js, kv, cfg, "dev", on, 10*time.Second, slog.New(slog.DiscardHandler))
 	res := p.Publish(ctx, []publisher.Item{{
 		MessageID: uuid.New(), OrganizationSlug: "acme", DeviceUUID: "6f1c2d3e-0000-4000-8000-000000000001",
 		DeviceExternalID: "aq-01", Topic: "air", RecordedAt: time.Date(2026, 3, 1, 12, 30, 5, 0, time.UTC),

@@ -115,7 +115,7 @@ func newStage(t *testing.T) *stage {
 	}
 	cfg := DefaultConfig()
 	cfg.RetryBase, cfg.RetryMax = time.Millisecond, time.Millisecond
-	pub := NewPublisher(s.js, kv, natsCfg, "test", cat.Switches, 10*time.Second, logger)
+	pub := NewEmitter(s.js, kv, natsCfg, "test", cat.Switches, 10*time.Second, logger)
 	s.srv = New(cfg, pub, s.db.Pool, cat, logs, logger)
 	return s
 }

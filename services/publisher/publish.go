@@ -57,9 +57,9 @@ type ItemResult struct {
 	Skipped string
 }
 
-// Publisher writes device state to the KV bucket and events to the analytics
-// and invalid subjects.
-type Publisher struct {
+// Emitter writes device state to the KV bucket and events to the analytics
+// and invalid subjects: what the publish stage emits to NATS.
+type Emitter struct {
 	js       jetstream.JetStream
 	states   *StateStore
 	nats     NATSConfig
@@ -71,11 +71,11 @@ type Publisher struct {
 	bucket, stream presence
 }
 
-// NewPublisher returns a publisher writing states to kv and events to the
+// NewEmitter returns an emitter writing states to kv and events to the
 // analytics stream of cfg. switches returns the switches in force; timeout
 // bounds each device's state write and the wait for a batch's events.
-func NewPublisher(js jetstream.JetStream, kv jetstream.KeyValue, cfg NATSConfig, env string, switches func() *catalog.Switches, timeout time.Duration, logger *slog.Logger) *Publisher {
-	return &Publisher{
+func NewEmitter(js jetstream.JetStream, kv jetstream.KeyValue, cfg NATSConfig, env string, switches func() *catalog.Switches, timeout time.Duration, logger *slog.Logger) *Emitter {
+	return &Emitter{
 		js: js, states: NewStateStore(js, kv, cfg.AnalyticsStream, timeout), nats: cfg,
 		env: env, switches: switches, timeout: timeout, logger: logger,
 	}
@@ -85,7 +85,7 @@ func NewPublisher(js jetstream.JetStream, kv jetstream.KeyValue, cfg NATSConfig,
 // per device for the whole batch, then the events, asynchronously, confirmed
 // together. Each event carries the message id as Nats-Msg-Id, so a retry of
 // an event the stream already has is dropped by the stream.
-func (p *Publisher) Publish(ctx context.Context, items []Item, dryRun bool) []ItemResult {
+func (p *Emitter) Publish(ctx context.Context, items []Item, dryRun bool) []ItemResult {
 	results := make([]ItemResult, len(items))
 	sw := p.switches()
 	started := time.Now()

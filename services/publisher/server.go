@@ -30,7 +30,7 @@ import (
 type Server struct {
 	publisherv1.UnimplementedPublisherServiceServer
 	cfg     Config
-	pub     *Publisher
+	pub     *Emitter
 	pool    *pgxpool.Pool
 	catalog *catalog.Cache
 	logs    *stagelog.Writer
@@ -40,7 +40,7 @@ type Server struct {
 }
 
 // New returns the publish stage.
-func New(cfg Config, pub *Publisher, pool *pgxpool.Pool, cat *catalog.Cache, logs *stagelog.Writer, logger *slog.Logger) *Server {
+func New(cfg Config, pub *Emitter, pool *pgxpool.Pool, cat *catalog.Cache, logs *stagelog.Writer, logger *slog.Logger) *Server {
 	return &Server{cfg: cfg, pub: pub, pool: pool, catalog: cat, logs: logs, logger: logger}
 }
 

@@ -40,7 +40,7 @@ func (p *presence) observe(started time.Time, down, ok bool) (changed bool, down
 // observeBucket logs, once per change, that the KV bucket went down or came
 // back. Both are warnings: the pair bounds an incident in a log read at
 // warning level.
-func (p *Publisher) observeBucket(started time.Time, wrote bool, down *ResourceError) {
+func (p *Emitter) observeBucket(started time.Time, wrote bool, down *ResourceError) {
 	changed, downFor := p.bucket.observe(started, down != nil, wrote)
 	switch {
 	case !changed:
@@ -57,7 +57,7 @@ func (p *Publisher) observeBucket(started time.Time, wrote bool, down *ResourceE
 
 // observeStream logs, once per change, that the analytics stream went down
 // or came back.
-func (p *Publisher) observeStream(started time.Time, acked bool, down *ResourceError) {
+func (p *Emitter) observeStream(started time.Time, acked bool, down *ResourceError) {
 	changed, downFor := p.stream.observe(started, down != nil, acked)
 	switch {
 	case !changed:

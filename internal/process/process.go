@@ -1,7 +1,7 @@
-// Package service runs one stage process: its gRPC server, its admin HTTP
+// Package process runs one stage process: its gRPC server, its admin HTTP
 // port and its background workers, and stops them gracefully when the
 // context ends.
-package service
+package process
 
 import (
 	"context"

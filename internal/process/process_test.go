@@ -1,4 +1,4 @@
-package service_test
+package process_test
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 	"github.com/telemesh/telemesh/internal/admin"
 	"github.com/telemesh/telemesh/internal/grpcx"
 	"github.com/telemesh/telemesh/internal/logging"
-	"github.com/telemesh/telemesh/internal/service"
+	"github.com/telemesh/telemesh/internal/process"
 	"github.com/telemesh/telemesh/internal/testutil"
 )
 
@@ -60,7 +60,7 @@ func startReplica(t *testing.T) *replica {
 	r.addr = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stop = cancel
-	p := &service.Process{
+	p := &process.Process{
 		Name: "test", Logger: logger, GRPC: srv, Listener: ln, Admin: adm, ShutdownGrace: 10 * time.Second,
 		Ready: func(context.Context) error {
 			if !r.ready.Load() {
