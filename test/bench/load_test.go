@@ -38,6 +38,8 @@ type rig struct {
 	pg   *pgCPU
 	// published counts the messages published so far, for unique ids.
 	published int
+	// sink receives the spans of a traced mesh; nil when tracing is off.
+	sink *traceSink
 }
 
 // setup makes a fresh database with the fleet, starts nats-server, and
@@ -56,11 +58,26 @@ func setup(tb testing.TB, before func(*rig)) *rig {
 	return s
 }
 
-// start starts the mesh in shape and waits until it consumes: every stage
-// ready and the gateway's stream and durable consumer there.
+// start starts the mesh in shape, tracing off, and waits until it
+// consumes: every stage ready and the gateway's stream and durable
+// consumer there.
 func (s *rig) start(shape, mode string) {
 	s.tb.Helper()
-	s.mesh = startMesh(s.tb, shape, s.db.URL, s.nats.url, mode)
+	s.startWith(shape, mode, nil)
+}
+
+// startTraced is [rig.start] with tracing on: every stage exports its
+// spans over OTLP/gRPC to a sink in the harness, sampled as
+// [traceSink.tracedEnv] says.
+func (s *rig) startTraced(shape, mode string) {
+	s.tb.Helper()
+	s.sink = startTraceSink(s.tb)
+	s.startWith(shape, mode, s.sink.tracedEnv())
+}
+
+func (s *rig) startWith(shape, mode string, env []string) {
+	s.tb.Helper()
+	s.mesh = startMesh(s.tb, shape, s.db.URL, s.nats.url, mode, env)
 	cfg := gateway.DefaultConfig()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -270,6 +287,10 @@ type throughput struct {
 	// rss is each telemesh process's peak resident set, and nats-server's,
 	// in bytes.
 	rss map[string]int64
+	// sink received the spans of a traced run; nil when tracing was off.
+	// Read it once the mesh has stopped: the stages flush what they hold
+	// when they stop.
+	sink *traceSink
 }
 
 func (r *throughput) rate() float64 { return float64(r.messages) / r.elapsed.Seconds() }
@@ -298,7 +319,7 @@ func (s *rig) runBacklog(n int) *throughput {
 	go s.publishAll(ctx, prefix, n, published)
 	_, last := s.waitDone(published, base+n, deadlineFor(n))
 
-	r := &throughput{shape: s.mesh.shape, messages: n, elapsed: last.Sub(start), cpu: map[string]time.Duration{}, rss: map[string]int64{}}
+	r := &throughput{shape: s.mesh.shape, messages: n, elapsed: last.Sub(start), cpu: map[string]time.Duration{}, rss: map[string]int64{}, sink: s.sink}
 	r.wal = walSince(s.tb, s.conn, lsn)
 	r.postgres, r.postgresLocal = s.pg.used(s.tb)
 	for name, c := range cpu.used(s.tb) {
