@@ -185,7 +185,9 @@ func TestOneTracePerMessage(t *testing.T) {
 
 // TestFailedMessageIsTracedAtRatioZero samples nothing, yet a message that
 // fails keeps its spans, at every stage it crossed, with the failure as
-// their status; one that succeeds leaves nothing behind.
+// their status: written after the fact, they still read as one trace, each
+// the child of the stage before under the device's span, the last the one
+// the invalid event names; one that succeeds leaves nothing behind.
 func TestFailedMessageIsTracedAtRatioZero(t *testing.T) {
 	f, r := newTracedFixture(t, "parentbased_traceidratio", 0)
 	f.publishTraced("devices.meter-01.telemetry", `{"temp_c": 21.5}`, "quiet-1", "")
@@ -211,9 +213,18 @@ func TestFailedMessageIsTracedAtRatioZero(t *testing.T) {
 	if s := spans["validate"]; s.Attributes["telemesh.stage_status"] != "halted" || s.Attributes["telemesh.reason_code"] != "required" {
 		t.Errorf("validate span: stage status %q, reason code %q; want halted, required", s.Attributes["telemesh.stage_status"], s.Attributes["telemesh.reason_code"])
 	}
+	parent := "1111111111111111"
+	for _, name := range []string{"ingress", "validate", "persist", "publish"} {
+		if got := spans[name].ParentSpanID; got != parent {
+			t.Errorf("%s span's parent = %q, want %q", name, got, parent)
+		}
+		parent = spans[name].SpanID
+	}
 	invalid := f.analytics("iot.v1.invalid.local.acme.required", 1)
-	if tp, _ := invalid[0]["_traceparent"].(string); tracing.TraceID(tp) != deviceTrace {
-		t.Errorf("invalid event traceparent = %q, want trace %s", tp, deviceTrace)
+	// Not sampled: the event says so, and names the publish span all the
+	// same, the one written when the message failed.
+	if tp, _ := invalid[0]["_traceparent"].(string); tp != "00-"+deviceTrace+"-"+spans["publish"].SpanID+"-00" {
+		t.Errorf("invalid event traceparent = %q, want trace %s's publish span %s, unsampled", tp, deviceTrace, spans["publish"].SpanID)
 	}
 
 	// Stopping the mesh flushes every exporter: what was not sent by now
@@ -225,4 +236,8 @@ func TestFailedMessageIsTracedAtRatioZero(t *testing.T) {
 	if got := r.Trace(quiet); len(got) != 0 {
 		t.Errorf("the completed message's trace was exported at ratio 0:\n%s", describe(got))
 	}
+	if got := r.Trace(deviceTrace); len(got) != len(spans) {
+		t.Errorf("the failed message's trace has %d spans, want one per stage it crossed (%d):\n%s", len(got), len(spans), describe(got))
+	}
 }
+
