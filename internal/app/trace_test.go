@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/testutil"
 	"github.com/telemesh/telemesh/internal/tracing"
@@ -241,3 +242,56 @@ func TestFailedMessageIsTracedAtRatioZero(t *testing.T) {
 	}
 }
 
+// TestPublishRetryIsTraced samples nothing; a message whose publish fails
+// (the KV bucket gone) is traced as failed, and the retry loop's publish of
+// its row, once the bucket is back, is a "publish retry" span in the same
+// trace, exported although nothing is sampled, which the event it finally
+// published names as its traceparent.
+func TestPublishRetryIsTraced(t *testing.T) {
+	f, r := newTracedFixture(t, "parentbased_traceidratio", 0)
+	if err := f.js.DeleteKeyValue(t.Context(), "device-states"); err != nil {
+		t.Fatal(err)
+	}
+	const deviceTrace = "6bf7183fc1d7d9e1a2b3c4d5e6f70819"
+	f.publishTraced("devices.meter-01.telemetry", `{"temp_c": 10}`, "retried-1", "00-"+deviceTrace+"-2222222222222222-00")
+	f.waitCount(1, "the row publish_failed", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+			where m.source_message_id = 'retried-1' and t.processing_state = 'publish_failed'`)
+	// The retry loop's spans join the trace as it tries again.
+	spans := map[string]receivedSpan{}
+	testutil.Eventually(t, meshWait, "the failed message's spans of trace "+deviceTrace, func() error {
+		for _, s := range r.Trace(deviceTrace) {
+			spans[s.Name] = s
+		}
+		for _, n := range messageStages {
+			if _, ok := spans[n]; !ok {
+				return fmt.Errorf("no %s span yet:\n%s", n, describe(r.Trace(deviceTrace)))
+			}
+		}
+		return nil
+	})
+	if s := spans["publish"]; !s.Error || s.Attributes["telemesh.processing_state"] != "publish_failed" {
+		t.Errorf("publish span: error %v, state %q; want the publish failure", s.Error, s.Attributes["telemesh.processing_state"])
+	}
+	if _, err := f.js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "device-states", History: 1}); err != nil {
+		t.Fatal(err)
+	}
+	f.waitProcessed("source_message_id = 'retried-1'")
+	var retry receivedSpan
+	testutil.Eventually(t, meshWait, "the retry's span of trace "+deviceTrace, func() error {
+		for _, s := range r.Trace(deviceTrace) {
+			if s.Name == "publish retry" && !s.Error {
+				retry = s
+				return nil
+			}
+		}
+		return fmt.Errorf("no successful publish retry span yet:\n%s", describe(r.Trace(deviceTrace)))
+	})
+	if retry.ParentSpanID != "" || retry.Kind != 4 /* producer */ || retry.Attributes["telemesh.processing_state"] != "processed" ||
+		retry.Attributes["telemesh.device"] != "meter-01" || !strings.HasSuffix(retry.Attributes["telemesh.dedupe_key"], ":retried-1") {
+		t.Errorf("retry span: parent %q, kind %v, attributes %v; want a producer span of its own, processed, of meter-01", retry.ParentSpanID, retry.Kind, retry.Attributes)
+	}
+	events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01), 1)
+	if tp, _ := events[0]["_traceparent"].(string); tp != "00-"+deviceTrace+"-"+retry.SpanID+"-01" {
+		t.Errorf("the retried event's traceparent = %q, want the retry span %s of trace %s", tp, retry.SpanID, deviceTrace)
+	}
+}

@@ -135,6 +135,35 @@ func (m *Messages) Children(parent *Spans, envs []*telemetryv1.Envelope) *Spans 
 	return s
 }
 
+// Retry opens, for messages taken up again outside the chain (the
+// publisher's retry loop), a span named "<stage> retry" in each message's
+// trace, and sets each envelope's traceparent to it. traceIDs are the
+// trace ids the messages' rows keep (ingestion_messages.trace_id); a
+// message without one gets no span. A retry is always sampled: its message
+// failed (or its stage stopped) on the way, so its trace was kept. The
+// span has no parent, since nothing says which span of the trace it
+// follows.
+func (m *Messages) Retry(traceIDs []string, envs []*telemetryv1.Envelope) *Spans {
+	if m == nil {
+		return nil
+	}
+	s := m.spans(envs, false)
+	s.name = m.name + " retry"
+	for i := range envs {
+		msg := &s.msgs[i]
+		tid, err := trace.TraceIDFromHex(traceIDs[i])
+		if err != nil {
+			msg.ended = true
+			continue
+		}
+		msg.trace = tid
+		msg.id = newSpanID()
+		msg.span = s.begin(i)
+		envs[i].Traceparent = format(msg.trace, msg.id, trace.FlagsSampled)
+	}
+	return s
+}
+
 // open decides message i's span, a child of parent (not valid: the
 // message's trace starts here), and puts it in the message's traceparent.
 func (s *Spans) open(i int, parent trace.SpanContext) {
