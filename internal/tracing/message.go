@@ -11,6 +11,7 @@ import (
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/stagelog"
 )
 
 // The attributes of a message span.
@@ -77,26 +78,45 @@ type Spans struct {
 	// remote says the parents came from another process (the envelope's
 	// traceparent), not from spans of this stage.
 	remote bool
-	msgs   []message
+	// msgs holds no pointer, so the garbage collector need not look into
+	// it: the few recording spans are in live, what SetStage said of an
+	// unsampled message other than "completed" in notes.
+	msgs  []message
+	live  []trace.Span
+	notes []note
 }
 
 // message is one message's span: its ids always, the span itself only
 // while it is recorded.
 type message struct {
-	// span is the recording span of a sampled message, nil for an
-	// unsampled one.
-	span   trace.Span
 	trace  trace.TraceID
 	id     trace.SpanID
 	parent trace.SpanID // zero: the trace starts here
-	// status and code are what [Spans.SetStage] said of an unsampled
-	// message, for its span if it is written after the fact.
-	status, code string
-	ended        bool
+	// live is 1 + the index of the message's recording span in
+	// Spans.live; 0 for an unsampled message, or once the span ended.
+	live int32
+	// note is what [Spans.SetStage] said of an unsampled message, for its
+	// span if it is written after the fact: 0 nothing, completedNote, or
+	// 1 + an index in Spans.notes.
+	note  int32
+	ended bool
 }
+
+// completedNote is [message.note] of a stage that completed without a
+// reason code, which is what nearly every message's stage does.
+const completedNote = -1
+
+// note is what SetStage said.
+type note struct{ status, code string }
 
 func (m *Messages) spans(envs []*telemetryv1.Envelope, remote bool) *Spans {
 	return &Spans{m: m, name: m.name, envs: envs, start: time.Now(), remote: remote, msgs: make([]message, len(envs))}
+}
+
+// record starts message i's span and keeps it as the recording span.
+func (s *Spans) record(i int) {
+	s.live = append(s.live, s.begin(i))
+	s.msgs[i].live = int32(len(s.live))
 }
 
 // Start opens a span for each envelope, as a child of the trace context the
@@ -127,7 +147,7 @@ func (m *Messages) Children(parent *Spans, envs []*telemetryv1.Envelope) *Spans 
 	for i := range envs {
 		p := &parent.msgs[i]
 		var flags trace.TraceFlags
-		if p.span != nil {
+		if p.live != 0 {
 			flags = trace.FlagsSampled
 		}
 		s.open(i, trace.NewSpanContext(trace.SpanContextConfig{TraceID: p.trace, SpanID: p.id, TraceFlags: flags}))
@@ -158,7 +178,7 @@ func (m *Messages) Retry(traceIDs []string, envs []*telemetryv1.Envelope) *Spans
 		}
 		msg.trace = tid
 		msg.id = newSpanID()
-		msg.span = s.begin(i)
+		s.record(i)
 		envs[i].Traceparent = format(msg.trace, msg.id, trace.FlagsSampled)
 	}
 	return s
@@ -175,7 +195,7 @@ func (s *Spans) open(i int, parent trace.SpanContext) {
 	msg.id = newSpanID()
 	var flags trace.TraceFlags
 	if s.m.sampled(parent, msg.trace) {
-		msg.span = s.begin(i)
+		s.record(i)
 		flags = trace.FlagsSampled
 	}
 	s.envs[i].Traceparent = format(msg.trace, msg.id, flags)
@@ -250,17 +270,21 @@ func (s *Spans) closing(i int, failed bool) trace.Span {
 	}
 	msg := &s.msgs[i]
 	msg.ended = true
-	if msg.span != nil {
-		span := msg.span
-		msg.span = nil
+	if msg.live != 0 {
+		span := s.live[msg.live-1]
+		s.live[msg.live-1], msg.live = nil, 0
 		return span
 	}
 	if !failed {
 		return nil
 	}
 	span := s.begin(i)
-	if msg.status != "" {
-		setStage(span, msg.status, msg.code)
+	switch {
+	case msg.note == completedNote:
+		setStage(span, stagelog.StatusCompleted, "")
+	case msg.note > 0:
+		n := s.notes[msg.note-1]
+		setStage(span, n.status, n.code)
 	}
 	return span
 }
@@ -302,11 +326,15 @@ func (s *Spans) SetStage(i int, status, code string) {
 		return
 	}
 	msg := &s.msgs[i]
-	if msg.span != nil {
-		setStage(msg.span, status, code)
-		return
+	switch {
+	case msg.live != 0:
+		setStage(s.live[msg.live-1], status, code)
+	case status == stagelog.StatusCompleted && code == "":
+		msg.note = completedNote
+	default:
+		s.notes = append(s.notes, note{status, code})
+		msg.note = int32(len(s.notes))
 	}
-	msg.status, msg.code = status, code
 }
 
 func setStage(span trace.Span, status, code string) {

@@ -222,8 +222,8 @@ func TestSampledMessagesAreRecorded(t *testing.T) {
 		{MessageId: "unsampled", Traceparent: "00-5af7183fc1d7d9e1a2b3c4d5e6f70819-00f067aa0ba902b7-00"},
 	}
 	spans := p.Messages(envelope.StageValidate).Start(t.Context(), envs)
-	if !spans.msgs[0].span.IsRecording() || spans.msgs[1].span != nil {
-		t.Fatalf("recording: sampled %v, unsampled %v; want only the sampled one", spans.msgs[0].span, spans.msgs[1].span)
+	if len(spans.live) != 1 || !spans.live[0].IsRecording() || spans.msgs[0].live != 1 || spans.msgs[1].live != 0 {
+		t.Fatalf("recording %v, the sampled message's %d, the unsampled one's %d; want only the sampled one", spans.live, spans.msgs[0].live, spans.msgs[1].live)
 	}
 	if !strings.HasSuffix(envs[0].GetTraceparent(), "-01") || !strings.HasSuffix(envs[1].GetTraceparent(), "-00") {
 		t.Errorf("traceparents carried on %q and %q, want the sampled flags kept", envs[0].GetTraceparent(), envs[1].GetTraceparent())
