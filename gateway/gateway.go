@@ -443,13 +443,15 @@ func (g *Server) send(ctx context.Context, batch []delivered) {
 	envs := envelopes(batch)
 	if g.tracer != nil && g.spans != nil {
 		// The batch's own trace holds the gRPC calls; it links to the
-		// messages it carries, whose spans link back to the calls.
-		links := make([]trace.Link, 0, len(batch))
-		for _, d := range batch {
-			links = append(links, tracing.Link(d.env.GetTraceparent()))
-		}
+		// messages it carries, whose spans link back to the calls. The
+		// links are made only when the batch is sampled.
 		var span trace.Span
-		ctx, span = g.tracer.Start(ctx, "gateway batch", trace.WithLinks(links...), trace.WithAttributes(attribute.Int("telemesh.batch_size", len(batch))))
+		ctx, span = g.tracer.Start(ctx, "gateway batch", trace.WithAttributes(attribute.Int("telemesh.batch_size", len(batch))))
+		if span.IsRecording() {
+			for _, d := range batch {
+				span.AddLink(tracing.Link(d.env.GetTraceparent()))
+			}
+		}
 		defer span.End()
 	}
 	cctx, cancel := context.WithTimeout(ctx, g.cfg.CallTimeout)

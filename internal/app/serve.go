@@ -107,7 +107,7 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 	}()
 
 	// Tracing is closed last, so the spans of the final batches go out.
-	tp, err := tracing.New(ctx, s.Tracing, "telemesh-"+o.Stage, bi, logger)
+	tp, err := tracing.New(ctx, s.Tracing, "telemesh-"+o.Stage, bi)
 	if err != nil {
 		return fmt.Errorf("%w: %w", config.ErrInvalid, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telemesh/telemesh/internal/testutil"
 	"github.com/telemesh/telemesh/internal/tracing"
@@ -185,7 +186,9 @@ func TestOneTracePerMessage(t *testing.T) {
 
 // TestFailedMessageIsTracedAtRatioZero samples nothing, yet a message that
 // fails keeps its spans, at every stage it crossed, with the failure as
-// their status; one that succeeds leaves nothing behind.
+// their status: written after the fact, they still read as one trace, each
+// the child of the stage before under the device's span, the last the one
+// the invalid event names; one that succeeds leaves nothing behind.
 func TestFailedMessageIsTracedAtRatioZero(t *testing.T) {
 	f, r := newTracedFixture(t, "parentbased_traceidratio", 0)
 	f.publishTraced("devices.meter-01.telemetry", `{"temp_c": 21.5}`, "quiet-1", "")
@@ -211,9 +214,18 @@ func TestFailedMessageIsTracedAtRatioZero(t *testing.T) {
 	if s := spans["validate"]; s.Attributes["telemesh.stage_status"] != "halted" || s.Attributes["telemesh.reason_code"] != "required" {
 		t.Errorf("validate span: stage status %q, reason code %q; want halted, required", s.Attributes["telemesh.stage_status"], s.Attributes["telemesh.reason_code"])
 	}
+	parent := "1111111111111111"
+	for _, name := range []string{"ingress", "validate", "persist", "publish"} {
+		if got := spans[name].ParentSpanID; got != parent {
+			t.Errorf("%s span's parent = %q, want %q", name, got, parent)
+		}
+		parent = spans[name].SpanID
+	}
 	invalid := f.analytics("iot.v1.invalid.local.acme.required", 1)
-	if tp, _ := invalid[0]["_traceparent"].(string); tracing.TraceID(tp) != deviceTrace {
-		t.Errorf("invalid event traceparent = %q, want trace %s", tp, deviceTrace)
+	// Not sampled: the event says so, and names the publish span all the
+	// same, the one written when the message failed.
+	if tp, _ := invalid[0]["_traceparent"].(string); tp != "00-"+deviceTrace+"-"+spans["publish"].SpanID+"-00" {
+		t.Errorf("invalid event traceparent = %q, want trace %s's publish span %s, unsampled", tp, deviceTrace, spans["publish"].SpanID)
 	}
 
 	// Stopping the mesh flushes every exporter: what was not sent by now
@@ -224,5 +236,62 @@ func TestFailedMessageIsTracedAtRatioZero(t *testing.T) {
 	}
 	if got := r.Trace(quiet); len(got) != 0 {
 		t.Errorf("the completed message's trace was exported at ratio 0:\n%s", describe(got))
+	}
+	if got := r.Trace(deviceTrace); len(got) != len(spans) {
+		t.Errorf("the failed message's trace has %d spans, want one per stage it crossed (%d):\n%s", len(got), len(spans), describe(got))
+	}
+}
+
+// TestPublishRetryIsTraced samples nothing; a message whose publish fails
+// (the KV bucket gone) is traced as failed, and the retry loop's publish of
+// its row, once the bucket is back, is a "publish retry" span in the same
+// trace, exported although nothing is sampled, which the event it finally
+// published names as its traceparent.
+func TestPublishRetryIsTraced(t *testing.T) {
+	f, r := newTracedFixture(t, "parentbased_traceidratio", 0)
+	if err := f.js.DeleteKeyValue(t.Context(), "device-states"); err != nil {
+		t.Fatal(err)
+	}
+	const deviceTrace = "6bf7183fc1d7d9e1a2b3c4d5e6f70819"
+	f.publishTraced("devices.meter-01.telemetry", `{"temp_c": 10}`, "retried-1", "00-"+deviceTrace+"-2222222222222222-00")
+	f.waitCount(1, "the row publish_failed", `select count(*) from device_telemetry_logs t join ingestion_messages m on m.id = t.ingestion_message_id
+			where m.source_message_id = 'retried-1' and t.processing_state = 'publish_failed'`)
+	// The retry loop's spans join the trace as it tries again.
+	spans := map[string]receivedSpan{}
+	testutil.Eventually(t, meshWait, "the failed message's spans of trace "+deviceTrace, func() error {
+		for _, s := range r.Trace(deviceTrace) {
+			spans[s.Name] = s
+		}
+		for _, n := range messageStages {
+			if _, ok := spans[n]; !ok {
+				return fmt.Errorf("no %s span yet:\n%s", n, describe(r.Trace(deviceTrace)))
+			}
+		}
+		return nil
+	})
+	if s := spans["publish"]; !s.Error || s.Attributes["telemesh.processing_state"] != "publish_failed" {
+		t.Errorf("publish span: error %v, state %q; want the publish failure", s.Error, s.Attributes["telemesh.processing_state"])
+	}
+	if _, err := f.js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "device-states", History: 1}); err != nil {
+		t.Fatal(err)
+	}
+	f.waitProcessed("source_message_id = 'retried-1'")
+	var retry receivedSpan
+	testutil.Eventually(t, meshWait, "the retry's span of trace "+deviceTrace, func() error {
+		for _, s := range r.Trace(deviceTrace) {
+			if s.Name == "publish retry" && !s.Error {
+				retry = s
+				return nil
+			}
+		}
+		return fmt.Errorf("no successful publish retry span yet:\n%s", describe(r.Trace(deviceTrace)))
+	})
+	if retry.ParentSpanID != "" || retry.Kind != 4 /* producer */ || retry.Attributes["telemesh.processing_state"] != "processed" ||
+		retry.Attributes["telemesh.device"] != "meter-01" || !strings.HasSuffix(retry.Attributes["telemesh.dedupe_key"], ":retried-1") {
+		t.Errorf("retry span: parent %q, kind %v, attributes %v; want a producer span of its own, processed, of meter-01", retry.ParentSpanID, retry.Kind, retry.Attributes)
+	}
+	events := f.analytics(fmt.Sprintf("iot.v1.analytics.local.acme.%s.telemetry", f.meter01), 1)
+	if tp, _ := events[0]["_traceparent"].(string); tp != "00-"+deviceTrace+"-"+retry.SpanID+"-01" {
+		t.Errorf("the retried event's traceparent = %q, want the retry span %s of trace %s", tp, retry.SpanID, deviceTrace)
 	}
 }

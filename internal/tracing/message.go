@@ -3,6 +3,7 @@ package tracing
 import (
 	"context"
 	"encoding/hex"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -10,6 +11,7 @@ import (
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/stagelog"
 )
 
 // The attributes of a message span.
@@ -31,10 +33,20 @@ const (
 
 // Messages starts one stage's spans of the messages it handles. A nil
 // *Messages (tracing off) starts none and costs nothing.
+//
+// The head sampler decides each message's span when the stage takes the
+// message. A sampled span is started then and recorded as usual. An
+// unsampled one costs only its ids: the message carries them on in its
+// traceparent (so its trace id is stored and the next stages continue the
+// same trace), nothing is recorded, and when the message fails the span is
+// written after the fact, with the ids the message carried, the time the
+// stage took it as its start and the outcome's time as its end, so the
+// trace of a failed message reads as if it had been sampled.
 type Messages struct {
-	tracer trace.Tracer
-	name   string
-	kind   trace.SpanKind
+	tracer  trace.Tracer
+	sampled func(parent trace.SpanContext, id trace.TraceID) bool
+	name    string
+	kind    trace.SpanKind
 }
 
 // Messages returns the span starter of stage (ingress, validate, ...), nil
@@ -50,86 +62,189 @@ func (p *Provider) Messages(stage string) *Messages {
 	case envelope.StagePublish:
 		kind = trace.SpanKindProducer
 	}
-	return &Messages{tracer: p.Tracer(), name: stage, kind: kind}
+	return &Messages{tracer: p.decided.Tracer(instrumentation), sampled: p.sampled, name: stage, kind: kind}
 }
 
 // Spans are the spans of one batch's messages, in the batch's order.
 type Spans struct {
-	spans []trace.Span
+	m    *Messages
+	name string
+	envs []*telemetryv1.Envelope
+	// start is when the stage took the batch: the start of every span.
+	start time.Time
+	// batch is the span of the call that carried the batch, if any: each
+	// message span links to it.
+	batch trace.SpanContext
+	// remote says the parents came from another process (the envelope's
+	// traceparent), not from spans of this stage.
+	remote bool
+	// msgs holds no pointer, so the garbage collector need not look into
+	// it: the few recording spans are in live, what SetStage said of an
+	// unsampled message other than "completed" in notes.
+	msgs  []message
+	live  []trace.Span
+	notes []note
 }
 
-// Start starts a span for each envelope, as a child of the trace context
-// the envelope carries (a new trace when it carries none) and linked to
-// the batch's span in ctx (the gRPC call), and sets the envelope's
-// traceparent to it, so the next stage continues the message's trace.
+// message is one message's span: its ids always, the span itself only
+// while it is recorded.
+type message struct {
+	trace  trace.TraceID
+	id     trace.SpanID
+	parent trace.SpanID // zero: the trace starts here
+	// live is 1 + the index of the message's recording span in
+	// Spans.live; 0 for an unsampled message, or once the span ended.
+	live int32
+	// note is what [Spans.SetStage] said of an unsampled message, for its
+	// span if it is written after the fact: 0 nothing, completedNote, or
+	// 1 + an index in Spans.notes.
+	note  int32
+	ended bool
+}
+
+// completedNote is [message.note] of a stage that completed without a
+// reason code, which is what nearly every message's stage does.
+const completedNote = -1
+
+// note is what SetStage said.
+type note struct{ status, code string }
+
+func (m *Messages) spans(envs []*telemetryv1.Envelope, remote bool) *Spans {
+	return &Spans{m: m, name: m.name, envs: envs, start: time.Now(), remote: remote, msgs: make([]message, len(envs))}
+}
+
+// record starts message i's span and keeps it as the recording span.
+func (s *Spans) record(i int) {
+	s.live = append(s.live, s.begin(i))
+	s.msgs[i].live = int32(len(s.live))
+}
+
+// Start opens a span for each envelope, as a child of the trace context the
+// envelope carries (a new trace when it carries none) and linked to the
+// batch's span in ctx (the gRPC call), and sets the envelope's traceparent
+// to it, so the next stage continues the message's trace.
 func (m *Messages) Start(ctx context.Context, envs []*telemetryv1.Envelope) *Spans {
 	if m == nil {
 		return nil
 	}
-	var opts []trace.SpanStartOption
-	if batch := trace.SpanContextFromContext(ctx); batch.IsValid() {
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: batch}))
-	}
-	opts = append(opts, trace.WithSpanKind(m.kind))
-	s := &Spans{spans: make([]trace.Span, len(envs))}
+	s := m.spans(envs, true)
+	s.batch = trace.SpanContextFromContext(ctx)
 	for i, e := range envs {
-		attrs := []attribute.KeyValue{
-			AttrMessageID.String(e.GetMessageId()),
-			AttrDedupeKey.String(e.GetDedupeKey()),
-			AttrDevice.String(e.GetDeviceExternalId()),
-			AttrTopic.String(e.GetTopic()),
-		}
-		if subj := e.GetSourceSubject(); subj != "" {
-			attrs = append(attrs, AttrSubject.String(subj))
-		}
-		_, span := m.tracer.Start(Extract(e.GetTraceparent()), m.name, append(opts, trace.WithAttributes(attrs...))...)
-		e.Traceparent = Format(span.SpanContext())
-		s.spans[i] = span
+		parent, _ := parse(e.GetTraceparent())
+		s.open(i, parent)
 	}
 	return s
 }
 
-// Children starts, for each span of parent, a span of m as its child, and
+// Children opens, for each span of parent, a span of m as its child, and
 // sets each envelope's traceparent to it: a stage doing two steps (mutate,
 // then derive) shows them in order.
 func (m *Messages) Children(parent *Spans, envs []*telemetryv1.Envelope) *Spans {
 	if m == nil || parent == nil {
 		return nil
 	}
-	s := &Spans{spans: make([]trace.Span, len(envs))}
-	for i, e := range envs {
-		ctx := trace.ContextWithSpan(context.Background(), parent.spans[i])
-		_, span := m.tracer.Start(ctx, m.name, trace.WithSpanKind(m.kind), trace.WithAttributes(
-			AttrMessageID.String(e.GetMessageId()), AttrDedupeKey.String(e.GetDedupeKey()),
-			AttrDevice.String(e.GetDeviceExternalId()), AttrTopic.String(e.GetTopic()),
-		))
-		e.Traceparent = Format(span.SpanContext())
-		s.spans[i] = span
+	s := m.spans(envs, false)
+	for i := range envs {
+		p := &parent.msgs[i]
+		var flags trace.TraceFlags
+		if p.live != 0 {
+			flags = trace.FlagsSampled
+		}
+		s.open(i, trace.NewSpanContext(trace.SpanContextConfig{TraceID: p.trace, SpanID: p.id, TraceFlags: flags}))
 	}
 	return s
 }
 
-// Len returns the number of spans, 0 for nil.
-func (s *Spans) Len() int {
-	if s == nil {
-		return 0
+// Retry opens, for messages taken up again outside the chain (the
+// publisher's retry loop), a span named "<stage> retry" in each message's
+// trace, and sets each envelope's traceparent to it. traceIDs are the
+// trace ids the messages' rows keep (ingestion_messages.trace_id); a
+// message without one gets no span. A retry is always sampled: its message
+// failed (or its stage stopped) on the way, so its trace was kept. The
+// span has no parent, since nothing says which span of the trace it
+// follows.
+func (m *Messages) Retry(traceIDs []string, envs []*telemetryv1.Envelope) *Spans {
+	if m == nil {
+		return nil
 	}
-	return len(s.spans)
+	s := m.spans(envs, false)
+	s.name = m.name + " retry"
+	for i := range envs {
+		msg := &s.msgs[i]
+		tid, err := trace.TraceIDFromHex(traceIDs[i])
+		if err != nil {
+			msg.ended = true
+			continue
+		}
+		msg.trace = tid
+		msg.id = newSpanID()
+		s.record(i)
+		envs[i].Traceparent = format(msg.trace, msg.id, trace.FlagsSampled)
+	}
+	return s
+}
+
+// open decides message i's span, a child of parent (not valid: the
+// message's trace starts here), and puts it in the message's traceparent.
+func (s *Spans) open(i int, parent trace.SpanContext) {
+	msg := &s.msgs[i]
+	msg.trace, msg.parent = parent.TraceID(), parent.SpanID()
+	if !parent.IsValid() {
+		msg.trace, msg.parent = newTraceID(), trace.SpanID{}
+	}
+	msg.id = newSpanID()
+	var flags trace.TraceFlags
+	if s.m.sampled(parent, msg.trace) {
+		s.record(i)
+		flags = trace.FlagsSampled
+	}
+	s.envs[i].Traceparent = format(msg.trace, msg.id, flags)
+}
+
+// begin starts message i's span with the ids it was given, from the time
+// the stage took the batch.
+func (s *Spans) begin(i int) trace.Span {
+	msg, e := &s.msgs[i], s.envs[i]
+	ctx := context.Background()
+	if msg.parent.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: msg.trace, SpanID: msg.parent, TraceFlags: trace.FlagsSampled, Remote: s.remote}))
+	}
+	attrs := make([]attribute.KeyValue, 0, 5)
+	attrs = append(attrs,
+		AttrMessageID.String(e.GetMessageId()),
+		AttrDedupeKey.String(e.GetDedupeKey()),
+		AttrDevice.String(e.GetDeviceExternalId()),
+		AttrTopic.String(e.GetTopic()),
+	)
+	if subj := e.GetSourceSubject(); subj != "" {
+		attrs = append(attrs, AttrSubject.String(subj))
+	}
+	opts := []trace.SpanStartOption{trace.WithSpanKind(s.m.kind), trace.WithTimestamp(s.start), trace.WithAttributes(attrs...)}
+	if s.batch.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: s.batch}))
+	}
+	_, span := s.m.tracer.Start(withIDs(ctx, msg.trace, msg.id), s.name, opts...)
+	return span
 }
 
 // End ends span i with the message's outcome: its status as an attribute
-// and, when the message failed, an error status with the reason.
+// and, when the message failed, an error status with the reason. The span
+// of an unsampled message is written now if the message failed, else it
+// is let go.
 func (s *Spans) End(i int, o *telemetryv1.Outcome) {
-	if s == nil || s.spans[i] == nil {
+	span := s.closing(i, o != nil && Failed(o))
+	if span == nil {
 		return
 	}
-	span := s.spans[i]
-	s.spans[i] = nil
 	if o == nil {
 		span.End()
 		return
 	}
-	attrs := []attribute.KeyValue{AttrOutcome.String(envelope.StatusName(o.GetStatus()))}
+	var attrs []attribute.KeyValue
+	if st := o.GetStatus(); st != telemetryv1.MessageStatus_MESSAGE_STATUS_UNSPECIFIED {
+		attrs = append(attrs, AttrOutcome.String(envelope.StatusName(st)))
+	}
 	if st := o.GetProcessingState(); st != telemetryv1.ProcessingState_PROCESSING_STATE_UNSPECIFIED {
 		attrs = append(attrs, AttrState.String(envelope.StateName(st)))
 	}
@@ -146,13 +261,41 @@ func (s *Spans) End(i int, o *telemetryv1.Outcome) {
 	span.End()
 }
 
+// closing marks span i ended and returns the span to end: the recorded
+// one, or, for an unsampled message that failed, the one written after the
+// fact; nil when there is none to end.
+func (s *Spans) closing(i int, failed bool) trace.Span {
+	if s == nil || s.msgs[i].ended {
+		return nil
+	}
+	msg := &s.msgs[i]
+	msg.ended = true
+	if msg.live != 0 {
+		span := s.live[msg.live-1]
+		s.live[msg.live-1], msg.live = nil, 0
+		return span
+	}
+	if !failed {
+		return nil
+	}
+	span := s.begin(i)
+	switch {
+	case msg.note == completedNote:
+		setStage(span, stagelog.StatusCompleted, "")
+	case msg.note > 0:
+		n := s.notes[msg.note-1]
+		setStage(span, n.status, n.code)
+	}
+	return span
+}
+
 // EndAll ends every span still open: with the outcomes when the batch got
 // them (in the batch's order), else as failed with err.
 func (s *Spans) EndAll(outcomes []*telemetryv1.Outcome, err error) {
 	if s == nil {
 		return
 	}
-	for i := range s.spans {
+	for i := range s.msgs {
 		if err != nil {
 			s.Fail(i, err.Error())
 			continue
@@ -167,11 +310,10 @@ func (s *Spans) EndAll(outcomes []*telemetryv1.Outcome, err error) {
 
 // Fail ends span i as failed with why.
 func (s *Spans) Fail(i int, why string) {
-	if s == nil || s.spans[i] == nil {
+	span := s.closing(i, true)
+	if span == nil {
 		return
 	}
-	span := s.spans[i]
-	s.spans[i] = nil
 	span.SetAttributes(AttrReason.String(why))
 	span.SetStatus(codes.Error, why)
 	span.End()
@@ -180,28 +322,26 @@ func (s *Spans) Fail(i int, why string) {
 // SetStage records what the stage did to message i, as its stage-log row
 // says: the row's status and, if any, its reason code.
 func (s *Spans) SetStage(i int, status, code string) {
-	if s == nil || s.spans[i] == nil {
+	if s == nil || s.msgs[i].ended {
 		return
 	}
-	s.spans[i].SetAttributes(AttrStageStatus.String(status))
-	if code != "" {
-		s.spans[i].SetAttributes(AttrReasonCode.String(code))
+	msg := &s.msgs[i]
+	switch {
+	case msg.live != 0:
+		setStage(s.live[msg.live-1], status, code)
+	case status == stagelog.StatusCompleted && code == "":
+		msg.note = completedNote
+	default:
+		s.notes = append(s.notes, note{status, code})
+		msg.note = int32(len(s.notes))
 	}
 }
 
-// Links returns a link to each span, for the span of the batch they travel
-// in.
-func (s *Spans) Links() []trace.Link {
-	if s == nil {
-		return nil
+func setStage(span trace.Span, status, code string) {
+	span.SetAttributes(AttrStageStatus.String(status))
+	if code != "" {
+		span.SetAttributes(AttrReasonCode.String(code))
 	}
-	links := make([]trace.Link, 0, len(s.spans))
-	for _, sp := range s.spans {
-		if sp != nil {
-			links = append(links, trace.Link{SpanContext: sp.SpanContext()})
-		}
-	}
-	return links
 }
 
 // Failed reports whether an outcome is a failure: the message did not get
@@ -271,14 +411,18 @@ func Format(sc trace.SpanContext) string {
 	if !sc.IsValid() {
 		return ""
 	}
+	return format(sc.TraceID(), sc.SpanID(), sc.TraceFlags())
+}
+
+// format writes a traceparent: version 00, the ids, the sampled flag.
+func format(tid trace.TraceID, sid trace.SpanID, flags trace.TraceFlags) string {
 	var b [55]byte
 	copy(b[:], "00-")
-	tid, sid := sc.TraceID(), sc.SpanID()
 	hex.Encode(b[3:35], tid[:])
 	b[35] = '-'
 	hex.Encode(b[36:52], sid[:])
 	b[52] = '-'
-	hex.Encode(b[53:55], []byte{byte(sc.TraceFlags() & trace.FlagsSampled)})
+	hex.Encode(b[53:55], []byte{byte(flags & trace.FlagsSampled)})
 	return string(b[:])
 }
 

@@ -16,9 +16,11 @@ import (
 const maxStatementBytes = 2048
 
 // SQLTracer makes a client span of each query and COPY a stage runs on
-// behalf of a traced call, as the child of the call's span. Work with no
+// behalf of a sampled call, as the child of the call's span. Work with no
 // span in its context (a background loop) makes none, so the trace of a
-// message holds its batch's SQL and nothing else.
+// batch holds its SQL and nothing else; nor does work under a span the
+// head sampler left out, which would leave its children out too, so a
+// statement of an unsampled call costs one look at its context.
 type SQLTracer struct {
 	tracer trace.Tracer
 }
@@ -42,10 +44,10 @@ func NewSQLTracer(tp trace.TracerProvider) *SQLTracer {
 	return &SQLTracer{tracer: tp.Tracer(instrumentation)}
 }
 
+// traced reports whether a statement run under ctx gets a span.
+func traced(ctx context.Context) bool { return trace.SpanContextFromContext(ctx).IsSampled() }
+
 func (t *SQLTracer) start(ctx context.Context, name string, attrs ...attribute.KeyValue) context.Context {
-	if !trace.SpanContextFromContext(ctx).IsValid() {
-		return ctx
-	}
 	attrs = append(attrs, attribute.String("db.system", "postgresql"))
 	ctx, _ = t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 	return ctx
@@ -66,6 +68,9 @@ func (t *SQLTracer) end(ctx context.Context, rows int64, err error) {
 
 // TraceQueryStart starts the span of one statement.
 func (t *SQLTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if !traced(ctx) {
+		return ctx
+	}
 	op := operation(data.SQL)
 	return t.start(ctx, "sql "+op,
 		attribute.String("db.operation.name", op),
@@ -79,6 +84,9 @@ func (t *SQLTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, data pgx.Tra
 
 // TraceCopyFromStart starts the span of one COPY.
 func (t *SQLTracer) TraceCopyFromStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceCopyFromStartData) context.Context {
+	if !traced(ctx) {
+		return ctx
+	}
 	return t.start(ctx, "sql copy "+data.TableName.Sanitize(),
 		attribute.String("db.operation.name", "copy"),
 		attribute.String("db.collection.name", data.TableName.Sanitize()))

@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/testdb"
@@ -17,7 +18,8 @@ import (
 
 // The SQL a traced call runs is in its trace: each statement and COPY a
 // child span with the statement's text (never its arguments), the rows
-// and the error; SQL run outside any trace makes no span.
+// and the error; SQL run outside any trace, or under a span that is not
+// sampled, makes no span.
 func TestSQLSpans(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
@@ -36,6 +38,14 @@ func TestSQLSpans(t *testing.T) {
 	}
 	if n := len(rec.Ended()); n != 0 {
 		t.Fatalf("%d spans for SQL outside a trace, want 0", n)
+	}
+	// Under a span the head sampler left out: nothing either.
+	unsampled := trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{TraceID: newTraceID(), SpanID: newSpanID()}))
+	if _, err := pool.Exec(unsampled, `select 1`); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rec.Ended()); n != 0 {
+		t.Fatalf("%d spans for SQL under an unsampled span, want 0", n)
 	}
 
 	ctx, call := tp.Tracer("test").Start(ctx, "call")

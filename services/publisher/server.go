@@ -226,8 +226,10 @@ func (srv *Server) RetryLoop(ctx context.Context) error {
 
 // RetryOnce runs one retry round: it claims due publish outbox entries,
 // publishes their rows that are still pending or publish_failed, and
-// records the result. It returns how many rows it published.
-func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
+// records the result. It returns how many rows it published. With tracing
+// on, each row's publish is a span in its message's trace, and its event
+// carries that span as its traceparent.
+func (srv *Server) RetryOnce(ctx context.Context) (_ int, err error) {
 	start := time.Now()
 	tx, err := srv.pool.Begin(ctx)
 	if err != nil {
@@ -256,6 +258,9 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 			}
 		}
 	}
+	var outcomes []*telemetryv1.Outcome
+	spans := srv.retrySpans(rows, items)
+	defer func() { spans.EndAll(outcomes, err) }()
 	var results []ItemResult
 	if len(items) > 0 {
 		results = srv.pub.Publish(ctx, items, false)
@@ -265,6 +270,9 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
+	}
+	if spans != nil {
+		outcomes = retryOutcomes(results)
 	}
 	failed := 0
 	for _, r := range results {
@@ -278,6 +286,39 @@ func (srv *Server) RetryOnce(ctx context.Context) (int, error) {
 	}
 	srv.logger.Info("publish retry round", "entries", len(entries), "rows", len(rows), "failed", failed)
 	return len(rows), nil
+}
+
+// retrySpans opens the span of each row a retry round publishes, in its
+// message's trace, and sets the row's traceparent to it; nil when tracing
+// is off.
+func (srv *Server) retrySpans(rows []claimed, items []Item) *tracing.Spans {
+	if srv.spans == nil {
+		return nil
+	}
+	traceIDs, envs := make([]string, len(rows)), make([]*telemetryv1.Envelope, len(rows))
+	for i, r := range rows {
+		traceIDs[i] = r.traceID
+		envs[i] = &telemetryv1.Envelope{MessageId: r.item.MessageID.String(), DedupeKey: r.item.DedupeKey, DeviceExternalId: r.item.DeviceExternalID, Topic: r.item.Topic}
+	}
+	spans := srv.spans.Retry(traceIDs, envs)
+	for i := range items {
+		items[i].Traceparent = envs[i].GetTraceparent()
+	}
+	return spans
+}
+
+// retryOutcomes are what became of the rows a retry round published, for
+// their spans: processed, or publish_failed again with the reason.
+func retryOutcomes(results []ItemResult) []*telemetryv1.Outcome {
+	out := make([]*telemetryv1.Outcome, len(results))
+	for i, r := range results {
+		out[i] = &telemetryv1.Outcome{ProcessingState: telemetryv1.ProcessingState_PROCESSING_STATE_PROCESSED}
+		if r.Err != nil {
+			out[i] = &telemetryv1.Outcome{ProcessingState: telemetryv1.ProcessingState_PROCESSING_STATE_PUBLISH_FAILED,
+				HaltedStage: telemetryv1.Stage_STAGE_PUBLISH, Reason: r.Err.Error()}
+		}
+	}
+	return out
 }
 
 func itemFromEnvelope(e *telemetryv1.Envelope) Item {

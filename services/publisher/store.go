@@ -135,6 +135,8 @@ func later(a, b time.Time) time.Time {
 type claimed struct {
 	item     Item
 	attempts int
+	// traceID is the trace id its message keeps, "" for none.
+	traceID string
 }
 
 // unpublished reads the rows of the claimed outbox entries that are still
@@ -144,9 +146,11 @@ func unpublished(ctx context.Context, tx pgx.Tx, entries []outbox.Entry) ([]clai
 	var out []claimed
 	for _, e := range entries {
 		rows, err := tx.Query(ctx, `select t.id, t.recorded_at, t.organization_id, t.device_id, t.topic,
-				t.transformed_values, t.unresolved_values, t.publish_attempts, coalesce(d.external_id, '')
+				t.transformed_values, t.unresolved_values, t.publish_attempts, coalesce(d.external_id, ''),
+				coalesce(m.dedupe_key, ''), coalesce(m.trace_id, '')
 			from device_telemetry_logs t
 			left join devices d on d.id = t.device_id
+			left join ingestion_messages m on m.id = t.ingestion_message_id
 			where t.id = any($1) and t.recorded_at between $2 and $3
 			  and t.processing_state in ('pending', 'publish_failed')
 			for update of t`, e.MessageIDs, e.From, e.To)
@@ -161,7 +165,7 @@ func unpublished(ctx context.Context, tx pgx.Tx, entries []outbox.Entry) ([]clai
 				device             uuid.UUID
 			)
 			if err := rows.Scan(&c.item.MessageID, &c.item.RecordedAt, &org, &device, &c.item.Topic,
-				&values, &unresolved, &c.attempts, &c.item.DeviceExternalID); err != nil {
+				&values, &unresolved, &c.attempts, &c.item.DeviceExternalID, &c.item.DedupeKey, &c.traceID); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("read rows to publish: %w", err)
 			}

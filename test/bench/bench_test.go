@@ -12,6 +12,10 @@ import (
 // modes are the stage-log modes the harness measures.
 var modes = []string{"all", "failures"}
 
+// tracedMode is the stage-log mode whose backlog runs are also measured
+// with tracing on: the one the cost of tracing is judged by.
+const tracedMode = "all"
+
 // results is every figure of one run of the harness.
 type results struct {
 	settings settings
@@ -25,12 +29,17 @@ type results struct {
 	// prefilled is mode all's in-process run into tables that already
 	// held settings.prefill telemetry rows.
 	prefilled *throughput
+	// sampler names the traced runs' sampler and ratio.
+	sampler string
 }
 
 // modeResults are the figures of one stage-log mode. A nil figure was
 // not measured: its run failed.
 type modeResults struct {
 	inProcess, production *throughput
+	// inProcessTraced and productionTraced are the same backlog runs with
+	// tracing on; measured in tracedMode only.
+	inProcessTraced, productionTraced *throughput
 	// rows is the rows per message the in-process run wrote, by table.
 	rows           map[string]float64
 	ceiling        *ceiling
@@ -41,12 +50,14 @@ type modeResults struct {
 // failures and prints one table with every figure: for each mode a
 // backlog run in the in-process shape, then paced runs at 2,000 msg/s and
 // at 80 % of the backlog rate for latency, a backlog run in the production
-// shape, and the Postgres-only ceiling; with TELEMESH_BENCH_PREFILL, one
-// more backlog run of mode all into tables already that full. Run it with
-// `make bench` (-benchtime 1x: each run once).
+// shape, and the Postgres-only ceiling; in mode all, each backlog run once
+// more with tracing on (OTLP to a sink in the harness), right after its
+// untraced run; with TELEMESH_BENCH_PREFILL, one more backlog run of mode
+// all into tables already that full. Run it with `make bench`
+// (-benchtime 1x: each run once).
 func BenchmarkPipeline(b *testing.B) {
 	s := currentSettings(b)
-	res := &results{settings: s, machine: machine(), modes: map[string]*modeResults{}}
+	res := &results{settings: s, machine: machine(), modes: map[string]*modeResults{}, sampler: tracingSetting(b)}
 	latencyFor := time.Duration(s.latencySeconds) * time.Second
 	for _, mode := range modes {
 		mr := &modeResults{}
@@ -65,6 +76,14 @@ func BenchmarkPipeline(b *testing.B) {
 				b.ReportMetric(ms(mr.lat2000.p99), "p99-ms-at-2000/s")
 				b.ReportMetric(ms(mr.lat80.p99), "p99-ms-at-80%")
 			})
+			if mode == tracedMode {
+				b.Run(inProcess+"-traced", func(b *testing.B) {
+					r := setup(b, nil)
+					r.startTraced(inProcess, mode)
+					mr.inProcessTraced = r.runBacklog(s.messages)
+					reportThroughput(b, mr.inProcessTraced)
+				})
+			}
 			b.Run(production, func(b *testing.B) {
 				r := setup(b, nil)
 				r.start(production, mode)
@@ -74,6 +93,14 @@ func BenchmarkPipeline(b *testing.B) {
 					b.ReportMetric(mib(rss), name+"-peak-rss-MiB")
 				}
 			})
+			if mode == tracedMode {
+				b.Run(production+"-traced", func(b *testing.B) {
+					r := setup(b, nil)
+					r.startTraced(production, mode)
+					mr.productionTraced = r.runBacklog(s.messages)
+					reportThroughput(b, mr.productionTraced)
+				})
+			}
 			b.Run("postgres-ceiling", func(b *testing.B) {
 				if mr.rows != nil {
 					if d := sameRows(mr.rows, rowsPerMessage(mode)); d != "" {

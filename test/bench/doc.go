@@ -6,8 +6,10 @@
 // telemesh, nats-server and Postgres measured each on its own, WAL bytes per
 // message, publish-to-processed latency at paced rates below capacity, the
 // production shape (every stage its own `telemesh serve` process) beside the
-// in-process one, each stage process's peak memory, and, on request, a run
-// into tables that already hold millions of rows.
+// in-process one, each stage process's peak memory, the cost of tracing
+// (each shape's backlog run of mode all again, exporting spans over OTLP to
+// a sink in the harness), and, on request, a run into tables that already
+// hold millions of rows.
 //
 // nats-server always runs as its own process, built from the version go.mod
 // pins, so its CPU is counted apart from telemesh's. The in-process shape

@@ -38,6 +38,8 @@ type rig struct {
 	pg   *pgCPU
 	// published counts the messages published so far, for unique ids.
 	published int
+	// sink receives the spans of a traced mesh; nil when tracing is off.
+	sink *traceSink
 }
 
 // setup makes a fresh database with the fleet, starts nats-server, and
@@ -56,11 +58,26 @@ func setup(tb testing.TB, before func(*rig)) *rig {
 	return s
 }
 
-// start starts the mesh in shape and waits until it consumes: every stage
-// ready and the gateway's stream and durable consumer there.
+// start starts the mesh in shape, tracing off, and waits until it
+// consumes: every stage ready and the gateway's stream and durable
+// consumer there.
 func (s *rig) start(shape, mode string) {
 	s.tb.Helper()
-	s.mesh = startMesh(s.tb, shape, s.db.URL, s.nats.url, mode)
+	s.startWith(shape, mode, nil)
+}
+
+// startTraced is [rig.start] with tracing on: every stage exports its
+// spans over OTLP/gRPC to a sink in the harness, sampled as
+// [traceSink.tracedEnv] says.
+func (s *rig) startTraced(shape, mode string) {
+	s.tb.Helper()
+	s.sink = startTraceSink(s.tb)
+	s.startWith(shape, mode, s.sink.tracedEnv())
+}
+
+func (s *rig) startWith(shape, mode string, env []string) {
+	s.tb.Helper()
+	s.mesh = startMesh(s.tb, shape, s.db.URL, s.nats.url, mode, env)
 	cfg := gateway.DefaultConfig()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -273,6 +290,10 @@ type throughput struct {
 	// rss is each telemesh process's peak resident set, and nats-server's,
 	// in bytes.
 	rss map[string]int64
+	// sink received the spans of a traced run; nil when tracing was off.
+	// Read it once the mesh has stopped: the stages flush what they hold
+	// when they stop.
+	sink *traceSink
 }
 
 func (r *throughput) rate() float64 { return float64(r.messages) / r.elapsed.Seconds() }
@@ -301,7 +322,7 @@ func (s *rig) runBacklog(n int) *throughput {
 	go s.publishAll(ctx, prefix, n, published)
 	_, last := s.waitDone(published, base+n, deadlineFor(n))
 
-	r := &throughput{shape: s.mesh.shape, messages: n, elapsed: last.Sub(start), cpu: map[string]time.Duration{}, rss: map[string]int64{}}
+	r := &throughput{shape: s.mesh.shape, messages: n, elapsed: last.Sub(start), cpu: map[string]time.Duration{}, rss: map[string]int64{}, sink: s.sink}
 	end := markWAL(s.tb, s.conn)
 	r.wal = walSince(s.tb, s.conn, mark.lsn)
 	r.fpi, r.checkpoints = end.fpi-mark.fpi, end.checkpoints-mark.checkpoints

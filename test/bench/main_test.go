@@ -19,6 +19,7 @@ import (
 
 	"github.com/telemesh/telemesh/internal/app"
 	"github.com/telemesh/telemesh/internal/logging"
+	"github.com/telemesh/telemesh/internal/tracing"
 )
 
 // The variables that size a run.
@@ -109,11 +110,17 @@ type childSpec struct {
 
 // runChildMesh runs every stage in this process, as `telemesh up` does,
 // until SIGTERM, and returns the exit code. Here the test binary is the
-// process's main, so it handles the signals.
+// process's main, so it handles the signals and reads the OTEL_*
+// variables, as telemesh's main does.
 func runChildMesh(raw string) int {
 	var spec childSpec
 	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", envChild, err)
+		return 2
+	}
+	traces, err := tracing.ConfigFromEnv(os.LookupEnv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
 	app.TuneRuntime() // as telemesh's main does
@@ -139,6 +146,7 @@ func runChildMesh(raw string) int {
 			o.Process.StageLogMode = spec.Mode
 			o.Process.ShutdownGrace = tuning.shutdownGrace
 			o.Process.Instance = "bench-" + o.Stage
+			o.Process.Tracing = traces
 			o.Gateway.BatchSize = tuning.batchSize
 			o.Gateway.BatchAge = tuning.batchAge
 			o.Gateway.Concurrency = tuning.concurrency

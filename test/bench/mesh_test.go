@@ -33,16 +33,18 @@ type mesh struct {
 }
 
 // startMesh starts the pipeline in the given shape against the database
-// and nats-server, in stage-log mode mode, and returns once every stage is
-// ready (its catalog loaded). It is stopped when the test ends.
-func startMesh(tb testing.TB, shape, databaseURL, natsURL, mode string) *mesh {
+// and nats-server, in stage-log mode mode, with env added to the
+// environment of its processes (the OTEL_* settings of a traced run), and
+// returns once every stage is ready (its catalog loaded). It is stopped
+// when the test ends.
+func startMesh(tb testing.TB, shape, databaseURL, natsURL, mode string, env []string) *mesh {
 	tb.Helper()
 	var m *mesh
 	switch shape {
 	case inProcess:
-		m = startInProcess(tb, databaseURL, natsURL, mode)
+		m = startInProcess(tb, databaseURL, natsURL, mode, env)
 	case production:
-		m = startProduction(tb, databaseURL, natsURL, mode)
+		m = startProduction(tb, databaseURL, natsURL, mode, env)
 	default:
 		tb.Fatalf("unknown shape %q", shape)
 	}
@@ -51,14 +53,14 @@ func startMesh(tb testing.TB, shape, databaseURL, natsURL, mode string) *mesh {
 }
 
 // startInProcess starts this test binary again as the in-process mesh.
-func startInProcess(tb testing.TB, databaseURL, natsURL, mode string) *mesh {
+func startInProcess(tb testing.TB, databaseURL, natsURL, mode string, extra []string) *mesh {
 	tb.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		tb.Fatalf("the test binary: %v", err)
 	}
 	spec, _ := json.Marshal(childSpec{DatabaseURL: databaseURL, NATSURL: natsURL, Mode: mode})
-	env := []string{envChild + "=" + string(spec)}
+	env := append([]string{envChild + "=" + string(spec)}, extra...)
 	if prefix := os.Getenv(EnvCPUProfile); prefix != "" {
 		env = append(env, EnvCPUProfile+"="+prefix)
 	}
@@ -74,13 +76,13 @@ func startInProcess(tb testing.TB, databaseURL, natsURL, mode string) *mesh {
 // downstream first (publisher, persister, deriver, validator, gateway),
 // each told its next hops' addresses, with the flags and environment a
 // deployment gives them.
-func startProduction(tb testing.TB, databaseURL, natsURL, mode string) *mesh {
+func startProduction(tb testing.TB, databaseURL, natsURL, mode string, extra []string) *mesh {
 	tb.Helper()
 	bin := binaries.binary(tb, "telemesh")
 	m := &mesh{shape: production, procs: map[string]*proc{}}
 	grpcAddr, adminAddr := map[string]string{}, map[string]string{}
 	// Secrets go in the environment, as the chart gives them.
-	env := []string{"TELEMESH_DATABASE_URL=" + databaseURL, "TELEMESH_NATS_URL=" + natsURL}
+	env := append([]string{"TELEMESH_DATABASE_URL=" + databaseURL, "TELEMESH_NATS_URL=" + natsURL}, extra...)
 	for i := len(app.Stages) - 1; i >= 0; i-- {
 		stage := app.Stages[i]
 		args := []string{"serve", stage, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",

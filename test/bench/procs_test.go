@@ -32,14 +32,15 @@ type proc struct {
 }
 
 // startProc runs bin with args. Its environment is the harness's without
-// any TELEMESH_* setting, so the caller's shell cannot change what runs,
-// plus env. The process is killed when the test ends, if it still runs.
+// any TELEMESH_* or OTEL_* setting, so the caller's shell cannot change
+// what runs (a traced run says in env what it traces), plus env. The
+// process is killed when the test ends, if it still runs.
 func startProc(tb testing.TB, name, bin string, env []string, args ...string) *proc {
 	tb.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = procAttr()
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TELEMESH_") {
+		if !strings.HasPrefix(kv, "TELEMESH_") && !strings.HasPrefix(kv, "OTEL_") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}

@@ -53,6 +53,15 @@ func TestTable(t *testing.T) {
 		},
 	}
 	res.prefilled = run(inProcess, 41, map[string]float64{"telemesh": 35}, 8, 40, 1_300_000_000, nil)
+	res.sampler = "parentbased_traceidratio at 1 %"
+	all := res.modes["all"]
+	all.inProcessTraced = run(inProcess, 36.5, map[string]float64{"telemesh": 35.2}, 8, 32.9, 1_190_000_000, nil)
+	all.inProcessTraced.sink = &traceSink{}
+	all.inProcessTraced.sink.spans.Store(15_400)
+	all.productionTraced = run(production, 39.3, map[string]float64{"gateway": 5.2, "validator": 7.2, "deriver": 9.3, "persister": 10.2, "publisher": 8.2},
+		9, 33, 1_200_000_000, nil)
+	all.productionTraced.sink = &traceSink{}
+	all.productionTraced.sink.spans.Store(15_600)
 	var got bytes.Buffer
 	res.write(&got)
 	golden := filepath.Join("testdata", "table.golden")

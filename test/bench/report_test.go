@@ -75,6 +75,9 @@ WAL: pg_current_wal_lsn() before and after the run: cluster-wide, so other datab
   same time count too. Full-page images (pg_stat_wal.wal_fpi) are the pages written whole, up to 8 kB
   each, the first time each is changed after a checkpoint: a run that crosses a checkpoint writes more.
 peak RSS: VmHWM of each process at the end of its backlog run.
+tracing: the same backlog run on a fresh database with OTEL_EXPORTER_OTLP_ENDPOINT set (the sampler
+  and ratio of the caller's OTEL_TRACES_SAMPLER(_ARG), else the default); the sink's own CPU is not
+  telemesh's. Spans exported are counted once the stages have stopped and flushed.
 `)
 }
 
@@ -170,6 +173,40 @@ func (res *results) figures() []figure {
 			}
 			return fmt.Sprintf("%.1f MiB", mib(mr.production.rss["nats-server"]))
 		}},
+	)
+	fs = append(fs, heading("Tracing on: "+res.sampler+", OTLP/gRPC to a sink in the harness, backlog (tracing off / on)"))
+	for _, shape := range []struct {
+		name    string
+		off, on func(*modeResults) *throughput
+	}{
+		{inProcess, func(mr *modeResults) *throughput { return mr.inProcess }, func(mr *modeResults) *throughput { return mr.inProcessTraced }},
+		{production, func(mr *modeResults) *throughput { return mr.production }, func(mr *modeResults) *throughput { return mr.productionTraced }},
+	} {
+		both := func(f func(off, on *throughput) string) func(*modeResults) string {
+			return func(mr *modeResults) string {
+				off, on := shape.off(mr), shape.on(mr)
+				if off == nil || on == nil {
+					return notMeasured
+				}
+				return f(off, on)
+			}
+		}
+		fs = append(fs,
+			figure{label: shape.name + " msg/s", value: both(func(off, on *throughput) string {
+				return thousands(off.rate()) + " / " + thousands(on.rate())
+			})},
+			figure{label: shape.name + " msg/s traced of untraced", target: "≥ 95 % (all)", value: both(func(off, on *throughput) string {
+				return percent(on.rate() / off.rate())
+			})},
+			figure{label: shape.name + " CPU µs/msg telemesh", value: both(func(off, on *throughput) string {
+				return fmt.Sprintf("%.0f / %.0f", off.perMessage(off.telemesh), on.perMessage(on.telemesh))
+			})},
+			figure{label: shape.name + " spans exported per 1,000 msg", value: both(func(_, on *throughput) string {
+				return thousands(1000 * float64(on.sink.spans.Load()) / float64(on.messages))
+			})},
+		)
+	}
+	fs = append(fs,
 		heading(fmt.Sprintf("Latency publish -> processed, paced for %d s, in-process shape", s.latencySeconds)),
 		figure{label: "at 2,000 msg/s: p50 / p99 / max", target: "p99 < 50 ms", value: func(mr *modeResults) string {
 			return latencyCell(mr.lat2000)
