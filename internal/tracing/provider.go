@@ -206,8 +206,8 @@ func (contextIDs) NewSpanID(ctx context.Context, _ trace.TraceID) trace.SpanID {
 func newTraceID() trace.TraceID {
 	for {
 		var id trace.TraceID
-		binary.LittleEndian.PutUint64(id[:8], rand.Uint64())
-		binary.LittleEndian.PutUint64(id[8:], rand.Uint64())
+		binary.LittleEndian.PutUint64(id[:8], rand.Uint64()) //nolint:gosec // an id must be unique, not secret
+		binary.LittleEndian.PutUint64(id[8:], rand.Uint64()) //nolint:gosec // an id must be unique, not secret
 		if id.IsValid() {
 			return id
 		}
@@ -218,7 +218,7 @@ func newTraceID() trace.TraceID {
 func newSpanID() trace.SpanID {
 	for {
 		var id trace.SpanID
-		binary.LittleEndian.PutUint64(id[:], rand.Uint64())
+		binary.LittleEndian.PutUint64(id[:], rand.Uint64()) //nolint:gosec // an id must be unique, not secret
 		if id.IsValid() {
 			return id
 		}
