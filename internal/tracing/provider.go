@@ -200,14 +200,12 @@ func (contextIDs) NewSpanID(ctx context.Context, _ trace.TraceID) trace.SpanID {
 	return newSpanID()
 }
 
-// newTraceID returns a random trace id. math/rand/v2's generator is
-// seeded from the system's entropy, per thread, and takes no lock: ids
-// are made for every message.
+// newTraceID returns a random trace id.
 func newTraceID() trace.TraceID {
 	for {
 		var id trace.TraceID
-		binary.LittleEndian.PutUint64(id[:8], rand.Uint64()) //nolint:gosec // an id must be unique, not secret
-		binary.LittleEndian.PutUint64(id[8:], rand.Uint64()) //nolint:gosec // an id must be unique, not secret
+		binary.LittleEndian.PutUint64(id[:8], random())
+		binary.LittleEndian.PutUint64(id[8:], random())
 		if id.IsValid() {
 			return id
 		}
@@ -218,9 +216,16 @@ func newTraceID() trace.TraceID {
 func newSpanID() trace.SpanID {
 	for {
 		var id trace.SpanID
-		binary.LittleEndian.PutUint64(id[:], rand.Uint64()) //nolint:gosec // an id must be unique, not secret
+		binary.LittleEndian.PutUint64(id[:], random())
 		if id.IsValid() {
 			return id
 		}
 	}
+}
+
+// random returns 64 random bits of an id. Ids are made for every message
+// at every stage: math/rand/v2's generator is ChaCha8 seeded from the
+// system's entropy, one per thread, and takes no lock.
+func random() uint64 {
+	return rand.Uint64() //nolint:gosec // G404: ids must not collide, they are no secret; the generator is seeded from the system's entropy.
 }
