@@ -992,3 +992,48 @@ func toAny(m map[string]string) map[string]any {
 	}
 	return out
 }
+
+// The gateway's replicas share one consumer: unless set, its MaxAckPending
+// is every replica's batches in flight, for the most replicas that may run.
+func TestGatewayAckPendingCoversEveryReplica(t *testing.T) {
+	gateway := func(vals map[string]any) map[string]any {
+		return vals["stages"].(map[string]any)["gateway"].(map[string]any)
+	}
+	tests := []struct {
+		name string
+		set  func(g map[string]any)
+		want string
+	}{
+		{"default: 2 replicas x 500 x 8", func(map[string]any) {}, "8000"},
+		{"3 replicas, batches of 1000, 4 in flight", func(g map[string]any) {
+			g["replicas"] = 3
+			g["config"].(map[string]any)["batch-size"] = 1000
+			g["config"].(map[string]any)["concurrency"] = 4
+		}, "12000"},
+		{"autoscaled: the most replicas", func(g map[string]any) {
+			g["autoscaling"] = map[string]any{"enabled": true, "minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 70}
+		}, "24000"},
+		{"set: kept", func(g map[string]any) { g["config"].(map[string]any)["max-ack-pending"] = 777 }, "777"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vals := readValues(t, filepath.Join("testdata", "defaults.yaml"))
+			if vals["stages"] == nil {
+				vals["stages"] = map[string]any{}
+			}
+			st := vals["stages"].(map[string]any)
+			if st["gateway"] == nil {
+				st["gateway"] = map[string]any{}
+			}
+			if gateway(vals)["config"] == nil {
+				gateway(vals)["config"] = map[string]any{}
+			}
+			tt.set(gateway(vals))
+			r := mustRender(t, vals)
+			cm := r.find("ConfigMap", stageName("gateway")).Typed.(*corev1.ConfigMap)
+			if got := cm.Data["TELEMESH_MAX_ACK_PENDING"]; got != tt.want {
+				t.Errorf("TELEMESH_MAX_ACK_PENDING=%q, want %s", got, tt.want)
+			}
+		})
+	}
+}
