@@ -33,9 +33,11 @@ type Config struct {
 	// Backoff is the redelivery delay after each failed delivery.
 	Backoff []time.Duration
 	// MaxAckPending bounds messages delivered and not yet acknowledged,
-	// over every replica sharing the consumer. 0 sizes it to the batches
-	// in flight of one replica (BatchSize x Concurrency), so no message
-	// waits in a local buffer where nothing keeps its delivery alive.
+	// over every replica sharing the consumer. 0 sizes it to one
+	// replica's batches in flight and the one batch gathered for the next
+	// free worker (BatchSize x (Concurrency + 1)): a worker that finishes
+	// starts a full batch at once instead of one gathered from the few
+	// messages its acks let through, and nothing more waits unstarted.
 	MaxAckPending int
 	// BatchSize and BatchAge close a batch, whichever comes first.
 	BatchSize int
@@ -89,7 +91,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.Duplicates, "stream-duplicates", c.Duplicates, "the stream's Nats-Msg-Id duplicate window")
 	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "redelivery after this long without an ack or a sign of progress (batches in flight signal it every third of this)")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", c.MaxDeliver, "deliveries before a message is dead-lettered")
-	fs.IntVar(&c.MaxAckPending, "max-ack-pending", c.MaxAckPending, "messages delivered and not yet acknowledged, over every replica (0: --batch-size x --concurrency)")
+	fs.IntVar(&c.MaxAckPending, "max-ack-pending", c.MaxAckPending, "messages delivered and not yet acknowledged, over every replica (0: --batch-size x (--concurrency + 1))")
 	fs.IntVar(&c.BatchSize, "batch-size", c.BatchSize, "messages per batch")
 	fs.DurationVar(&c.BatchAge, "batch-age", c.BatchAge, "a batch closes after this long even when not full")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "batches in flight")
@@ -97,12 +99,12 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 }
 
 // ackPending is the consumer's MaxAckPending: the setting, or when it is 0
-// the batches one replica has in flight.
+// the batches one replica has in flight and the one it gathers next.
 func (c Config) ackPending() int {
 	if c.MaxAckPending > 0 {
 		return c.MaxAckPending
 	}
-	return c.BatchSize * c.Concurrency
+	return c.BatchSize * (c.Concurrency + 1)
 }
 
 // Validate checks the settings and names the first bad one by its flag.
@@ -123,7 +125,7 @@ func (c Config) Validate() error {
 	case c.CallTimeout <= 0:
 		return config.Invalid("call-timeout", "must be positive")
 	case c.MaxAckPending < 0:
-		return config.Invalid("max-ack-pending", "must not be negative (0 sizes it to --batch-size x --concurrency)")
+		return config.Invalid("max-ack-pending", "must not be negative (0 sizes it to --batch-size x (--concurrency + 1))")
 	case c.MaxAckPending > 0 && c.MaxAckPending < c.BatchSize:
 		return config.Invalid("max-ack-pending", "%d holds less than one batch of --batch-size %d", c.MaxAckPending, c.BatchSize)
 	case c.Replicas < 1 || c.Replicas > 5:

@@ -254,6 +254,48 @@ func TestSlowBatchIsNotRedelivered(t *testing.T) {
 	}
 }
 
+// TestWaitingBatchIsNotRedelivered: with one worker busy on a slow batch,
+// the gateway pulls the next batch ahead (MaxAckPending left to its
+// default covers it), and that batch, waiting longer than the ack wait for
+// the worker, is kept alive too: every message goes down the chain once.
+func TestWaitingBatchIsNotRedelivered(t *testing.T) {
+	const slow = 2500 * time.Millisecond
+	f := newFixture(t, func(ctx context.Context, ids []string) {
+		select {
+		case <-time.After(slow):
+		case <-ctx.Done():
+		}
+	})
+	cfg := f.config()
+	cfg.AckWait = time.Second
+	cfg.Concurrency, cfg.BatchSize, cfg.MaxAckPending = 1, 2, 0
+	f.start(cfg)
+	ids := f.publish("waiting", 4)
+
+	// Both batches pulled while the first is in flight: the second waits.
+	testutil.Eventually(t, 30*time.Second, "the next batch pulled ahead", func() error {
+		if info := f.consumer(cfg); info.NumAckPending != len(ids) {
+			return fmt.Errorf("%d of %d delivered and unacknowledged", info.NumAckPending, len(ids))
+		}
+		return nil
+	})
+	testutil.Eventually(t, 30*time.Second, "every message acknowledged", func() error {
+		if info := f.consumer(cfg); info.NumAckPending != 0 || info.NumPending != 0 {
+			return fmt.Errorf("%d awaiting an ack, %d not delivered", info.NumAckPending, info.NumPending)
+		}
+		return nil
+	})
+	seen := f.chain.seen()
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("message %s went down the chain %d times, want once", id, seen[id])
+		}
+	}
+	if n := f.consumer(cfg).NumRedelivered; n != 0 {
+		t.Errorf("%d messages redelivered while their batch waited for the worker", n)
+	}
+}
+
 // TestStopHandsBackUnstartedMessages: a gateway stopping gracefully
 // finishes the batch it has in flight and NAKs what it pulled but did not
 // start, so another gateway takes those at once instead of after the ack

@@ -148,9 +148,8 @@ func (g *Server) Run(ctx context.Context) error {
 	if g.cons == nil {
 		return errors.New("gateway: Setup was not called")
 	}
-	// Unbuffered: a batch is taken from the pull only when a worker is free
-	// to start it, so nothing waits in a local queue where its delivery is
-	// not kept alive.
+	// Unbuffered: at most one gathered batch waits for a free worker, in
+	// consume, where its delivery is kept alive (see [Server.offer]).
 	batches := make(chan []jetstream.Msg)
 	var wg sync.WaitGroup
 	for range g.cfg.Concurrency {
@@ -242,9 +241,7 @@ func (g *Server) consume(ctx context.Context, batches chan<- []jetstream.Msg) er
 				stopping = true
 				return nil
 			}
-			select {
-			case batches <- batch:
-			case <-ctx.Done():
+			if !g.offer(ctx, batches, batch) {
 				g.nak(batch)
 				g.handBack(iter)
 				stopping = true
@@ -263,6 +260,26 @@ func (g *Server) consume(ctx context.Context, batches chan<- []jetstream.Msg) er
 		if err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return err
 		}
+	}
+}
+
+// offer hands batch to the next free worker and reports whether one took
+// it before ctx ended. While every worker is busy the batch waits here,
+// pulled and not started, kept alive as a batch in flight is: a wait
+// longer than AckWait does not bring its messages back.
+func (g *Server) offer(ctx context.Context, batches chan<- []jetstream.Msg, batch []jetstream.Msg) bool {
+	g.metrics.batchMessages.Observe(float64(len(batch)))
+	select {
+	case batches <- batch:
+		return true
+	default:
+	}
+	defer g.keepAlive(batch)()
+	select {
+	case batches <- batch:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -334,7 +351,8 @@ func (g *Server) collect(iter jetstream.MessagesContext) ([]jetstream.Msg, error
 
 // keepAlive tells JetStream every AckWait/3 that the messages are still
 // being worked on, so a batch that takes longer than AckWait (a slow stage,
-// a publish retried) is not redelivered while it is in flight. The returned
+// a publish retried), or waits that long for a free worker, is not
+// redelivered. The returned
 // function stops it; call it once every message has its terminal outcome,
 // or has been NAKed. A gateway that dies stops sending, and its messages
 // come back after one AckWait.

@@ -13,6 +13,10 @@ type Metrics struct {
 	resumed      prometheus.Counter
 	handedBack   prometheus.Counter
 	inProgress   prometheus.Counter
+	// batchMessages shows how full batches are: batches far below
+	// --batch-size at full rate pay the per-batch costs (five calls, the
+	// transactions and their commits) on few messages.
+	batchMessages prometheus.Histogram
 }
 
 // NewMetrics registers the gateway's metrics on reg.
@@ -44,9 +48,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "telemesh_gateway_handed_back_total", Help: "Messages pulled but not started, NAKed for immediate redelivery when the gateway stopped.",
 		}),
 		inProgress: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "telemesh_gateway_in_progress_total", Help: "Progress signals sent for batches in flight longer than a third of the ack wait.",
+			Name: "telemesh_gateway_in_progress_total", Help: "Progress signals sent for batches in flight, or waiting for a free worker, longer than a third of the ack wait.",
+		}),
+		batchMessages: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "telemesh_gateway_batch_messages", Help: "Messages per batch gathered from the pull.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14),
 		}),
 	}
-	reg.MustRegister(m.outcomes, m.naks, m.deadLettered, m.ignored, m.paused, m.batchSeconds, m.resumed, m.handedBack, m.inProgress)
+	reg.MustRegister(m.outcomes, m.naks, m.deadLettered, m.ignored, m.paused, m.batchSeconds, m.resumed, m.handedBack, m.inProgress, m.batchMessages)
 	return m
 }

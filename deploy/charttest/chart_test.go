@@ -994,7 +994,8 @@ func toAny(m map[string]string) map[string]any {
 }
 
 // The gateway's replicas share one consumer: unless set, its MaxAckPending
-// is every replica's batches in flight, for the most replicas that may run.
+// is every replica's batches in flight and the one each gathers next, for
+// the most replicas that may run.
 func TestGatewayAckPendingCoversEveryReplica(t *testing.T) {
 	gateway := func(vals map[string]any) map[string]any {
 		return vals["stages"].(map[string]any)["gateway"].(map[string]any)
@@ -1004,15 +1005,15 @@ func TestGatewayAckPendingCoversEveryReplica(t *testing.T) {
 		set  func(g map[string]any)
 		want string
 	}{
-		{"default: 2 replicas x 500 x 8", func(map[string]any) {}, "8000"},
-		{"3 replicas, batches of 1000, 4 in flight", func(g map[string]any) {
+		{"default: 2 replicas x 500 x (8 + 1)", func(map[string]any) {}, "9000"},
+		{"3 replicas, batches of 1000, 4 in flight and 1 gathered", func(g map[string]any) {
 			g["replicas"] = 3
 			g["config"].(map[string]any)["batch-size"] = 1000
 			g["config"].(map[string]any)["concurrency"] = 4
-		}, "12000"},
+		}, "15000"},
 		{"autoscaled: the most replicas", func(g map[string]any) {
 			g["autoscaling"] = map[string]any{"enabled": true, "minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 70}
-		}, "24000"},
+		}, "27000"},
 		{"set: kept", func(g map[string]any) { g["config"].(map[string]any)["max-ack-pending"] = 777 }, "777"},
 	}
 	for _, tt := range tests {

@@ -198,7 +198,8 @@ Context: dict with root, name, stage, topo (the stage's topology entry).
 {{- end -}}
 {{- /* Every gateway replica shares one consumer, whose MaxAckPending bounds
 what all of them hold together: unless set, it is each replica's batches in
-flight times the replicas (the most the autoscaler may run). */ -}}
+flight and the one it gathers next, times the replicas (the most the
+autoscaler may run). */ -}}
 {{- if and (eq .name "gateway") (not (hasKey $config "max-ack-pending")) -}}
 {{- $replicas := int $stage.replicas -}}
 {{- if and $stage.autoscaling $stage.autoscaling.enabled -}}
@@ -206,7 +207,7 @@ flight times the replicas (the most the autoscaler may run). */ -}}
 {{- end -}}
 {{- $batch := int (get $config "batch-size" | default 500) -}}
 {{- $inFlight := int (get $config "concurrency" | default 8) -}}
-{{- $_ := set $data "TELEMESH_MAX_ACK_PENDING" (printf "%d" (mul (max $replicas 1) $batch $inFlight)) -}}
+{{- $_ := set $data "TELEMESH_MAX_ACK_PENDING" (printf "%d" (mul (max $replicas 1) $batch (add $inFlight 1))) -}}
 {{- end -}}
 {{- toYaml $data -}}
 {{- end -}}
