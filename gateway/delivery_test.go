@@ -403,8 +403,8 @@ func TestSetupUpdatesAnExistingConsumer(t *testing.T) {
 	if info.Config.MaxDeliver != cfg.MaxDeliver {
 		t.Errorf("max deliver %d, want %d", info.Config.MaxDeliver, cfg.MaxDeliver)
 	}
-	if want := cfg.BatchSize * cfg.Concurrency; info.Config.MaxAckPending != want {
-		t.Errorf("MaxAckPending %d, want %d (batch size x batches in flight)", info.Config.MaxAckPending, want)
+	if want := cfg.BatchSize * (cfg.Concurrency + 1); info.Config.MaxAckPending != want {
+		t.Errorf("MaxAckPending %d, want %d (batch size x (batches in flight + the one gathered next))", info.Config.MaxAckPending, want)
 	}
 }
 

@@ -80,9 +80,9 @@ func currentSettings(tb testing.TB) settings {
 // tuning is how the gateway batches in every run, the same in both
 // shapes: batches of 1000, closed after 5 ms when not full, four in
 // flight. MaxAckPending 0 keeps the gateway's own sizing (the batches in
-// flight), as in production: a gateway that pulls further ahead holds
-// messages nothing keeps alive, and a backlog run then has them redelivered
-// after the AckWait.
+// flight and the one gathered next), as in production: a gateway that
+// pulls further ahead holds messages nothing keeps alive, and a backlog
+// run then has them redelivered after the AckWait.
 var tuning = struct {
 	batchSize     int
 	batchAge      time.Duration
