@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/envelope"
@@ -19,6 +21,10 @@ import (
 // ErrCASExhausted is returned when a device's state kept changing under every
 // compare-and-set attempt.
 var ErrCASExhausted = errors.New("device state kept changing; compare-and-set attempts exhausted")
+
+// stateWriters bounds the device-state writes of one batch in flight at
+// once.
+const stateWriters = 16
 
 // Item is one telemetry row to publish.
 type Item struct {
@@ -100,19 +106,32 @@ func (p *Emitter) Publish(ctx context.Context, items []Item, dryRun bool) []Item
 		// timeouts as it has devices.
 		sctx, cancel := context.WithTimeout(ctx, p.timeout)
 		defer cancel()
+		// Devices are written side by side: each write is a round trip
+		// (two when the entry must be read first), and one after the
+		// other they made a batch of many devices wait for every one.
+		var mu sync.Mutex
+		var g errgroup.Group
+		g.SetLimit(stateWriters)
 		for _, u := range DeviceUpdates(items) {
-			if _, err := p.states.write(sctx, u); err != nil {
-				err = diag.bucketError(ctx, err)
-				for _, i := range u.Items {
-					results[i].Err = err
+			g.Go(func() error {
+				_, err := p.states.write(sctx, u)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					err = diag.bucketError(ctx, err)
+					for _, i := range u.Items {
+						results[i].Err = err
+					}
+					if re, ok := isDown(err); ok {
+						down = re
+					}
+					return nil
 				}
-				if re, ok := isDown(err); ok {
-					down = re
-				}
-				continue
-			}
-			wrote = true
+				wrote = true
+				return nil
+			})
 		}
+		_ = g.Wait()
 		p.observeBucket(started, wrote, down)
 	}
 
