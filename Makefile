@@ -230,8 +230,8 @@ BENCH_ENV := $(if $(BENCH_DATABASE_URL),TELEMESH_TEST_DATABASE_URL='$(BENCH_DATA
 
 # The pipeline benchmark (test/bench) runs last, so its table of every
 # figure ends the output; TELEMESH_BENCH_MESSAGES,
-# TELEMESH_BENCH_LATENCY_SECONDS and TELEMESH_BENCH_PREFILL size it
-# (README.md, "Benchmark").
+# TELEMESH_BENCH_LATENCY_SECONDS, TELEMESH_BENCH_PREFILL and
+# TELEMESH_BENCH_TRACE_PAIRS size it (README.md, "Benchmark").
 .PHONY: bench
 bench: services ## Benchmarks: the pipeline's table (throughput, CPU, WAL, latency, both shapes, memory, the Postgres-only ceiling), micro-benchmarks, trace on millions of rows (BENCH_DATABASE_URL: another server)
 	go test -run '^$$' -bench . -benchmem ./services/... ./gateway/...

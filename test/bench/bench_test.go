@@ -40,6 +40,11 @@ type modeResults struct {
 	// inProcessTraced and productionTraced are the same backlog runs with
 	// tracing on; measured in tracedMode only.
 	inProcessTraced, productionTraced *throughput
+	// morePairs are, by shape, the pairs of untraced and traced backlog
+	// runs after the first (the shape's run and its traced run above),
+	// with TELEMESH_BENCH_TRACE_PAIRS above 1; they make the median cost
+	// of tracing and nothing else.
+	morePairs map[string][]tracePair
 	// rows is the rows per message the in-process run wrote, by table.
 	rows           map[string]float64
 	ceiling        *ceiling
@@ -52,15 +57,17 @@ type modeResults struct {
 // at 80 % of the backlog rate for latency, a backlog run in the production
 // shape, and the Postgres-only ceiling; in mode all, each backlog run once
 // more with tracing on (OTLP to a sink in the harness), right after its
-// untraced run; with TELEMESH_BENCH_PREFILL, one more backlog run of mode
-// all into tables already that full. Run it with `make bench`
-// (-benchtime 1x: each run once).
+// untraced run, and with TELEMESH_BENCH_TRACE_PAIRS=N, N-1 more pairs of
+// that shape's backlog runs untraced and traced, in ABBA order; with
+// TELEMESH_BENCH_PREFILL, one more backlog run of mode all into tables
+// already that full. Run it with `make bench` (-benchtime 1x: each run
+// once).
 func BenchmarkPipeline(b *testing.B) {
 	s := currentSettings(b)
 	res := &results{settings: s, machine: machine(), modes: map[string]*modeResults{}, sampler: tracingSetting(b)}
 	latencyFor := time.Duration(s.latencySeconds) * time.Second
 	for _, mode := range modes {
-		mr := &modeResults{}
+		mr := &modeResults{morePairs: map[string][]tracePair{}}
 		res.modes[mode] = mr
 		b.Run("mode="+mode, func(b *testing.B) {
 			b.Run(inProcess, func(b *testing.B) {
@@ -77,29 +84,13 @@ func BenchmarkPipeline(b *testing.B) {
 				b.ReportMetric(ms(mr.lat80.p99), "p99-ms-at-80%")
 			})
 			if mode == tracedMode {
-				b.Run(inProcess+"-traced", func(b *testing.B) {
-					r := setup(b, nil)
-					r.startTraced(inProcess, mode)
-					mr.inProcessTraced = r.runBacklog(s.messages)
-					reportThroughput(b, mr.inProcessTraced)
-				})
+				mr.inProcessTraced = backlogRun(b, inProcess+"-traced", inProcess, mode, true, s.messages)
+				mr.morePairs[inProcess] = runMorePairs(b, inProcess, mode, s)
 			}
-			b.Run(production, func(b *testing.B) {
-				r := setup(b, nil)
-				r.start(production, mode)
-				mr.production = r.runBacklog(s.messages)
-				reportThroughput(b, mr.production)
-				for name, rss := range mr.production.rss {
-					b.ReportMetric(mib(rss), name+"-peak-rss-MiB")
-				}
-			})
+			mr.production = backlogRun(b, production, production, mode, false, s.messages)
 			if mode == tracedMode {
-				b.Run(production+"-traced", func(b *testing.B) {
-					r := setup(b, nil)
-					r.startTraced(production, mode)
-					mr.productionTraced = r.runBacklog(s.messages)
-					reportThroughput(b, mr.productionTraced)
-				})
+				mr.productionTraced = backlogRun(b, production+"-traced", production, mode, true, s.messages)
+				mr.morePairs[production] = runMorePairs(b, production, mode, s)
 			}
 			b.Run("postgres-ceiling", func(b *testing.B) {
 				if mr.rows != nil {

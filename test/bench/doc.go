@@ -8,8 +8,9 @@
 // production shape (every stage its own `telemesh serve` process) beside the
 // in-process one, each stage process's peak memory, the cost of tracing
 // (each shape's backlog run of mode all again, exporting spans over OTLP to
-// a sink in the harness), and, on request, a run into tables that already
-// hold millions of rows.
+// a sink in the harness; on request, as the median of several pairs of
+// untraced and traced runs in ABBA order), and, on request, a run into
+// tables that already hold millions of rows.
 //
 // nats-server always runs as its own process, built from the version go.mod
 // pins, so its CPU is counted apart from telemesh's. The in-process shape
@@ -17,6 +18,8 @@
 // so the harness's own publishing and polling are not counted as telemesh's.
 //
 // The environment variables TELEMESH_BENCH_MESSAGES,
-// TELEMESH_BENCH_LATENCY_SECONDS and TELEMESH_BENCH_PREFILL size the runs;
-// README.md describes them and every column of the table.
+// TELEMESH_BENCH_LATENCY_SECONDS, TELEMESH_BENCH_PREFILL and
+// TELEMESH_BENCH_TRACE_PAIRS (how many pairs of untraced and traced backlog
+// runs each shape's cost of tracing is the median of; default 1) size the
+// runs; README.md describes them and every column of the table.
 package bench

@@ -34,6 +34,11 @@ const (
 	// and stage rows) the tables hold before one more run of mode all
 	// (default: no such run).
 	EnvPrefill = "TELEMESH_BENCH_PREFILL"
+	// EnvTracePairs is how many pairs of backlog runs, untraced and
+	// traced, mode all measures of each shape (default 1): one pair says
+	// little on a machine whose runs differ by a fifth from one to the
+	// next, the median of several more.
+	EnvTracePairs = "TELEMESH_BENCH_TRACE_PAIRS"
 	// EnvCPUProfile, when set, is a file name prefix: the in-process mesh
 	// of each run writes its CPU profile to <prefix>-<mode>-<n>.pprof, for
 	// go tool pprof with the test binary.
@@ -53,17 +58,18 @@ type settings struct {
 	messages       int
 	latencySeconds int
 	prefill        int
+	tracePairs     int
 }
 
 // currentSettings reads the TELEMESH_BENCH_* variables.
 func currentSettings(tb testing.TB) settings {
 	tb.Helper()
-	s := settings{messages: 200_000, latencySeconds: 20}
+	s := settings{messages: 200_000, latencySeconds: 20, tracePairs: 1}
 	for _, v := range []struct {
 		name string
 		to   *int
 		min  int
-	}{{EnvMessages, &s.messages, 1}, {EnvLatencySeconds, &s.latencySeconds, 1}, {EnvPrefill, &s.prefill, 0}} {
+	}{{EnvMessages, &s.messages, 1}, {EnvLatencySeconds, &s.latencySeconds, 1}, {EnvPrefill, &s.prefill, 0}, {EnvTracePairs, &s.tracePairs, 1}} {
 		raw := os.Getenv(v.name)
 		if raw == "" {
 			continue

@@ -27,7 +27,7 @@ func TestTable(t *testing.T) {
 	}
 	const mb = 1 << 20
 	res := &results{
-		settings: settings{messages: 200_000, latencySeconds: 20, prefill: 10_000_000},
+		settings: settings{messages: 200_000, latencySeconds: 20, prefill: 10_000_000, tracePairs: 1},
 		machine:  "2 CPUs, linux/amd64, go1.26.8", postgres: "15.20", nats: "2.15.2",
 		walSettings: "full_page_writes on, wal_compression off, max_wal_size 1GB, checkpoint_timeout 5min",
 		modes: map[string]*modeResults{

@@ -79,6 +79,14 @@ tracing: the same backlog run on a fresh database with OTEL_EXPORTER_OTLP_ENDPOI
   and ratio of the caller's OTEL_TRACES_SAMPLER(_ARG), else the default); the sink's own CPU is not
   telemesh's. Spans exported are counted once the stages have stopped and flushed.
 `)
+	if s.tracePairs > 1 {
+		fmt.Fprintf(w, `tracing pairs: %d pairs of backlog runs per shape, untraced and traced, each run on a fresh database
+  and nats-server, untraced first in odd pairs and traced first in even ones (ABBA), so a drift of the
+  machine's speed favours neither; the first pair's untraced runs are the figures above. Each figure is
+  the median over the pairs with both runs; traced of untraced is the median of the pairs' ratios and
+  min – max their spread.
+`, s.tracePairs)
+	}
 }
 
 // cell is a figure's value for one mode, or notMeasured.
@@ -174,38 +182,7 @@ func (res *results) figures() []figure {
 			return fmt.Sprintf("%.1f MiB", mib(mr.production.rss["nats-server"]))
 		}},
 	)
-	fs = append(fs, heading("Tracing on: "+res.sampler+", OTLP/gRPC to a sink in the harness, backlog (tracing off / on)"))
-	for _, shape := range []struct {
-		name    string
-		off, on func(*modeResults) *throughput
-	}{
-		{inProcess, func(mr *modeResults) *throughput { return mr.inProcess }, func(mr *modeResults) *throughput { return mr.inProcessTraced }},
-		{production, func(mr *modeResults) *throughput { return mr.production }, func(mr *modeResults) *throughput { return mr.productionTraced }},
-	} {
-		both := func(f func(off, on *throughput) string) func(*modeResults) string {
-			return func(mr *modeResults) string {
-				off, on := shape.off(mr), shape.on(mr)
-				if off == nil || on == nil {
-					return notMeasured
-				}
-				return f(off, on)
-			}
-		}
-		fs = append(fs,
-			figure{label: shape.name + " msg/s", value: both(func(off, on *throughput) string {
-				return thousands(off.rate()) + " / " + thousands(on.rate())
-			})},
-			figure{label: shape.name + " msg/s traced of untraced", target: "≥ 95 % (all)", value: both(func(off, on *throughput) string {
-				return percent(on.rate() / off.rate())
-			})},
-			figure{label: shape.name + " CPU µs/msg telemesh", value: both(func(off, on *throughput) string {
-				return fmt.Sprintf("%.0f / %.0f", off.perMessage(off.telemesh), on.perMessage(on.telemesh))
-			})},
-			figure{label: shape.name + " spans exported per 1,000 msg", value: both(func(_, on *throughput) string {
-				return thousands(1000 * float64(on.sink.spans.Load()) / float64(on.messages))
-			})},
-		)
-	}
+	fs = append(fs, res.tracingFigures()...)
 	fs = append(fs,
 		heading(fmt.Sprintf("Latency publish -> processed, paced for %d s, in-process shape", s.latencySeconds)),
 		figure{label: "at 2,000 msg/s: p50 / p99 / max", target: "p99 < 50 ms", value: func(mr *modeResults) string {
@@ -240,6 +217,62 @@ func (res *results) figures() []figure {
 		)
 	} else {
 		fs = append(fs, heading("Tables already holding millions of rows: not run (set TELEMESH_BENCH_PREFILL, e.g. 10000000)"))
+	}
+	return fs
+}
+
+// tracingFigures are the rows of the cost of tracing: per shape, its
+// untraced and traced backlog runs of the first pair, or, with more than
+// one pair asked for, the medians over the pairs and the spread of the
+// pairs' ratios.
+func (res *results) tracingFigures() []figure {
+	pairs := res.settings.tracePairs > 1
+	title := "Tracing on: " + res.sampler + ", OTLP/gRPC to a sink in the harness, backlog (tracing off / on)"
+	if pairs {
+		title += fmt.Sprintf(", medians of %d pairs", res.settings.tracePairs)
+	}
+	fs := []figure{heading(title)}
+	for _, shape := range []string{inProcess, production} {
+		summary := func(f func(pairSummary) string) func(*modeResults) string {
+			return func(mr *modeResults) string {
+				ps, ok := summarize(mr.pairs(shape))
+				if !ok {
+					return notMeasured
+				}
+				return f(ps)
+			}
+		}
+		fs = append(fs,
+			figure{label: shape + " msg/s", value: summary(func(ps pairSummary) string {
+				return thousands(ps.rateOff) + " / " + thousands(ps.rateOn)
+			})},
+			figure{label: shape + " msg/s traced of untraced", target: "≥ 95 % (all)", value: summary(func(ps pairSummary) string {
+				if !pairs {
+					return percent(ps.ratio)
+				}
+				if ps.pairs == 1 {
+					return percent(ps.ratio) + " (median of 1 pair)"
+				}
+				return fmt.Sprintf("%s (median of %d pairs)", percent(ps.ratio), ps.pairs)
+			})},
+		)
+		if pairs {
+			fs = append(fs, figure{label: shape + " traced of untraced, min – max", value: summary(func(ps pairSummary) string {
+				return percent(ps.minRatio) + " – " + percent(ps.maxRatio)
+			})})
+		}
+		fs = append(fs,
+			figure{label: shape + " CPU µs/msg telemesh", value: summary(func(ps pairSummary) string {
+				out := fmt.Sprintf("%.0f / %.0f", ps.cpuOff, ps.cpuOn)
+				if pairs {
+					out += " (" + percent(ps.cpuOn/ps.cpuOff) + ")"
+				}
+				return out
+			})},
+			figure{label: shape + " spans exported per 1,000 msg", value: summary(func(ps pairSummary) string {
+				return thousands(ps.spans)
+			})},
+		)
 	}
 	return fs
 }
