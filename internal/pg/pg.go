@@ -34,6 +34,17 @@ func ParseURL(url string) (*pgxpool.Config, error) {
 	return cfg, nil
 }
 
+// planCacheMode is the setting that decides whether a statement pgx
+// prepared once is planned again for each execution. Unless the URL sets
+// it, every connection plans each execution for the parameters and table
+// sizes of that moment: a connection keeps its prepared statements for as
+// long as it lives, and after five executions Postgres may keep one
+// generic plan, made while the tables were small. On a fresh database that
+// plan is a sequential scan, and a lookup of a batch's keys (= any($1))
+// stays one as the table grows to millions of rows: every batch then reads
+// the whole table, until the connection is replaced or ANALYZE runs.
+const planCacheMode = "plan_cache_mode"
+
 // Open returns a pool for url. It does not wait for the server: connections
 // are made on first use, so a stage can start before Postgres is ready and
 // report not-ready until it is.
@@ -47,6 +58,9 @@ func Open(ctx context.Context, url string, opts Options) (*pgxpool.Pool, error) 
 	}
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
+	}
+	if _, set := cfg.ConnConfig.RuntimeParams[planCacheMode]; !set {
+		cfg.ConnConfig.RuntimeParams[planCacheMode] = "force_custom_plan"
 	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	if opts.Tracer != nil {
