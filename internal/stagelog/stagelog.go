@@ -21,7 +21,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	telemetryv1 "github.com/telemesh/telemesh/gen/telemesh/telemetry/v1"
 	"github.com/telemesh/telemesh/internal/bound"
@@ -246,6 +245,8 @@ func Sampled(dedupeKey string, rate float64) bool {
 	return float64(h.Sum64()>>11)/float64(1<<53) < rate
 }
 
+// columns are the columns of ingestion_stage_logs the writer fills, in
+// the order [Batch.copyRows] writes them.
 var columns = []string{
 	"message_id", "dedupe_key", "stage", "status", "duration_us", "attempt", "instance",
 	"input_snapshot", "output_snapshot", "change_set", "errors", "created_at", "reason_code",
@@ -485,47 +486,59 @@ type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// Querier is the part of a pool or transaction the writer uses.
+// Querier is a pool or a transaction: the writer writes in a transaction,
+// the one given or, given a pool, one of its own.
 type Querier interface {
-	Execer
-	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
-// Write copies the rows and adds their counts. Given a pool, it writes
-// both in a transaction of its own; given a transaction, in that one, so
-// they commit with the stage's other writes.
+// Write copies the rows and adds their counts. Given a transaction, it
+// writes both in that one, so they commit with the stage's other writes;
+// given a pool, in a transaction of its own.
 func (b *Batch) Write(ctx context.Context, q Querier) error {
 	if len(b.counts) == 0 {
 		return nil
 	}
-	if pool, ok := q.(*pgxpool.Pool); ok {
-		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return b.write(ctx, tx) })
+	if tx, ok := q.(pgx.Tx); ok {
+		return b.write(ctx, tx)
 	}
-	return b.write(ctx, q)
+	return pgx.BeginFunc(ctx, q, func(tx pgx.Tx) error { return b.write(ctx, tx) })
 }
 
-func (b *Batch) write(ctx context.Context, q Querier) error {
-	if len(b.rows) == 0 {
-		return b.writeCounts(ctx, q)
+func (b *Batch) write(ctx context.Context, tx pgx.Tx) error {
+	if err := b.copyRows(ctx, tx); err != nil {
+		return err
 	}
-	vals := make([]any, len(columns))
-	i := 0
-	src := pgx.CopyFromFunc(func() ([]any, error) {
-		if i == len(b.rows) {
-			return nil, nil
-		}
+	return b.writeCounts(ctx, tx)
+}
+
+// copyRows copies the batch's rows into ingestion_stage_logs.
+func (b *Batch) copyRows(ctx context.Context, tx pgx.Tx) error {
+	if len(b.rows) == 0 {
+		return nil
+	}
+	c := pg.NewCopyRows(pgx.Identifier{"ingestion_stage_logs"}, columns)
+	for i := range b.rows {
 		r := &b.rows[i]
-		i++
-		vals[0], vals[1], vals[2], vals[3] = r.messageID, nullable(r.dedupeKey), r.stage, r.status
-		vals[4], vals[5], vals[6] = r.durationUS, int32(r.attempt), r.instance
-		vals[7], vals[8], vals[9], vals[10] = nullable(r.input), nullable(r.output), nullable(r.changeSet), nullable(r.errs)
-		vals[11], vals[12] = r.at, nullable(r.code)
-		return vals, nil
-	})
-	if _, err := q.CopyFrom(ctx, pgx.Identifier{"ingestion_stage_logs"}, columns, src); err != nil {
+		c.Row()
+		c.UUID(r.messageID)
+		c.NullText(r.dedupeKey)
+		c.Text(r.stage)
+		c.Text(r.status)
+		c.Int64(r.durationUS)
+		c.Int32(int32(r.attempt))
+		c.Text(r.instance)
+		c.NullJSONB(r.input)
+		c.NullJSONB(r.output)
+		c.NullJSONB(r.changeSet)
+		c.NullJSONB(r.errs)
+		c.Timestamptz(r.at)
+		c.NullText(r.code)
+	}
+	if _, err := c.Send(ctx, tx); err != nil {
 		return fmt.Errorf("write %d stage logs: %w", len(b.rows), err)
 	}
-	return b.writeCounts(ctx, q)
+	return nil
 }
 
 // addCounts adds a batch's counts to the rollup, in the slot of the
@@ -592,13 +605,6 @@ func Example(errs string) string {
 		x = string([]rune(x)[:pipeline.ReasonWidth])
 	}
 	return x
-}
-
-func nullable(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
 }
 
 // withoutLongPayload returns the snapshot v with its "payload" member

@@ -123,6 +123,56 @@ func TestSQLSpans(t *testing.T) {
 	}
 }
 
+// A COPY the stages encode themselves (pg.CopyRows), which goes to pgconn
+// past pgx's tracing, still has its span under the caller's.
+func TestSQLSpanOfAnEncodedCopy(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	db := testdb.New(t)
+	pool, err := pg.Open(t.Context(), db.URL, pg.Options{Tracer: NewSQLTracer(tp)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ctx, call := tp.Tracer("test").Start(t.Context(), "call")
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `create temporary table c (v text)`); err != nil {
+			return err
+		}
+		c := pg.NewCopyRows(pgx.Identifier{"c"}, []string{"v"})
+		for range 3 {
+			c.Row()
+			c.Text("x")
+		}
+		_, err := c.Send(ctx, tx)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	call.End()
+	for _, s := range rec.Ended() {
+		if s.Name() != `sql copy "c"` {
+			continue
+		}
+		if s.Parent().SpanID() != call.SpanContext().SpanID() {
+			t.Errorf("COPY span's parent %s, want the call's %s", s.Parent().SpanID(), call.SpanContext().SpanID())
+		}
+		rows := ""
+		for _, kv := range s.Attributes() {
+			if kv.Key == "db.rows_affected" {
+				rows = kv.Value.Emit()
+			}
+		}
+		if rows != "3" {
+			t.Errorf("COPY span rows %q, want 3", rows)
+		}
+		return
+	}
+	t.Fatalf("no span of the COPY among %d spans", len(rec.Ended()))
+}
+
 func TestStatementAndOperation(t *testing.T) {
 	for _, tt := range []struct{ sql, op string }{
 		{"select 1", "select"},

@@ -401,6 +401,61 @@ func (s *Store) messageRow(m *Message, now time.Time) messageRow {
 	}
 }
 
+// copy writes r as a row of c, its values in the order of messageColumns
+// and as pgx writes the row's Go values: a value that is not Valid, and a
+// nil payload or sum, is NULL.
+func (r *messageRow) copy(c *pg.CopyRows) {
+	c.Row()
+	copyUUID(c, r.id)
+	copyUUID(c, r.org)
+	copyUUID(c, r.dev)
+	c.Text(r.subject)
+	copyText(c, r.srcID)
+	c.Text(r.key)
+	if r.seq.Valid {
+		c.Int64(r.seq.Int64)
+	} else {
+		c.Null()
+	}
+	c.Int32(r.attempts)
+	c.Bytea(r.payload)
+	copyText(c, r.ctype)
+	c.Text(r.status)
+	copyText(c, r.halted)
+	copyText(c, r.summary)
+	c.Timestamptz(r.received)
+	if r.processed.Valid {
+		c.Timestamptz(r.processed.Time)
+	} else {
+		c.Null()
+	}
+	if r.size.Valid {
+		c.Int32(r.size.Int32)
+	} else {
+		c.Null()
+	}
+	c.Bytea(r.sum)
+	copyText(c, r.traceID)
+}
+
+// copyUUID writes u, or NULL when it is not Valid.
+func copyUUID(c *pg.CopyRows, u pgtype.UUID) {
+	if u.Valid {
+		c.UUID(u.Bytes)
+	} else {
+		c.Null()
+	}
+}
+
+// copyText writes t, or NULL when it is not Valid.
+func copyText(c *pg.CopyRows, t pgtype.Text) {
+	if t.Valid {
+		c.Text(t.String)
+	} else {
+		c.Null()
+	}
+}
+
 // insertMessages writes the message rows of msgs idx (their dedupe keys
 // distinct) and returns the ids of the rows written, by dedupe key: a new
 // row, or a parked or queued one resumed. A key whose original reached
@@ -461,20 +516,11 @@ func copyMessages(ctx context.Context, tx pgx.Tx, rows []messageRow) (map[string
 	if len(rows) == 0 {
 		return stored, nil
 	}
-	vals := make([]any, len(messageColumns))
-	i := 0
-	src := pgx.CopyFromFunc(func() ([]any, error) {
-		if i == len(rows) {
-			return nil, nil
-		}
-		r := &rows[i]
-		i++
-		vals[0], vals[1], vals[2], vals[3], vals[4] = r.id, r.org, r.dev, r.subject, r.srcID
-		vals[5], vals[6], vals[7], vals[8], vals[9], vals[10], vals[11] = r.key, r.seq, r.attempts, r.payload, r.ctype, r.status, r.halted
-		vals[12], vals[13], vals[14], vals[15], vals[16], vals[17] = r.summary, r.received, r.processed, r.size, r.sum, r.traceID
-		return vals, nil
-	})
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"ingestion_messages"}, messageColumns, src); err != nil {
+	c := pg.NewCopyRows(pgx.Identifier{"ingestion_messages"}, messageColumns)
+	for i := range rows {
+		rows[i].copy(c)
+	}
+	if _, err := c.Send(ctx, tx); err != nil {
 		if keyTaken(err) {
 			return nil, fmt.Errorf("copy ingestion_messages: %w: %w", errKeyTaken, err)
 		}
@@ -607,7 +653,7 @@ func withNote(reason, note string) string {
 // copyTelemetry copies the telemetry rows of the messages stored now and
 // returns the ones still to publish.
 func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, idx []int, results []Result, noRawJSON bool) ([]outbox.Row, error) {
-	rows := make([][]any, 0, len(idx))
+	c := pg.NewCopyRows(pgx.Identifier{"device_telemetry_logs"}, telemetryColumns)
 	var pending []outbox.Row
 	for _, i := range idx {
 		m, r := &msgs[i], results[i]
@@ -623,7 +669,7 @@ func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, id
 		if !t.Valid {
 			vstatus = "invalid"
 		}
-		var raw any
+		var raw []byte
 		// A payload refused as a whole was never decoded, and one over the
 		// stored-payload limit is not kept whole even in the message row:
 		// neither gets a JSON copy here.
@@ -633,16 +679,24 @@ func (s *Store) copyTelemetry(ctx context.Context, tx pgx.Tx, msgs []Message, id
 		if t.State == pipeline.StatePending {
 			pending = append(pending, outbox.Row{ID: r.OriginalID, RecordedAt: t.RecordedAt})
 		}
-		rows = append(rows, []any{
-			[16]byte(r.OriginalID), t.RecordedAt, m.ReceivedAt, pgUUID(m.OrganizationID), [16]byte(m.DeviceID), t.Topic, [16]byte(r.OriginalID),
-			raw, pgJSON(orEmpty(t.Mutated, "{}")), pgJSON(orEmpty(t.Transformed, "{}")), pgJSON(orEmpty(t.Unresolved, "{}")), vstatus,
-			pgJSON(verrs), string(t.State), pgText(t.FailureReason),
-		})
+		c.Row()
+		c.UUID(r.OriginalID)
+		c.Timestamptz(t.RecordedAt)
+		c.Timestamptz(m.ReceivedAt)
+		c.NullUUID(m.OrganizationID)
+		c.UUID(m.DeviceID)
+		c.Text(t.Topic)
+		c.UUID(r.OriginalID)
+		c.JSONBBytes(raw)
+		c.JSONB(pgJSON(orEmpty(t.Mutated, "{}")))
+		c.JSONB(pgJSON(orEmpty(t.Transformed, "{}")))
+		c.JSONB(pgJSON(orEmpty(t.Unresolved, "{}")))
+		c.Text(vstatus)
+		c.JSONB(pgJSON(verrs))
+		c.Text(string(t.State))
+		c.NullText(t.FailureReason)
 	}
-	if len(rows) == 0 {
-		return nil, nil
-	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"device_telemetry_logs"}, telemetryColumns, pgx.CopyFromRows(rows)); err != nil {
+	if _, err := c.Send(ctx, tx); err != nil {
 		return nil, fmt.Errorf("copy device_telemetry_logs: %w", err)
 	}
 	return pending, nil
@@ -683,11 +737,11 @@ func pgText(s string) pgtype.Text {
 // rawJSON returns the payload for the jsonb raw_payload column, or nil when
 // Postgres would refuse it; the exact bytes are always kept in
 // ingestion_messages.raw_payload.
-func rawJSON(b []byte) any {
+func rawJSON(b []byte) []byte {
 	if len(b) == 0 || bytes.Contains(b, []byte(`\u0000`)) {
 		return nil
 	}
-	return string(b)
+	return b
 }
 
 // pgJSON makes JSON text acceptable to jsonb, which refuses the NUL
