@@ -599,7 +599,7 @@ type original struct {
 func originalsOf(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, keys []string) (map[string]original, error) {
-	rows, err := q.Query(ctx, `select dedupe_key, id, status from ingestion_messages where dedupe_key = any($1)`, keys)
+	rows, err := q.Query(ctx, `select dedupe_key, id, status from ingestion_messages where dedupe_key = any($1)`, pg.PlanEachTime, keys)
 	if err != nil {
 		return nil, fmt.Errorf("read originals: %w", err)
 	}
@@ -718,7 +718,7 @@ func (s *Store) MarkPublishFailed(ctx context.Context, ids []uuid.UUID, from, to
 		_, err := tx.Exec(ctx, `update device_telemetry_logs
 			set processing_state = 'publish_failed', failure_reason = $2, next_publish_at = $3,
 			    publish_attempts = publish_attempts + 1, updated_at = now()
-			where id = any($1) and recorded_at between $4 and $5 and processing_state = 'pending'`, ids, reason, retryAt, from, to)
+			where id = any($1) and recorded_at between $4 and $5 and processing_state = 'pending'`, pg.PlanEachTime, ids, reason, retryAt, from, to)
 		if err != nil {
 			return fmt.Errorf("mark publish_failed: %w", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/sethvargo/go-retry"
 
 	"github.com/telemesh/telemesh/internal/outbox"
+	"github.com/telemesh/telemesh/internal/pg"
 )
 
 // Backoff returns when a row that failed attempt times is tried again:
@@ -79,7 +80,7 @@ func Mark(ctx context.Context, q Execer, processed []Row, failed []Failure) erro
 				processed_at = now(),
 				updated_at = now()
 			where id = any($1) and recorded_at between $2 and $3
-			  and processing_state in ('pending', 'publish_failed')`, ids, lo, hi)
+			  and processing_state in ('pending', 'publish_failed')`, pg.PlanEachTime, ids, lo, hi)
 		if err != nil {
 			return fmt.Errorf("mark %d rows processed: %w", len(ids), err)
 		}
@@ -109,8 +110,7 @@ func Mark(ctx context.Context, q Execer, processed []Row, failed []Failure) erro
 		  -- Constant bounds let the planner touch only the partitions of
 		  -- the batch's days instead of every partition.
 		  and t.recorded_at between $5 and $6
-		  and t.processing_state in ('pending', 'publish_failed')`,
-		ids, recorded, reasons, retry, lo, hi)
+		  and t.processing_state in ('pending', 'publish_failed')`, pg.PlanEachTime, ids, recorded, reasons, retry, lo, hi)
 	if err != nil {
 		return fmt.Errorf("mark %d rows publish_failed: %w", len(ids), err)
 	}
@@ -153,7 +153,7 @@ func unpublished(ctx context.Context, tx pgx.Tx, entries []outbox.Entry) ([]clai
 			left join ingestion_messages m on m.id = t.ingestion_message_id
 			where t.id = any($1) and t.recorded_at between $2 and $3
 			  and t.processing_state in ('pending', 'publish_failed')
-			for update of t`, e.MessageIDs, e.From, e.To)
+			for update of t`, pg.PlanEachTime, e.MessageIDs, e.From, e.To)
 		if err != nil {
 			return nil, fmt.Errorf("read rows to publish: %w", err)
 		}

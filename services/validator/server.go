@@ -22,6 +22,7 @@ import (
 	validatorv1 "github.com/telemesh/telemesh/gen/telemesh/validator/v1"
 	"github.com/telemesh/telemesh/internal/catalog"
 	"github.com/telemesh/telemesh/internal/envelope"
+	"github.com/telemesh/telemesh/internal/pg"
 	"github.com/telemesh/telemesh/internal/reason"
 	"github.com/telemesh/telemesh/internal/stagelog"
 	"github.com/telemesh/telemesh/internal/tracing"
@@ -239,6 +240,10 @@ func deviceName(e *telemetryv1.Envelope) string {
 
 type original struct{ id, status string }
 
+// duplicatesSQL finds the stored originals of a batch's dedupe keys.
+const duplicatesSQL = `select dedupe_key, id::text, status from ingestion_messages
+	where dedupe_key = any($1) and status not in ('parked', 'queued')`
+
 // duplicates finds the messages of the batch whose original already reached
 // persist. A parked or queued original has not: it is resumed, never called
 // a duplicate.
@@ -253,8 +258,7 @@ func (srv *Server) duplicates(ctx context.Context, envs []*telemetryv1.Envelope)
 	if len(keys) == 0 {
 		return out, nil
 	}
-	rows, err := srv.pool.Query(ctx, `select dedupe_key, id::text, status from ingestion_messages
-		where dedupe_key = any($1) and status not in ('parked', 'queued')`, keys)
+	rows, err := srv.pool.Query(ctx, duplicatesSQL, pg.PlanEachTime, keys)
 	if err != nil {
 		return nil, fmt.Errorf("duplicate check: %w", err)
 	}
