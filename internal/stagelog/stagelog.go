@@ -75,18 +75,35 @@ func StatusName(s telemetryv1.StageStatus) string {
 
 // StatusFromName returns the status stored as name.
 func StatusFromName(name string) telemetryv1.StageStatus {
-	for s, n := range statusNames {
-		if n == name {
-			return s
-		}
-	}
-	return telemetryv1.StageStatus_STAGE_STATUS_UNSPECIFIED
+	return statusesByName[name]
 }
 
 // StageFromName returns the stage stored as name.
 func StageFromName(name string) telemetryv1.Stage {
-	return telemetryv1.Stage(telemetryv1.Stage_value["STAGE_"+strings.ToUpper(name)])
+	return stagesByName[name]
 }
+
+// statusesByName and stagesByName are the stored names' statuses and
+// stages: every stage row is made with both, so neither is looked up by
+// building the enum's own name each time.
+var (
+	statusesByName = func() map[string]telemetryv1.StageStatus {
+		out := make(map[string]telemetryv1.StageStatus, len(statusNames))
+		for s, n := range statusNames {
+			out[n] = s
+		}
+		return out
+	}()
+	stagesByName = func() map[string]telemetryv1.Stage {
+		out := map[string]telemetryv1.Stage{}
+		for v, name := range telemetryv1.Stage_name {
+			if v != 0 {
+				out[strings.ToLower(strings.TrimPrefix(name, "STAGE_"))] = telemetryv1.Stage(v)
+			}
+		}
+		return out
+	}()
+)
 
 // statusNames are the stored names of the stage-log statuses, as the
 // status check constraint of ingestion_stage_logs lists them.
