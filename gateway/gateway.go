@@ -352,9 +352,8 @@ func (g *Server) collect(iter jetstream.MessagesContext) ([]jetstream.Msg, error
 // keepAlive tells JetStream every AckWait/3 that the messages are still
 // being worked on, so a batch that takes longer than AckWait (a slow stage,
 // a publish retried), or waits that long for a free worker, is not
-// redelivered. The returned
-// function stops it; call it once every message has its terminal outcome,
-// or has been NAKed. A gateway that dies stops sending, and its messages
+// redelivered. The returned function stops it; call it once every message
+// has its terminal outcome, or has been NAKed. A gateway that dies stops sending, and its messages
 // come back after one AckWait.
 func (g *Server) keepAlive(msgs []jetstream.Msg) (stop func()) {
 	done := make(chan struct{})
