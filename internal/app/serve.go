@@ -255,6 +255,11 @@ func Serve(ctx context.Context, o Options, logger *slog.Logger) error {
 		}
 		return cat.Run(ctx)
 	}}}, built.workers...)
+	// Every stage writes stage rows, so every stage keeps their message_id
+	// index summarized; only one call at a time does the work.
+	workers = append(workers, process.Worker{Name: "stage-log-summary", Run: func(ctx context.Context) error {
+		return stagelog.SummarizeLoop(ctx, pool, stagelog.SummarizeEvery, logger)
+	}})
 
 	// /readyz also says whether the health service says SERVING, so a
 	// probe of either sees the same: not while draining, nor before the

@@ -81,8 +81,9 @@ const (
 	queryMessageByDedupeKey = `select ` + messageColumns + ` from ingestion_messages where dedupe_key = $1`
 	// queryMessageBySourceID uses ingestion_messages_source_message_id_idx.
 	queryMessageBySourceID = `select ` + messageColumns + ` from ingestion_messages where source_message_id = $1`
-	// queryStageLogs uses the message_id and dedupe_key indexes of every
-	// partition. Rows of one instant (a stage writes a batch's rows with one
+	// queryStageLogs uses the message_id (BRIN) and dedupe_key indexes of
+	// every partition: message ids are time-ordered, so the BRIN index
+	// reads only the pages written around the message's arrival. Rows of one instant (a stage writes a batch's rows with one
 	// timestamp, the deriver its mutate and derive rows together) are listed
 	// in the order the pipeline runs the stages, not by name.
 	queryStageLogs = `select stage, status, duration_us, attempt, instance, errors, created_at
