@@ -141,7 +141,10 @@ func TestTraceCommand(t *testing.T) {
 	})
 	t.Run("no database url", func(t *testing.T) {
 		cmd := exec.Command(telemeshBin, "trace", "x")
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		// Nothing of the machine's: no TELEMESH_* variable, and a
+		// temporary directory of its own, where no `telemesh up` left a
+		// mesh file to read the URL from.
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "TMPDIR=" + t.TempDir()}
 		out, _ := cmd.CombinedOutput()
 		if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "database-url") {
 			t.Errorf("exit %d: %s", cmd.ProcessState.ExitCode(), out)
