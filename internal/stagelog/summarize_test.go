@@ -3,6 +3,7 @@ package stagelog
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/telemesh/telemesh/internal/testdb"
+	"github.com/telemesh/telemesh/internal/testutil"
 )
 
 // TestSummarizeLetsATraceReadOnlyTheRangesOfItsMessage writes stage rows as
@@ -50,13 +52,12 @@ func TestSummarizeLoopSummarizesAndStopsWithItsContext(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- SummarizeLoop(ctx, db.Pool, 10*time.Millisecond, slog.New(slog.DiscardHandler)) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for lookupPages(t, db, ids[len(ids)/2]) > maxLookupPages {
-		if time.Now().After(deadline) {
-			t.Fatal("the loop summarized nothing within 30 s")
+	testutil.Eventually(t, 30*time.Second, "the loop summarizes the new ranges", func() error {
+		if pages := lookupPages(t, db, ids[len(ids)/2]); pages > maxLookupPages {
+			return fmt.Errorf("a lookup reads %d pages, want at most %d", pages, maxLookupPages)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	cancel()
 	select {
 	case err := <-done:

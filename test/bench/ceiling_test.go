@@ -96,6 +96,15 @@ var rowShapes = []tableShape{
 	},
 }
 
+// stageRank is each logged stage's place in stagesLogged.
+var stageRank = func() map[string]int {
+	m := make(map[string]int, len(stagesLogged))
+	for i, s := range stagesLogged {
+		m[s] = i
+	}
+	return m
+}()
+
 // stageProcess is the stage process that logs each stage.
 var stageProcess = map[string]string{
 	"ingress": "gateway", "validate": "validator", "mutate": "deriver", "derive": "deriver",
@@ -127,7 +136,7 @@ func copyMessages(ctx context.Context, pool *pgxpool.Pool, msgs []writtenMessage
 				// to the WAL after the prefill's checkpoint, which the
 				// pipeline's own pages do not cause.
 				slices.SortStableFunc(rows, func(a, b []any) int {
-					return cmp.Compare(slices.Index(stagesLogged, a[1].(string)), slices.Index(stagesLogged, b[1].(string)))
+					return cmp.Compare(stageRank[a[1].(string)], stageRank[b[1].(string)])
 				})
 			}
 			if _, err := tx.CopyFrom(ctx, pgx.Identifier{shape.table}, shape.columns, pgx.CopyFromRows(rows)); err != nil {
