@@ -107,12 +107,19 @@ func startTelemesh(t *testing.T, env []string, args ...string) *proc {
 			}
 		}
 	}()
+	// exited closes once Wait has returned: Wait sets cmd.ProcessState,
+	// so the cleanup must not read that field while Wait may still run.
+	exited := make(chan struct{})
 	go func() {
 		<-scanDone
-		p.done <- cmd.Wait()
+		err := cmd.Wait()
+		close(exited)
+		p.done <- err
 	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-exited:
+		default:
 			_ = cmd.Process.Kill()
 		}
 	})

@@ -71,11 +71,20 @@ func startCaptured(t *testing.T, env []string, args ...string) *captured {
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { c.done <- c.cmd.Wait() }()
+	// exited closes once Wait has returned; the cleanup never reads
+	// cmd.ProcessState, which Wait sets, while Wait may still run.
+	exited := make(chan struct{})
+	go func() {
+		err := c.cmd.Wait()
+		close(exited)
+		c.done <- err
+	}()
 	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
+		select {
+		case <-exited:
+		default:
 			_ = c.cmd.Process.Kill()
-			<-c.done
+			<-exited
 		}
 	})
 	return c
